@@ -1,0 +1,203 @@
+//! A service-shaped workload for pprofd's tests and benchmarks.
+//!
+//! Two threads ("worker-1", "worker-2") each loop over `hot_seventy` (7 units of work) and
+//! `hot_thirty` (3 units), so a correct CPU profile gives them 70% and 30%. With `--churn`,
+//! more threads allocate, spawn and join threads, format backtraces and dlopen/dlclose a
+//! system library, the hostile background of the stress test. A counting allocator reports
+//! allocations made while SIGPROF is blocked, which on these threads means "inside the
+//! SIGPROF handler". Prints `listening <addr>` once serving, and stops when stdin closes.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+struct CountingAllocator;
+
+static ALLOCATIONS_IN_SIGPROF_HANDLER: AtomicU64 = AtomicU64::new(0);
+
+fn sigprof_blocked() -> bool {
+    // SAFETY: reading the current mask with a null `set` changes nothing.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        libc::sigismember(&mask, libc::SIGPROF) == 1
+    }
+}
+
+// SAFETY: forwards to System unchanged; only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if sigprof_blocked() {
+            ALLOCATIONS_IN_SIGPROF_HANDLER.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+const UNIT: u64 = 200_000;
+
+#[inline(never)]
+fn hot_seventy(seed: u64) -> u64 {
+    spin(seed, 7 * UNIT)
+}
+
+#[inline(never)]
+fn hot_thirty(seed: u64) -> u64 {
+    spin(seed, 3 * UNIT)
+}
+
+#[inline(always)]
+fn spin(mut x: u64, rounds: u64) -> u64 {
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = black_box(x);
+    }
+    x
+}
+
+/// Runs the 70/30 loop `iterations` times (or until `stop`), returning the work done.
+fn worker(stop: &AtomicBool, iterations: Option<u64>) -> u64 {
+    let mut x = 88172645463325252u64;
+    let mut done = 0;
+    while !stop.load(Ordering::Relaxed) && iterations.is_none_or(|n| done < n) {
+        x = hot_seventy(x);
+        x = hot_thirty(x);
+        done += 1;
+    }
+    black_box(x);
+    done
+}
+
+fn churn(stop: &AtomicBool) {
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let v: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 16 << (i % 10)]).collect();
+        black_box(&v);
+        let handle = std::thread::Builder::new()
+            .name("churn-child".into())
+            .spawn(move || black_box((0..1000u64).sum::<u64>()))
+            .unwrap();
+        handle.join().unwrap();
+        if round % 8 == 0 {
+            black_box(std::backtrace::Backtrace::force_capture().to_string());
+            // SAFETY: loading and unloading a system library with no initialisers we depend on.
+            unsafe {
+                let lib = libc::dlopen(c"libm.so.6".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+                if !lib.is_null() {
+                    libc::dlclose(lib);
+                }
+                let lib = libc::dlopen(c"libz.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+                if !lib.is_null() {
+                    libc::dlclose(lib);
+                }
+            }
+        }
+        round += 1;
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--bench-iterations") {
+        // Fixed work on two threads, no server: the benchmark measures this with and without
+        // a profile running in-process.
+        let n: u64 = args[i + 1].parse().expect("iteration count");
+        bench(n, args.iter().any(|a| a == "--profile"));
+        return;
+    }
+    let server = pprofd::init_from_env().expect("PPROF_ADDR is valid");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for i in 1..=2 {
+        let stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker(&stop, None))
+                .unwrap(),
+        );
+    }
+    if args.iter().any(|a| a == "--churn") {
+        for i in 1..=2 {
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("churn-{i}"))
+                    .spawn(move || {
+                        churn(&stop);
+                        0
+                    })
+                    .unwrap(),
+            );
+        }
+    }
+    match &server {
+        Some(s) => println!("listening {}", s.local_addr()),
+        None => println!("listening none"),
+    }
+    // Run until the parent closes stdin.
+    for _ in std::io::stdin().lock().lines() {}
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    println!(
+        "allocations_in_sigprof_handler {}",
+        ALLOCATIONS_IN_SIGPROF_HANDLER.load(Ordering::Relaxed)
+    );
+}
+
+/// Prints CPU seconds used by the fixed workload, and with `--profile` the samples taken.
+fn bench(iterations: u64, profile: bool) {
+    let running = profile.then(|| pprofd::cpu::CpuProfile::start(100).expect("profile starts"));
+    let cpu_before = cpu_seconds();
+    let wall = std::time::Instant::now();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let a = s.spawn(|| worker(&stop, Some(iterations)));
+        let b = s.spawn(|| worker(&stop, Some(iterations)));
+        black_box((a.join().unwrap(), b.join().unwrap()));
+    });
+    let cpu = cpu_seconds() - cpu_before;
+    let wall = wall.elapsed().as_secs_f64();
+    let (samples, encode_ms) = match running {
+        Some(p) => {
+            let builder = p.stop();
+            let started = std::time::Instant::now();
+            let bytes = pprofd::symbolize_and_encode(builder);
+            let encode_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let profile = pprofd::profile::decode(&bytes).expect("profile decodes");
+            (
+                profile.sample.iter().map(|s| s.value[0]).sum::<i64>(),
+                encode_ms,
+            )
+        }
+        None => (0, 0.0),
+    };
+    println!(
+        "cpu_seconds {cpu:.6} wall_seconds {wall:.6} samples {samples} encode_ms {encode_ms:.1}"
+    );
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}

@@ -1,0 +1,261 @@
+//! The CPU profiler: per-thread CPU-time sampling with in-handler DWARF unwinding.
+//!
+//! [`CpuProfile::start`] installs the SIGPROF handler (once per process), prepares unwind
+//! tables and a sample ring, and starts a collector thread. The collector gives every thread
+//! its own CPU-time timer (new threads within one tick), drains the ring and keeps the unwind
+//! tables and stack bounds current. [`CpuProfile::stop`] turns the samples into a
+//! [`ProfileBuilder`]; dropping a running profile stops it and frees everything.
+
+mod signal;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::procfs;
+use crate::profile::{Frame, Label, ProfileBuilder};
+use crate::unwind::ring::{StackRecord, StackRing};
+use crate::unwind::{StackBounds, UnwindTables};
+use signal::{SamplingState, ThreadTimer, SAMPLING, STACK_BOUNDS};
+
+/// Sampling frequency Go uses.
+pub const DEFAULT_HZ: u32 = 100;
+/// Highest sampling frequency accepted.
+pub const MAX_HZ: u32 = 1000;
+/// How often the collector looks for new threads and drains samples.
+const COLLECT_INTERVAL: Duration = Duration::from_millis(50);
+/// Ring slots; at 1000 Hz on 50 busy threads the collector drains 2,500 per tick.
+const RING_SLOTS: usize = 8192;
+
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Why a CPU profile could not start.
+#[derive(Debug)]
+pub enum CpuProfileError {
+    /// Another CPU profile is running (Go's "cpu profiling already in use").
+    InUse,
+    /// The frequency is outside `1..=MAX_HZ`.
+    BadFrequency(u32),
+    /// Installing the signal handler or starting the collector failed.
+    Setup(std::io::Error),
+}
+
+impl std::fmt::Display for CpuProfileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CpuProfileError::InUse => f.write_str("cpu profiling already in use"),
+            CpuProfileError::BadFrequency(hz) => {
+                write!(f, "sampling frequency {hz} Hz is outside 1..={MAX_HZ}")
+            }
+            CpuProfileError::Setup(e) => write!(f, "could not set up CPU sampling: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CpuProfileError {}
+
+/// Aggregated samples, keyed by thread, stack and truncation.
+type StackCounts = HashMap<(i32, bool, Vec<u64>), u64>;
+
+/// What the collector thread hands back when it stops.
+struct Collected {
+    counts: StackCounts,
+    thread_names: HashMap<i32, String>,
+    lost: u64,
+}
+
+/// A running CPU profile. Stop it with [`CpuProfile::stop`]; dropping it stops it too.
+pub struct CpuProfile {
+    hz: u32,
+    started: SystemTime,
+    started_at: Instant,
+    stop: Arc<AtomicBool>,
+    collector: Option<JoinHandle<Collected>>,
+}
+
+impl CpuProfile {
+    /// Starts sampling every thread's CPU time at `hz` samples per CPU-second.
+    pub fn start(hz: u32) -> Result<CpuProfile, CpuProfileError> {
+        if !(1..=MAX_HZ).contains(&hz) {
+            return Err(CpuProfileError::BadFrequency(hz));
+        }
+        if RUNNING.swap(true, Ordering::AcqRel) {
+            return Err(CpuProfileError::InUse);
+        }
+        let release = |e| {
+            RUNNING.store(false, Ordering::Release);
+            CpuProfileError::Setup(e)
+        };
+        signal::install_handler().map_err(release)?;
+        STACK_BOUNDS.replace(Some(Box::new(StackBounds::load())));
+        SAMPLING.replace(Some(Box::new(SamplingState {
+            ring: StackRing::new(RING_SLOTS),
+            tables: UnwindTables::load(),
+        })));
+        let stop = Arc::new(AtomicBool::new(false));
+        let collector = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("pprofd-cpu".into())
+                .spawn(move || collect(hz, &stop))
+                .map_err(|e| {
+                    SAMPLING.replace(None);
+                    STACK_BOUNDS.replace(None);
+                    release(e)
+                })?
+        };
+        Ok(CpuProfile {
+            hz,
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            stop,
+            collector: Some(collector),
+        })
+    }
+
+    /// Stops sampling and returns the samples as an unsymbolized profile.
+    pub fn stop(mut self) -> ProfileBuilder {
+        let collected = self.halt();
+        let period = 1_000_000_000 / self.hz as i64;
+        let mut builder = ProfileBuilder::new(
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            ("cpu", "nanoseconds"),
+            period,
+        );
+        builder.set_time(self.started, self.started_at.elapsed());
+        let mut truncated = 0;
+        for ((tid, was_truncated, stack), count) in collected.counts {
+            let mut frames: Vec<Frame> = stack.into_iter().map(Frame::Address).collect();
+            if was_truncated {
+                truncated += count;
+                frames.push(Frame::Synthetic("[truncated]".into()));
+            }
+            let name = collected
+                .thread_names
+                .get(&tid)
+                .cloned()
+                .unwrap_or_else(|| format!("thread-{tid}"));
+            let labels = vec![
+                Label::str("thread", name),
+                Label::num("thread_id", tid as i64, None),
+            ];
+            builder.add_sample(frames, vec![count as i64, count as i64 * period], labels);
+        }
+        if truncated > 0 {
+            builder.add_comment(format!(
+                "{truncated} samples have truncated stacks (rooted at [truncated])"
+            ));
+        }
+        if collected.lost > 0 {
+            builder.add_comment(format!(
+                "{} samples lost: sample buffer full",
+                collected.lost
+            ));
+        }
+        builder
+    }
+
+    fn halt(&mut self) -> Collected {
+        self.stop.store(true, Ordering::Release);
+        let collected = self
+            .collector
+            .take()
+            .and_then(|c| c.join().ok())
+            .unwrap_or_else(|| Collected {
+                counts: HashMap::new(),
+                thread_names: HashMap::new(),
+                lost: 0,
+            });
+        RUNNING.store(false, Ordering::Release);
+        collected
+    }
+}
+
+impl Drop for CpuProfile {
+    fn drop(&mut self) {
+        if self.collector.is_some() {
+            self.halt();
+        }
+    }
+}
+
+/// The collector thread: keeps timers, tables and bounds current and drains samples until
+/// told to stop, then tears sampling down and returns what it gathered.
+fn collect(hz: u32, stop: &AtomicBool) -> Collected {
+    let _internal = procfs::register_internal_thread();
+    let period_ns = 1_000_000_000 / hz as u64;
+    let mut timers: HashMap<i32, ThreadTimer> = HashMap::new();
+    let mut collected = Collected {
+        counts: HashMap::new(),
+        thread_names: HashMap::new(),
+        lost: 0,
+    };
+    let mut bounds = StackBounds::load();
+    loop {
+        if stop.load(Ordering::Acquire) {
+            // Deleting the timers stops new signals; a signal already pending finds nothing
+            // published once `replace(None)` returns, and is ignored.
+            timers.clear();
+            if let Some(state) = SAMPLING.replace(None) {
+                retire(&state.ring, &mut collected);
+            }
+            STACK_BOUNDS.replace(None);
+            return collected;
+        }
+        sync_timers(&mut timers, &mut collected.thread_names, period_ns);
+        let fresh = StackBounds::load();
+        if fresh != bounds {
+            bounds = fresh.clone();
+            STACK_BOUNDS.replace(Some(Box::new(fresh)));
+        }
+        if SAMPLING.with_owner(|s| s.is_some_and(|s| s.tables.is_stale())) {
+            // An object was loaded or unloaded: swap in fresh tables, then drain the old ring.
+            let fresh = SamplingState {
+                ring: StackRing::new(RING_SLOTS),
+                tables: UnwindTables::load(),
+            };
+            if let Some(old) = SAMPLING.replace(Some(Box::new(fresh))) {
+                retire(&old.ring, &mut collected);
+            }
+        }
+        SAMPLING.with_owner(|s| s.map(|s| drain(&s.ring, &mut collected)));
+        std::thread::sleep(COLLECT_INTERVAL);
+    }
+}
+
+fn drain(ring: &StackRing, collected: &mut Collected) {
+    ring.drain(|record: &StackRecord| {
+        let stack = record.frames[..record.depth].to_vec();
+        *collected
+            .counts
+            .entry((record.tid, record.truncated, stack))
+            .or_default() += record.weight;
+    });
+}
+
+/// Drains a ring that handlers can no longer reach and counts what it lost.
+fn retire(ring: &StackRing, collected: &mut Collected) {
+    drain(ring, collected);
+    collected.lost += ring.lost();
+}
+
+/// Gives every live thread except pprofd's own a timer and forgets threads that exited.
+fn sync_timers(
+    timers: &mut HashMap<i32, ThreadTimer>,
+    names: &mut HashMap<i32, String>,
+    period_ns: u64,
+) {
+    let tids = procfs::thread_ids();
+    timers.retain(|tid, _| tids.binary_search(tid).is_ok());
+    for tid in tids {
+        if timers.contains_key(&tid) || procfs::is_internal_thread(tid) {
+            continue;
+        }
+        if let Ok(timer) = ThreadTimer::start(tid, period_ns) {
+            timers.insert(tid, timer);
+            names.insert(tid, procfs::thread_name(tid));
+        }
+    }
+}

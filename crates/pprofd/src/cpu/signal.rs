@@ -1,0 +1,184 @@
+//! The SIGPROF handler and the per-thread CPU-time timers that raise it.
+//!
+//! Invariants (DESIGN.md 1-3), which every change here must keep:
+//! - The handler reads registers from the ucontext, unwinds with tables prepared beforehand
+//!   ([`crate::unwind`]) and writes addresses into a ring allocated beforehand. It allocates
+//!   nothing, takes no lock, calls no libgcc unwinder and no symbolizer, and saves/restores
+//!   errno.
+//! - The handler is installed once and never removed or reset to `SIG_DFL`: a SIGPROF that
+//!   arrives after a profile stops finds nothing published and returns. A SIGPROF that is
+//!   not from our timers goes to the handler that was installed before ours.
+//! - Each thread has its own `CLOCK_THREAD_CPUTIME_ID` timer delivering to that thread
+//!   (`SIGEV_THREAD_ID`), so samples are proportional to each thread's CPU time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use crate::unwind::published::{self, Published};
+use crate::unwind::ring::{StackRing, MAX_DEPTH};
+use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
+
+/// What the handler samples into while a CPU profile runs.
+pub(super) struct SamplingState {
+    pub ring: StackRing,
+    pub tables: UnwindTables,
+}
+
+/// The running profile's ring and unwind tables; empty when no profile runs.
+pub(super) static SAMPLING: Published<SamplingState> = Published::new();
+/// Readable memory ranges, refreshed by the collector as threads come and go.
+pub(super) static STACK_BOUNDS: Published<StackBounds> = Published::new();
+
+/// Marks `sigev_value` of our timers, to tell our SIGPROFs from anyone else's.
+const TIMER_COOKIE: usize = 0x7070_726f_6664; // "pprofd"
+const SI_TIMER: i32 = -2;
+
+static PREVIOUS_HANDLER: OnceLock<libc::sigaction> = OnceLock::new();
+
+/// Installs the SIGPROF handler the first time it is called; later calls do nothing.
+pub(super) fn install_handler() -> std::io::Result<()> {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serialize = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if INSTALLED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    // SAFETY: a zeroed sigaction is a valid starting point; every field we rely on is set.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_sigprof as *const () as usize;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: `sa_mask` is a valid sigset_t to initialise.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: as above, a zeroed sigaction receives the previous disposition.
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; the handler is async-signal-safe.
+    if unsafe { libc::sigaction(libc::SIGPROF, &action, &mut previous) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let _ = PREVIOUS_HANDLER.set(previous);
+    INSTALLED.store(true, Ordering::Release);
+    Ok(())
+}
+
+extern "C" fn on_sigprof(
+    signo: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ucontext: *mut libc::c_void,
+) {
+    // SAFETY: errno is thread-local; reading and restoring it is what keeps the interrupted
+    // code's view of errno intact.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    if unsafe { is_our_timer(&*info) } {
+        // SAFETY: `ucontext` is the kernel's context for this handler invocation.
+        unsafe { record_sample(ucontext) };
+    } else {
+        chain_previous(signo, info, ucontext);
+    }
+    // SAFETY: see above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// # Safety
+/// `info` must be the siginfo of a running handler.
+unsafe fn is_our_timer(info: &libc::siginfo_t) -> bool {
+    // SAFETY: for SI_TIMER signals the kernel fills the timer fields, which include sigval.
+    info.si_code == SI_TIMER && unsafe { info.si_value() }.sival_ptr as usize == TIMER_COOKIE
+}
+
+/// # Safety
+/// `ucontext` must be the context of a running handler.
+unsafe fn record_sample(ucontext: *mut libc::c_void) {
+    let guard = published::enter();
+    let Some(state) = SAMPLING.get(&guard) else {
+        return;
+    };
+    let Some(bounds) = STACK_BOUNDS.get(&guard) else {
+        state.ring.count_lost();
+        return;
+    };
+    let Some(mut slot) = state.ring.claim() else {
+        return;
+    };
+    // SAFETY: forwarded from the caller.
+    let regs = unsafe { InterruptedRegs::from_ucontext(ucontext) };
+    let record = slot.record();
+    let unwound =
+        unwind::unwind_signal_context(regs, &state.tables, bounds, &mut record.frames[..MAX_DEPTH]);
+    record.depth = unwound.depth;
+    record.truncated = unwound.truncated;
+    record.tid = crate::procfs::gettid();
+    record.weight = 1;
+    slot.commit();
+}
+
+fn chain_previous(signo: libc::c_int, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
+    let Some(previous) = PREVIOUS_HANDLER.get() else {
+        return;
+    };
+    let handler = previous.sa_sigaction;
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // The default action for SIGPROF terminates the process; a stray one is dropped instead.
+        return;
+    }
+    if previous.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous owner installed this as an SA_SIGINFO handler.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler) };
+        f(signo, info, ucontext);
+    } else {
+        // SAFETY: the previous owner installed this as a plain handler.
+        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+        f(signo);
+    }
+}
+
+/// A CPU-time timer that signals one thread.
+pub(super) struct ThreadTimer(libc::timer_t);
+
+// SAFETY: a timer id is a plain kernel handle usable from any thread.
+unsafe impl Send for ThreadTimer {}
+
+impl ThreadTimer {
+    /// Starts a timer on `tid`'s CPU clock firing every `period_ns` of that thread's CPU time.
+    /// Fails when the thread is gone.
+    pub fn start(tid: i32, period_ns: u64) -> std::io::Result<Self> {
+        // The kernel's encoding of a per-thread CPU clock (MAKE_THREAD_CPUCLOCK in
+        // linux/posix-timers.h): !tid << 3 | CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD_MASK.
+        let clock: libc::clockid_t = (!tid << 3) | 6;
+        // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_THREAD_ID;
+        event.sigev_signo = libc::SIGPROF;
+        event.sigev_notify_thread_id = tid;
+        event.sigev_value = libc::sigval {
+            sival_ptr: TIMER_COOKIE as *mut libc::c_void,
+        };
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: valid pointers for the duration of the call.
+        if unsafe { libc::timer_create(clock, &mut event, &mut timer) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let timer = ThreadTimer(timer);
+        let period = libc::timespec {
+            tv_sec: (period_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (period_ns % 1_000_000_000) as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: period,
+            it_value: period,
+        };
+        // SAFETY: `timer.0` is a live timer owned by `timer`.
+        if unsafe { libc::timer_settime(timer.0, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(timer)
+    }
+}
+
+impl Drop for ThreadTimer {
+    fn drop(&mut self) {
+        // SAFETY: the timer is live and owned by self; deleting it stops further signals.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}

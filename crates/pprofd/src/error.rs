@@ -1,0 +1,51 @@
+//! The crate's error type.
+
+use std::fmt;
+
+/// Why pprofd could not start.
+#[derive(Debug)]
+pub enum Error {
+    /// The listen address could not be understood.
+    InvalidAddress {
+        /// Where the address came from: the environment variable or `Config`.
+        source_name: &'static str,
+        /// The address as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The address was understood but could not be bound.
+    Bind {
+        /// The address as given.
+        value: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The server thread could not be started.
+    Spawn(std::io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidAddress {
+                source_name,
+                value,
+                reason,
+            } => {
+                write!(f, "{source_name}={value:?} is not a listen address: {reason} (try 127.0.0.1:6060 or :6060)")
+            }
+            Error::Bind { value, source } => write!(f, "cannot listen on {value}: {source}"),
+            Error::Spawn(e) => write!(f, "cannot start the pprof server thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind { source, .. } | Error::Spawn(source) => Some(source),
+            Error::InvalidAddress { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! # pprofd
+//!
+//! Go's `/debug/pprof` endpoints for Rust services, readable by `go tool pprof`, speedscope
+//! and Pyroscope as they are.
+//!
+//! ```no_run
+//! // At the top of main. Does nothing unless PPROF_ADDR is set, e.g. PPROF_ADDR=127.0.0.1:6060.
+//! let _pprof = pprofd::init_from_env().expect("PPROF_ADDR is valid");
+//! ```
+//!
+//! Then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5`.
+//!
+//! The crate is split by concern: [`server`] is the only module that knows HTTP; [`cpu`]
+//! samples; `unwind` walks stacks inside signal handlers; `symbolize` turns addresses into
+//! functions and lines; [`profile`] is the pprof model every profiler produces.
+
+pub mod cpu;
+mod error;
+mod objects;
+mod procfs;
+pub mod profile;
+pub mod server;
+mod symbolize;
+mod unwind;
+
+pub use error::Error;
+pub use server::{Config, Server};
+
+/// The environment variable holding the listen address (`127.0.0.1:6060`, `:6060`, ...).
+pub const ADDR_ENV: &str = "PPROF_ADDR";
+
+/// Starts the pprof server if `PPROF_ADDR` is set.
+///
+/// Unset or empty, this returns `Ok(None)` and does nothing else: no thread, no socket, no
+/// signal handler. Set, it binds the address (Go's forms: `:6060` for all interfaces,
+/// `127.0.0.1:6060`, `[::1]:6060`, `localhost:6060`; port 0 picks a free port) and serves
+/// from a dedicated thread. Keep the returned [`Server`] alive: dropping it stops serving.
+pub fn init_from_env() -> Result<Option<Server>, Error> {
+    let addr = match std::env::var(ADDR_ENV) {
+        Ok(addr) if !addr.trim().is_empty() => addr,
+        Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(value)) => {
+            return Err(Error::InvalidAddress {
+                source_name: ADDR_ENV,
+                value: value.to_string_lossy().into_owned(),
+                reason: "not valid UTF-8".into(),
+            })
+        }
+    };
+    let config = Config::new(addr.trim()).named_by(ADDR_ENV);
+    Server::start(config).map(Some)
+}
+
+/// Encodes a finished profile builder: symbolizes its addresses in this process and gzips it.
+pub fn symbolize_and_encode(builder: profile::ProfileBuilder) -> Vec<u8> {
+    let symbols = symbolize::ProcessSymbols::resolve(&builder.addresses());
+    profile::encode_gzip(&builder.build(&symbols))
+}

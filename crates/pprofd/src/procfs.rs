@@ -1,0 +1,67 @@
+//! Facts about this process's threads from `/proc/self` and a few system calls.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// The calling thread's kernel thread id. Async-signal-safe (one system call).
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Kernel thread ids of every thread of the process, sorted.
+pub(crate) fn thread_ids() -> Vec<i32> {
+    let mut tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort_unstable();
+    tids
+}
+
+/// A thread's name (`comm`), or its id when the thread is gone.
+pub(crate) fn thread_name(tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| format!("thread-{tid}"))
+}
+
+static INTERNAL_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
+
+/// Marks the calling thread as pprofd's own, so profiles leave it out, until the returned
+/// guard drops.
+pub(crate) fn register_internal_thread() -> InternalThread {
+    let tid = gettid();
+    INTERNAL_THREADS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(tid);
+    InternalThread(tid)
+}
+
+/// Whether `tid` is one of pprofd's own threads.
+pub(crate) fn is_internal_thread(tid: i32) -> bool {
+    INTERNAL_THREADS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|set| set.contains(&tid))
+}
+
+/// Keeps a thread registered as internal; see [`register_internal_thread`].
+pub(crate) struct InternalThread(i32);
+
+impl Drop for InternalThread {
+    fn drop(&mut self) {
+        if let Some(set) = INTERNAL_THREADS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            set.remove(&self.0);
+        }
+    }
+}

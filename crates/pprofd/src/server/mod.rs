@@ -1,0 +1,281 @@
+//! The HTTP server: Go's `net/http/pprof` routes on a thread and runtime of their own.
+//!
+//! The server owns one OS thread running a single-threaded tokio runtime, so it keeps
+//! answering while the service's own threads and runtime are busy or wedged (DESIGN.md
+//! invariant 7). Long work (symbolization, encoding) runs on the runtime's blocking pool.
+
+mod query;
+mod routes;
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::Error;
+
+/// Longest CPU profile accepted by default, in seconds.
+pub const DEFAULT_MAX_PROFILE_SECONDS: u64 = 600;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to run the server, for services that configure in code rather than by environment.
+///
+/// ```no_run
+/// let server = pprofd::Server::start(pprofd::Config::new("127.0.0.1:6060"))?;
+/// println!("pprof on {}", server.local_addr());
+/// # Ok::<(), pprofd::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    addr: String,
+    addr_source: &'static str,
+    max_profile_seconds: u64,
+}
+
+impl Config {
+    /// Listen on `addr`, in Go's forms: `:6060` (all interfaces), `127.0.0.1:6060`,
+    /// `[::1]:6060`, `localhost:6060`; port 0 picks a free port.
+    pub fn new(addr: impl Into<String>) -> Self {
+        Config {
+            addr: addr.into(),
+            addr_source: "Config::new",
+            max_profile_seconds: DEFAULT_MAX_PROFILE_SECONDS,
+        }
+    }
+
+    /// Longest `seconds` a profile request may ask for (default 600).
+    pub fn max_profile_seconds(mut self, seconds: u64) -> Self {
+        self.max_profile_seconds = seconds.max(1);
+        self
+    }
+
+    /// Names where the address came from, for error messages.
+    pub(crate) fn named_by(mut self, variable: &'static str) -> Self {
+        self.addr_source = variable;
+        self
+    }
+}
+
+/// A running pprof server. Dropping it (or calling [`Server::shutdown`]) stops it.
+pub struct Server {
+    local_addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the configured address and starts serving from a dedicated thread.
+    pub fn start(config: Config) -> Result<Server, Error> {
+        let addrs = resolve(&config)?;
+        let listener = bind(&addrs).map_err(|source| Error::Bind {
+            value: config.addr.clone(),
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            value: config.addr.clone(),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| Error::Bind {
+                value: config.addr.clone(),
+                source,
+            })?;
+        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
+        let settings = Arc::new(routes::Settings {
+            max_profile_seconds: config.max_profile_seconds,
+        });
+        let thread = std::thread::Builder::new()
+            .name("pprofd-http".into())
+            .spawn(move || serve(listener, settings, shutdown_rx))
+            .map_err(Error::Spawn)?;
+        log::info!(
+            "pprofd: serving http://{local_addr}/debug/pprof/ ({})",
+            routes::ENDPOINTS.join(", ")
+        );
+        if !local_addr.ip().is_loopback() {
+            log::warn!(
+                "pprofd: {local_addr} is reachable beyond this machine; the endpoints expose stacks, symbols and the command line"
+            );
+        }
+        Ok(Server {
+            local_addr,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address the server listens on (with the port chosen when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, ends open connections and joins the server thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Resolves Go's address forms; `:port` means every interface.
+fn resolve(config: &Config) -> Result<Vec<SocketAddr>, Error> {
+    let invalid = |reason: String| Error::InvalidAddress {
+        source_name: config.addr_source,
+        value: config.addr.clone(),
+        reason,
+    };
+    let addr = config.addr.trim();
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(invalid("missing :port".into()));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid(format!("port {port:?} is not a number from 0 to 65535")))?;
+    if host.is_empty() {
+        // Go listens on every IPv6 and IPv4 interface; fall back to IPv4 where IPv6 is off.
+        return Ok(vec![
+            SocketAddr::from(([0u16; 8], port)),
+            SocketAddr::from(([0u8; 4], port)),
+        ]);
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| invalid(format!("cannot resolve host {host:?}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(invalid(format!("host {host:?} has no address")));
+    }
+    Ok(addrs)
+}
+
+fn bind(addrs: &[SocketAddr]) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to bind")))
+}
+
+/// The server thread: a current-thread runtime accepting connections until shutdown.
+fn serve(
+    listener: TcpListener,
+    settings: Arc<routes::Settings>,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    let _internal = crate::procfs::register_internal_thread();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("pprofd-work")
+        .max_blocking_threads(4)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("pprofd: cannot start the server runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("pprofd: cannot use the listening socket: {e}");
+                return;
+            }
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut shutdown = shutdown;
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            };
+            let stream = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        log::debug!("pprofd: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = hyper::service::service_fn(move |req| routes::handle(req, settings.clone()));
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(e) = connection.await {
+                    log::debug!("pprofd: connection ended: {e}");
+                }
+            });
+        }
+    });
+    // Dropping the runtime cancels open connections, which stops any profile they ran.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(addr: &str) -> Result<Vec<SocketAddr>, Error> {
+        resolve(&Config::new(addr))
+    }
+
+    #[test]
+    fn understands_gos_address_forms() {
+        assert_eq!(
+            resolved(":6060").unwrap()[1],
+            "0.0.0.0:6060".parse().unwrap()
+        );
+        assert_eq!(
+            resolved("127.0.0.1:0").unwrap(),
+            vec!["127.0.0.1:0".parse().unwrap()]
+        );
+        assert_eq!(
+            resolved("[::1]:6060").unwrap(),
+            vec!["[::1]:6060".parse().unwrap()]
+        );
+        assert!(resolved("localhost:6060")
+            .unwrap()
+            .iter()
+            .all(|a| a.ip().is_loopback()));
+    }
+
+    #[test]
+    fn bad_addresses_name_the_value() {
+        for bad in ["6060", "127.0.0.1:http", "127.0.0.1:70000"] {
+            let message = resolved(bad).unwrap_err().to_string();
+            assert!(message.contains(bad), "{message}");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Request routing and Go's responses for each endpoint.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_DISPOSITION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::query::Query;
+use crate::cpu::{self, CpuProfile, CpuProfileError};
+
+/// Server-wide settings the handlers read.
+pub(super) struct Settings {
+    pub max_profile_seconds: u64,
+}
+
+/// The endpoints served, for the start-up log line.
+pub(super) const ENDPOINTS: &[&str] = &["profile", "cmdline", "symbol", "trace"];
+
+/// Every name the index lists, with Go's descriptions.
+const INDEX: &[(&str, &str)] = &[
+    ("cmdline", "The command line invocation of the current program"),
+    (
+        "profile",
+        "CPU profile. You can specify the duration in the seconds GET parameter. After you get the profile file, use the go tool pprof command to investigate the profile.",
+    ),
+    ("symbol", "Maps given program counters to function names."),
+    ("trace", "Not available: Go's execution tracer has no Rust counterpart; the request answers 501."),
+];
+
+/// Largest `/symbol` POST body accepted.
+const MAX_SYMBOL_BODY: usize = 1 << 20;
+const PREFIX: &str = "/debug/pprof/";
+
+type Body = Full<Bytes>;
+
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    settings: Arc<Settings>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let query = Query::parse(req.uri().query());
+    let name = if path == "/debug/pprof" {
+        ""
+    } else if let Some(name) = path.strip_prefix(PREFIX) {
+        name
+    } else {
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            "404 page not found: pprof endpoints live under /debug/pprof/",
+        ));
+    };
+    let allowed: &[Method] = if name == "symbol" {
+        &[Method::GET, Method::POST]
+    } else {
+        &[Method::GET]
+    };
+    if !allowed.contains(req.method()) {
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method {} not allowed on {path}", req.method()),
+        );
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        response.headers_mut().insert(
+            ALLOW,
+            HeaderValue::from_str(&allow).expect("method names are ASCII"),
+        );
+        return Ok(response);
+    }
+    Ok(match name {
+        "" => index(&query),
+        "cmdline" => cmdline(),
+        "profile" => cpu_profile(&query, &settings).await,
+        "symbol" => symbol(req).await,
+        "trace" => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "execution traces are a Go runtime feature with no Rust counterpart; use /debug/pprof/profile",
+        ),
+        _ => error(StatusCode::NOT_FOUND, "Unknown profile"),
+    })
+}
+
+/// A plain-text error with Go's headers; `X-Go-Pprof` makes `go tool pprof` print the message.
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{message}\n"))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("X-Go-Pprof", HeaderValue::from_static("1"));
+    response
+}
+
+fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// A gzipped protobuf profile with Go's download headers.
+fn profile_bytes(name: &str, bytes: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+            .expect("profile names are ASCII"),
+    );
+    headers.insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn index(query: &Query) -> Response<Body> {
+    if query.get("debug").is_some_and(|d| d != "0") {
+        let mut body = String::from("/debug/pprof/\n\n");
+        for (name, description) in INDEX {
+            body.push_str(&format!("{PREFIX}{name}\t{description}\n"));
+        }
+        return text("text/plain; charset=utf-8", body);
+    }
+    let mut rows = String::new();
+    let mut descriptions = String::new();
+    for (name, description) in INDEX {
+        rows.push_str(&format!(
+            "<tr><td></td><td><a href='{name}?debug=1'>{name}</a></td></tr>\n"
+        ));
+        descriptions.push_str(&format!(
+            "<li><div class=profile-name>{name}: </div> {description}</li>\n"
+        ));
+    }
+    let body = format!(
+        "<html>\n<head>\n<title>/debug/pprof/</title>\n<style>\n.profile-name{{\n\tdisplay:inline-block;\n\twidth:6rem;\n}}\n</style>\n</head>\n<body>\n/debug/pprof/\n<br>\n<p>Set debug=1 as a query parameter to export in legacy text format</p>\n<br>\nTypes of profiles available:\n<table>\n<thead><td>Count</td><td>Profile</td></thead>\n{rows}</table>\n<br>\n<p>\nProfile Descriptions:\n<ul>\n{descriptions}</ul>\n</p>\n</body>\n</html>\n"
+    );
+    text("text/html; charset=utf-8", body)
+}
+
+fn cmdline() -> Response<Body> {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    text("text/plain; charset=utf-8", args.join("\0"))
+}
+
+async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
+    let seconds = match query.int_in("seconds", 30, 1..=settings.max_profile_seconds) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let hz = match query.int_in("hz", cpu::DEFAULT_HZ as u64, 1..=cpu::MAX_HZ as u64) {
+        Ok(hz) => hz as u32,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let profile = match CpuProfile::start(hz) {
+        Ok(p) => p,
+        Err(e @ CpuProfileError::InUse) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("Could not enable CPU profiling: {e}"),
+            )
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    // If the client goes away, hyper drops this future and `profile`'s Drop stops sampling.
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    match tokio::task::spawn_blocking(move || crate::symbolize_and_encode(profile.stop())).await {
+        Ok(bytes) => profile_bytes("profile", bytes),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("building the profile failed: {e}"),
+        ),
+    }
+}
+
+/// Go's symbolz protocol: addresses separated by `+` (POST body or query string), answered
+/// with `num_symbols: 1` and one `0xADDR name` line per known address.
+async fn symbol(req: Request<Incoming>) -> Response<Body> {
+    let input = if req.method() == Method::POST {
+        match Limited::new(req.into_body(), MAX_SYMBOL_BODY)
+            .collect()
+            .await
+        {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Err(_) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("symbol request body larger than {MAX_SYMBOL_BODY} bytes"),
+                )
+            }
+        }
+    } else {
+        req.uri().query().unwrap_or("").to_string()
+    };
+    let addresses: Vec<u64> = input.split('+').filter_map(parse_address).collect();
+    let names = if addresses.is_empty() {
+        Vec::new()
+    } else {
+        tokio::task::spawn_blocking(move || crate::symbolize::function_names(&addresses))
+            .await
+            .unwrap_or_default()
+    };
+    let mut body = String::from("num_symbols: 1\n");
+    for (address, name) in names {
+        body.push_str(&format!("{address:#x} {name}\n"));
+    }
+    text("text/plain; charset=utf-8", body)
+}
+
+/// Parses an address as Go's `strconv.ParseUint(s, 0, 64)` does; malformed words are skipped.
+fn parse_address(word: &str) -> Option<u64> {
+    let word = word.trim();
+    let parsed = if let Some(hex) = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16)
+    } else if word.len() > 1 && word.starts_with('0') {
+        u64::from_str_radix(&word[1..], 8)
+    } else {
+        word.parse()
+    };
+    parsed.ok().filter(|&a| a != 0)
+}

@@ -1,0 +1,175 @@
+//! Symbolization of this process's addresses, outside any signal handler.
+//!
+//! [`ProcessSymbols::resolve`] reads the executable mappings from `/proc/self/maps` (with the
+//! build IDs of the loaded objects) and asks blazesym for the function, file, line and inline
+//! chain of each address. The blazesym symbolizer is created per call and dropped before it
+//! returns, so no symbol cache outlives a profile (DESIGN.md invariant 5).
+
+use std::collections::HashMap;
+
+use blazesym::symbolize::source::{Process, Source};
+use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
+use blazesym::Pid;
+
+use crate::objects;
+use crate::profile::{MappingInfo, Resolver, SourceFrame};
+
+/// Mappings and symbols for a set of addresses of this process.
+pub(crate) struct ProcessSymbols {
+    mappings: Vec<MappingInfo>,
+    frames: HashMap<u64, Vec<SourceFrame>>,
+}
+
+impl ProcessSymbols {
+    /// Reads the mappings and symbolizes `addresses` (absolute, already normalised).
+    pub fn resolve(addresses: &[u64]) -> Self {
+        let mappings = executable_mappings();
+        let mut frames = HashMap::with_capacity(addresses.len());
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        let source = Source::Process(Process::new(Pid::Slf));
+        // blazesym wants sorted input for speed but answers in input order either way.
+        if let Ok(results) = symbolizer.symbolize(&source, Input::AbsAddr(addresses)) {
+            for (&address, result) in addresses.iter().zip(results) {
+                if let Symbolized::Sym(sym) = result {
+                    frames.insert(address, inline_chain(&sym));
+                }
+            }
+        }
+        ProcessSymbols { mappings, frames }
+    }
+}
+
+impl Resolver for ProcessSymbols {
+    fn mappings(&self) -> &[MappingInfo] {
+        &self.mappings
+    }
+
+    fn frames(&self, address: u64) -> &[SourceFrame] {
+        self.frames.get(&address).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The function names at `addresses`, for the symbolz protocol (`/debug/pprof/symbol`).
+pub(crate) fn function_names(addresses: &[u64]) -> Vec<(u64, String)> {
+    let mut sorted = addresses.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let symbols = ProcessSymbols::resolve(&sorted);
+    addresses
+        .iter()
+        .filter_map(|&a| {
+            // The outermost function of the inline chain is the symbol that holds the address.
+            let name = symbols.frames(a).last()?.function.clone();
+            Some((a, name))
+        })
+        .collect()
+}
+
+/// Turns blazesym's answer (outermost function first, each with the location inside it)
+/// into pprof's order: innermost first.
+fn inline_chain(sym: &blazesym::symbolize::Sym<'_>) -> Vec<SourceFrame> {
+    let frame = |name: &str, code: Option<&CodeInfo<'_>>| {
+        let function = clean_name(name);
+        SourceFrame {
+            system_name: function.clone(),
+            function,
+            file: code
+                .map(|c| c.to_path().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            line: code.and_then(|c| c.line).unwrap_or(0) as i64,
+        }
+    };
+    let mut chain: Vec<SourceFrame> = sym
+        .inlined
+        .iter()
+        .rev()
+        .map(|f| frame(&f.name, f.code_info.as_ref()))
+        .collect();
+    chain.push(frame(&sym.name, sym.code_info.as_deref()));
+    chain
+}
+
+/// Drops the `::h0123456789abcdef` hash that legacy Rust mangling leaves on demangled names.
+fn clean_name(name: &str) -> String {
+    match name.rsplit_once("::h") {
+        Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            head.to_string()
+        }
+        _ => name.to_string(),
+    }
+}
+
+/// Executable, file-backed mappings of this process (plus the vDSO), main executable first.
+fn executable_mappings() -> Vec<MappingInfo> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let build_ids: HashMap<String, String> = objects::loaded_objects(false)
+        .into_iter()
+        .map(|o| (o.path, o.build_id))
+        .collect();
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut mappings: Vec<MappingInfo> = maps
+        .lines()
+        .filter_map(|line| parse_maps_line(line, &build_ids))
+        .collect();
+    // Stable sort: the executable's mappings first, the rest in address order.
+    mappings.sort_by_key(|m| m.path != exe);
+    mappings
+}
+
+fn parse_maps_line(line: &str, build_ids: &HashMap<String, String>) -> Option<MappingInfo> {
+    let mut fields = line.split_ascii_whitespace();
+    let (range, perms, offset) = (fields.next()?, fields.next()?, fields.next()?);
+    let path = fields.nth(2)?;
+    if perms.as_bytes().get(2) != Some(&b'x') || !(path.starts_with('/') || path == "[vdso]") {
+        return None;
+    }
+    let (start, limit) = range.split_once('-')?;
+    Some(MappingInfo {
+        start: u64::from_str_radix(start, 16).ok()?,
+        limit: u64::from_str_radix(limit, 16).ok()?,
+        file_offset: u64::from_str_radix(offset, 16).ok()?,
+        path: path.to_string(),
+        build_id: build_ids.get(path).cloned().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_function_with_a_known_name() -> u64 {
+        std::hint::black_box(a_function_with_a_known_name as *const () as usize as u64)
+    }
+
+    #[test]
+    fn resolves_a_function_with_file_and_line() {
+        let address = a_function_with_a_known_name();
+        let symbols = ProcessSymbols::resolve(&[address]);
+        let frames = symbols.frames(address);
+        let outer = frames.last().expect("symbolized");
+        assert!(
+            outer.function.ends_with("a_function_with_a_known_name"),
+            "{outer:?}"
+        );
+        assert!(outer.file.ends_with("symbolize/mod.rs"), "{outer:?}");
+        assert!(outer.line > 0);
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let main = &symbols.mappings()[0];
+        assert_eq!(main.path, exe.to_string_lossy());
+        assert!((main.start..main.limit).contains(&address));
+        assert!(!main.build_id.is_empty(), "rustc links with a GNU build ID");
+    }
+
+    #[test]
+    fn strips_legacy_hashes_only() {
+        assert_eq!(clean_name("app::work::h0123456789abcdef"), "app::work");
+        assert_eq!(clean_name("app::hello"), "app::hello");
+    }
+}
