@@ -1,0 +1,33 @@
+//! 200 back-to-back one-second profiles at 1000 Hz while the workload allocates, spawns and
+//! joins threads, formats backtraces and dlopens/dlcloses libraries: no crash, no hang, every
+//! profile decodes, and the SIGPROF handler never allocates.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{get, stack_functions, Workload};
+
+#[test]
+fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler() {
+    let workload = Workload::start("cpu_workload", &["--churn"], true);
+    let addr = workload.addr();
+    let started = Instant::now();
+    let mut total_samples = 0i64;
+    let mut churn_seen = false;
+    for round in 0..200 {
+        let response = get(addr, "/debug/pprof/profile?seconds=1&hz=1000");
+        assert_eq!(response.status, 200, "round {round}: {}", response.text());
+        let profile = response.profile();
+        total_samples += profile.sample.iter().map(|s| s.value[0]).sum::<i64>();
+        churn_seen |= profile
+            .sample
+            .iter()
+            .any(|s| stack_functions(&profile, s).iter().any(|f| f.contains("churn")));
+    }
+    assert!(started.elapsed() < Duration::from_secs(400), "profiles took {:?}", started.elapsed());
+    assert!(total_samples > 10_000, "{total_samples} samples in 200 profiles at 1000 Hz");
+    assert!(churn_seen, "the churning threads were sampled too");
+    let report = workload.finish();
+    assert!(report.contains("allocations_in_sigprof_handler 0"), "{report}");
+}
