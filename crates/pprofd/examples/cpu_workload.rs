@@ -1,4 +1,4 @@
-//! A service-shaped workload for pprofd's tests and benchmarks.
+//! A service-shaped workload for pprofd's CPU profile tests.
 //!
 //! Two threads ("worker-1", "worker-2") each loop over `hot_seventy` (7 units of work) and
 //! `hot_thirty` (3 units), so a correct CPU profile gives them 70% and 30%. With `--churn`,
@@ -67,11 +67,11 @@ fn spin(mut x: u64, rounds: u64) -> u64 {
     x
 }
 
-/// Runs the 70/30 loop `iterations` times (or until `stop`), returning the work done.
-fn worker(stop: &AtomicBool, iterations: Option<u64>) -> u64 {
+/// Runs the 70/30 loop until `stop`, returning the rounds done.
+fn worker(stop: &AtomicBool) -> u64 {
     let mut x = 88172645463325252u64;
     let mut done = 0;
-    while !stop.load(Ordering::Relaxed) && iterations.is_none_or(|n| done < n) {
+    while !stop.load(Ordering::Relaxed) {
         x = hot_seventy(x);
         x = hot_thirty(x);
         done += 1;
@@ -110,13 +110,6 @@ fn churn(stop: &AtomicBool) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--bench-iterations") {
-        // Fixed work on two threads, no server: the benchmark measures this with and without
-        // a profile running in-process.
-        let n: u64 = args[i + 1].parse().expect("iteration count");
-        bench(n, args.iter().any(|a| a == "--profile"));
-        return;
-    }
     let server = pprofd::init_from_env().expect("PPROF_ADDR is valid");
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -125,7 +118,7 @@ fn main() {
         threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || worker(&stop, None))
+                .spawn(move || worker(&stop))
                 .unwrap(),
         );
     }
@@ -157,47 +150,4 @@ fn main() {
         "allocations_in_sigprof_handler {}",
         ALLOCATIONS_IN_SIGPROF_HANDLER.load(Ordering::Relaxed)
     );
-}
-
-/// Prints CPU seconds used by the fixed workload, and with `--profile` the samples taken.
-fn bench(iterations: u64, profile: bool) {
-    let running = profile.then(|| pprofd::cpu::CpuProfile::start(100).expect("profile starts"));
-    let cpu_before = cpu_seconds();
-    let wall = std::time::Instant::now();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let a = s.spawn(|| worker(&stop, Some(iterations)));
-        let b = s.spawn(|| worker(&stop, Some(iterations)));
-        black_box((a.join().unwrap(), b.join().unwrap()));
-    });
-    let cpu = cpu_seconds() - cpu_before;
-    let wall = wall.elapsed().as_secs_f64();
-    let (samples, encode_ms) = match running {
-        Some(p) => {
-            let builder = p.stop();
-            let started = std::time::Instant::now();
-            let bytes = pprofd::symbolize_and_encode(builder);
-            let encode_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let profile = pprofd::profile::decode(&bytes).expect("profile decodes");
-            (
-                profile.sample.iter().map(|s| s.value[0]).sum::<i64>(),
-                encode_ms,
-            )
-        }
-        None => (0, 0.0),
-    };
-    println!(
-        "cpu_seconds {cpu:.6} wall_seconds {wall:.6} samples {samples} encode_ms {encode_ms:.1}"
-    );
-}
-
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(usage.ru_utime) + t(usage.ru_stime)
 }

@@ -14,7 +14,11 @@ fn share_of(profile: &pprofd::profile::proto::Profile, function_suffix: &str) ->
     let matching: i64 = profile
         .sample
         .iter()
-        .filter(|s| stack_functions(profile, s).iter().any(|f| f.ends_with(function_suffix)))
+        .filter(|s| {
+            stack_functions(profile, s)
+                .iter()
+                .any(|f| f.ends_with(function_suffix))
+        })
         .map(|s| s.value[0])
         .sum();
     matching as f64 / total as f64
@@ -25,40 +29,83 @@ fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {
     let workload = Workload::start("cpu_workload", &[], true);
     let profile = get(workload.addr(), "/debug/pprof/profile?seconds=4").profile();
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
-    assert!(samples > 200, "two busy threads for 4 s at 100 Hz give up to 800 samples, got {samples}");
+    assert!(
+        samples > 200,
+        "two busy threads for 4 s at 100 Hz give up to 800 samples, got {samples}"
+    );
     let seventy = share_of(&profile, "hot_seventy");
     let thirty = share_of(&profile, "hot_thirty");
-    assert!((seventy - 0.70).abs() < 0.05, "hot_seventy has {:.1}% of samples", seventy * 100.0);
-    assert!((thirty - 0.30).abs() < 0.05, "hot_thirty has {:.1}% of samples", thirty * 100.0);
+    assert!(
+        (seventy - 0.70).abs() < 0.05,
+        "hot_seventy has {:.1}% of samples",
+        seventy * 100.0
+    );
+    assert!(
+        (thirty - 0.30).abs() < 0.05,
+        "hot_thirty has {:.1}% of samples",
+        thirty * 100.0
+    );
 
     // Stacks are whole: the outermost frame is the thread's entry, not a cut-off frame.
-    let entries = ["clone3", "clone", "start_thread", "_start", "__libc_start_main", "main"];
+    let entries = [
+        "clone3",
+        "clone",
+        "start_thread",
+        "_start",
+        "__libc_start_main",
+        "main",
+    ];
     let rooted: i64 = profile
         .sample
         .iter()
-        .filter(|s| stack_functions(&profile, s).last().is_some_and(|root| entries.contains(&root.as_str())))
+        .filter(|s| {
+            stack_functions(&profile, s)
+                .last()
+                .is_some_and(|root| entries.contains(&root.as_str()))
+        })
         .map(|s| s.value[0])
         .sum();
-    assert!(rooted as f64 > 0.95 * samples as f64, "only {rooted} of {samples} samples reach a thread entry");
+    assert!(
+        rooted as f64 > 0.95 * samples as f64,
+        "only {rooted} of {samples} samples reach a thread entry"
+    );
 
     // Go's sample types and labels.
     let s = |i: i64| profile.string_table[i as usize].as_str();
-    let types: Vec<(&str, &str)> = profile.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
     assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
     assert_eq!(profile.period, 10_000_000);
     let threads: std::collections::HashSet<&str> = profile
         .sample
         .iter()
-        .flat_map(|sample| sample.label.iter().filter(|l| s(l.key) == "thread").map(|l| s(l.str)))
+        .flat_map(|sample| {
+            sample
+                .label
+                .iter()
+                .filter(|l| s(l.key) == "thread")
+                .map(|l| s(l.str))
+        })
         .collect();
-    assert!(threads.contains("worker-1") && threads.contains("worker-2"), "{threads:?}");
-    assert!(!threads.iter().any(|t| t.starts_with("pprofd")), "pprofd's own threads are not sampled: {threads:?}");
+    assert!(
+        threads.contains("worker-1") && threads.contains("worker-2"),
+        "{threads:?}"
+    );
+    assert!(
+        !threads.iter().any(|t| t.starts_with("pprofd")),
+        "pprofd's own threads are not sampled: {threads:?}"
+    );
 
     // Mappings carry the executable, its build ID and what is symbolized.
     let main = &profile.mapping[0];
     assert!(s(main.filename).ends_with("cpu_workload"));
     assert_eq!(s(main.build_id).len(), 40);
-    assert!(main.has_functions && main.has_filenames && main.has_line_numbers && main.has_inline_frames);
+    assert!(
+        main.has_functions && main.has_filenames && main.has_line_numbers && main.has_inline_frames
+    );
     drop(workload);
 }
 
@@ -66,35 +113,67 @@ fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {
 fn go_status_codes_and_headers() {
     let workload = Workload::start("cpu_workload", &[], true);
     let addr = workload.addr();
-    for bad in ["seconds=abc", "seconds=0", "seconds=-1", "seconds=601", "hz=0", "hz=1001", "hz=x"] {
+    for bad in [
+        "seconds=abc",
+        "seconds=0",
+        "seconds=-1",
+        "seconds=601",
+        "hz=0",
+        "hz=1001",
+        "hz=x",
+    ] {
         let response = get(addr, &format!("/debug/pprof/profile?{bad}"));
         assert_eq!(response.status, 400, "{bad}: {}", response.text());
         assert_eq!(response.header("X-Go-Pprof"), Some("1"));
-        assert!(response.text().contains(bad.split('=').next().unwrap()), "{bad}: message names the parameter");
+        assert!(
+            response.text().contains(bad.split('=').next().unwrap()),
+            "{bad}: message names the parameter"
+        );
     }
     let response = request(addr, "POST", "/debug/pprof/profile", b"");
-    assert_eq!((response.status, response.header("Allow")), (405, Some("GET")));
+    assert_eq!(
+        (response.status, response.header("Allow")),
+        (405, Some("GET"))
+    );
     assert_eq!(request(addr, "PUT", "/debug/pprof/symbol", b"").status, 405);
     let unknown = get(addr, "/debug/pprof/nonesuch");
-    assert_eq!((unknown.status, unknown.text().trim()), (404, "Unknown profile"));
+    assert_eq!(
+        (unknown.status, unknown.text().trim()),
+        (404, "Unknown profile")
+    );
     let trace = get(addr, "/debug/pprof/trace");
     assert_eq!(trace.status, 501);
     assert!(trace.text().contains("/debug/pprof/profile"));
 
     let index = get(addr, "/debug/pprof/");
     assert_eq!(index.status, 200);
-    assert!(index.header("Content-Type").unwrap().starts_with("text/html"));
-    assert!(index.text().contains("<a href='profile?debug=1'>profile</a>"));
+    assert!(index
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(index
+        .text()
+        .contains("<a href='profile?debug=1'>profile</a>"));
     let plain = get(addr, "/debug/pprof/?debug=1");
-    assert!(plain.header("Content-Type").unwrap().starts_with("text/plain"));
+    assert!(plain
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/plain"));
     assert!(plain.text().contains("/debug/pprof/profile"));
 
     let cmdline = get(addr, "/debug/pprof/cmdline");
-    assert!(cmdline.text().ends_with("cpu_workload"), "argv[0] only: {:?}", cmdline.text());
+    assert!(
+        cmdline.text().ends_with("cpu_workload"),
+        "argv[0] only: {:?}",
+        cmdline.text()
+    );
 
     let ok = get(addr, "/debug/pprof/profile?seconds=1");
     assert_eq!(ok.header("Content-Type"), Some("application/octet-stream"));
-    assert_eq!(ok.header("Content-Disposition"), Some("attachment; filename=\"profile\""));
+    assert_eq!(
+        ok.header("Content-Disposition"),
+        Some("attachment; filename=\"profile\"")
+    );
     assert_eq!(&ok.body[..2], &[0x1f, 0x8b], "gzipped");
     let profile = ok.profile();
 
@@ -115,7 +194,12 @@ fn go_status_codes_and_headers() {
     let expected = format!("{:#x} cpu_workload::hot_seventy", hot.address);
     assert!(answer.starts_with("num_symbols: 1\n"), "{answer}");
     assert_eq!(answer.matches(&expected).count(), 2, "{answer}");
-    let too_big = request(addr, "POST", "/debug/pprof/symbol", &vec![b'1'; (1 << 20) + 1]);
+    let too_big = request(
+        addr,
+        "POST",
+        "/debug/pprof/symbol",
+        &vec![b'1'; (1 << 20) + 1],
+    );
     assert_eq!(too_big.status, 413);
 }
 
@@ -127,10 +211,16 @@ fn a_second_cpu_profile_is_refused_without_disturbing_the_first() {
     std::thread::sleep(Duration::from_millis(700));
     let second = get(addr, "/debug/pprof/profile?seconds=1");
     assert_eq!(second.status, 500);
-    assert_eq!(second.text().trim(), "Could not enable CPU profiling: cpu profiling already in use");
+    assert_eq!(
+        second.text().trim(),
+        "Could not enable CPU profiling: cpu profiling already in use"
+    );
     let first = first.join().unwrap().profile();
     let samples: i64 = first.sample.iter().map(|s| s.value[0]).sum();
-    assert!(samples > 100, "the first profile kept sampling: {samples} samples");
+    assert!(
+        samples > 100,
+        "the first profile kept sampling: {samples} samples"
+    );
 }
 
 #[test]
@@ -138,7 +228,11 @@ fn a_client_that_disconnects_frees_the_profiler() {
     let workload = Workload::start("cpu_workload", &[], true);
     let addr = workload.addr();
     let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /debug/pprof/profile?seconds=60 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET /debug/pprof/profile?seconds=60 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     drop(stream);
     let started = Instant::now();
@@ -148,7 +242,10 @@ fn a_client_that_disconnects_frees_the_profiler() {
             response.profile();
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "profiler still busy after the client left");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "profiler still busy after the client left"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -163,13 +260,20 @@ fn go_tool_pprof_reads_the_profile_over_http() {
     assert!(top.contains("Build ID: "), "{top}");
     assert!(!top.contains("Main binary filename not available"), "{top}");
     let cum = support::go_tool_pprof(&go, &["-top", "-cum", &url]);
-    let line = |name: &str| cum.lines().find(|l| l.trim_end().ends_with(name)).map(str::to_owned);
+    let line = |name: &str| {
+        cum.lines()
+            .find(|l| l.trim_end().ends_with(name))
+            .map(str::to_owned)
+    };
     assert!(line("cpu_workload::hot_seventy").is_some(), "{cum}");
     assert!(line("cpu_workload::hot_thirty").is_some(), "{cum}");
 
     let raw = support::go_tool_pprof(&go, &["-raw", &url]);
     assert!(raw.contains("cpu_workload::hot_seventy"), "{raw}");
-    assert!(raw.contains("examples/cpu_workload.rs:"), "file:line present: {raw}");
+    assert!(
+        raw.contains("examples/cpu_workload.rs:"),
+        "file:line present: {raw}"
+    );
     let mappings = raw.split("Mappings").nth(1).expect("mappings section");
     assert!(mappings.contains("cpu_workload"), "{mappings}");
     assert!(mappings.contains("libc.so"), "{mappings}");
@@ -181,7 +285,11 @@ fn unset_pprof_addr_starts_nothing() {
     let pid = workload.child.id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap()
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap()
     };
     assert_eq!(field("Threads:"), "3", "main and the two workers only");
     let caught = u64::from_str_radix(&field("SigCgt:"), 16).unwrap();

@@ -20,14 +20,25 @@ fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler
         assert_eq!(response.status, 200, "round {round}: {}", response.text());
         let profile = response.profile();
         total_samples += profile.sample.iter().map(|s| s.value[0]).sum::<i64>();
-        churn_seen |= profile
-            .sample
-            .iter()
-            .any(|s| stack_functions(&profile, s).iter().any(|f| f.contains("churn")));
+        churn_seen |= profile.sample.iter().any(|s| {
+            stack_functions(&profile, s)
+                .iter()
+                .any(|f| f.contains("churn"))
+        });
     }
-    assert!(started.elapsed() < Duration::from_secs(400), "profiles took {:?}", started.elapsed());
-    assert!(total_samples > 10_000, "{total_samples} samples in 200 profiles at 1000 Hz");
+    assert!(
+        started.elapsed() < Duration::from_secs(400),
+        "profiles took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        total_samples > 10_000,
+        "{total_samples} samples in 200 profiles at 1000 Hz"
+    );
     assert!(churn_seen, "the churning threads were sampled too");
     let report = workload.finish();
-    assert!(report.contains("allocations_in_sigprof_handler 0"), "{report}");
+    assert!(
+        report.contains("allocations_in_sigprof_handler 0"),
+        "{report}"
+    );
 }

@@ -15,7 +15,11 @@ pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let path = profile_dir.join("examples").join(name);
-    assert!(path.exists(), "{} missing: run through `cargo test`, which builds examples", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run through `cargo test`, which builds examples",
+        path.display()
+    );
     path
 }
 
@@ -31,7 +35,11 @@ impl Workload {
     /// Starts example `name` with `args` and `PPROF_ADDR=127.0.0.1:0` (or unset when `serve` is false).
     pub fn start(name: &str, args: &[&str], serve: bool) -> Workload {
         let mut command = Command::new(example(name));
-        command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         if serve {
             command.env("PPROF_ADDR", "127.0.0.1:0");
         } else {
@@ -42,9 +50,17 @@ impl Workload {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening ").expect("workload announces its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("workload announces its address");
         let addr = (addr != "none").then(|| addr.parse().unwrap());
-        Workload { child, addr, stdin, stdout }
+        Workload {
+            child,
+            addr,
+            stdin,
+            stdout,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -57,7 +73,10 @@ impl Workload {
         let mut rest = String::new();
         self.stdout.read_to_string(&mut rest).unwrap();
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "workload exited with {status}; output: {rest}");
+        assert!(
+            status.success(),
+            "workload exited with {status}; output: {rest}"
+        );
         rest
     }
 }
@@ -78,7 +97,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -92,7 +114,9 @@ impl Response {
 /// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
@@ -110,27 +134,45 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 fn parse_response(raw: &[u8]) -> Response {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("complete response head");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("complete response head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
         body = dechunk(&body);
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
         if size == 0 {
             return out;
         }
@@ -155,10 +197,15 @@ pub fn stack_functions(profile: &Profile, sample: &pprofd::profile::proto::Sampl
 /// The `go` binary, or `None` (with a note) outside CI; under `CI=true` a missing `go` fails.
 pub fn go() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join("go")).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join("go"))
+            .find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "`go` is required under CI=true (apt-get install golang-go)");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "`go` is required under CI=true (apt-get install golang-go)"
+        );
         eprintln!("SKIPPED: `go` not found; install golang-go to run the go tool pprof checks");
     }
     found
