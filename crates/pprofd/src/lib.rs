@@ -28,6 +28,8 @@ pub use server::{Config, Server};
 
 /// The environment variable holding the listen address (`127.0.0.1:6060`, `:6060`, ...).
 pub const ADDR_ENV: &str = "PPROF_ADDR";
+/// The environment variable holding a bearer token every request must carry.
+pub const TOKEN_ENV: &str = "PPROF_TOKEN";
 
 /// Starts the pprof server if `PPROF_ADDR` is set.
 ///
@@ -35,6 +37,7 @@ pub const ADDR_ENV: &str = "PPROF_ADDR";
 /// signal handler. Set, it binds the address (Go's forms: `:6060` for all interfaces,
 /// `127.0.0.1:6060`, `[::1]:6060`, `localhost:6060`; port 0 picks a free port) and serves
 /// from a dedicated thread. Keep the returned [`Server`] alive: dropping it stops serving.
+/// With `PPROF_TOKEN` set, every request must carry `Authorization: Bearer <token>`.
 pub fn init_from_env() -> Result<Option<Server>, Error> {
     let addr = match std::env::var(ADDR_ENV) {
         Ok(addr) if !addr.trim().is_empty() => addr,
@@ -47,7 +50,8 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
             })
         }
     };
-    let config = Config::new(addr.trim()).named_by(ADDR_ENV);
+    let token = std::env::var(TOKEN_ENV).ok();
+    let config = Config::new(addr.trim()).named_by(ADDR_ENV).token(token);
     Server::start(config).map(Some)
 }
 

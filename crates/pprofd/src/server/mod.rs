@@ -17,9 +17,10 @@ use crate::Error;
 /// Longest CPU profile accepted by default, in seconds.
 pub const DEFAULT_MAX_PROFILE_SECONDS: u64 = 600;
 /// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
-/// A client must send its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 128;
+/// A client must send its request headers within this time, so idle or slow clients give
+/// their connection slot back quickly.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to run the server, for services that configure in code rather than by environment.
 ///
@@ -33,6 +34,7 @@ pub struct Config {
     addr: String,
     addr_source: &'static str,
     max_profile_seconds: u64,
+    token: Option<String>,
 }
 
 impl Config {
@@ -43,12 +45,19 @@ impl Config {
             addr: addr.into(),
             addr_source: "Config::new",
             max_profile_seconds: DEFAULT_MAX_PROFILE_SECONDS,
+            token: None,
         }
     }
 
     /// Longest `seconds` a profile request may ask for (default 600).
     pub fn max_profile_seconds(mut self, seconds: u64) -> Self {
         self.max_profile_seconds = seconds.max(1);
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every request (`None` or empty: no check).
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
         self
     }
 
@@ -85,8 +94,10 @@ impl Server {
                 source,
             })?;
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
+        let protected = config.token.is_some();
         let settings = Arc::new(routes::Settings {
             max_profile_seconds: config.max_profile_seconds,
+            token: config.token,
         });
         let thread = std::thread::Builder::new()
             .name("pprofd-http".into())
@@ -96,9 +107,10 @@ impl Server {
             "pprofd: serving http://{local_addr}/debug/pprof/ ({})",
             routes::ENDPOINTS.join(", ")
         );
-        if !local_addr.ip().is_loopback() {
+        if !local_addr.ip().is_loopback() && !protected {
             log::warn!(
-                "pprofd: {local_addr} is reachable beyond this machine; the endpoints expose stacks, symbols and the command line"
+                "pprofd: {local_addr} is reachable beyond this machine without a token; the endpoints expose stacks, \
+                 symbols and the command line (set PPROF_TOKEN, or bind 127.0.0.1)"
             );
         }
         Ok(Server {
@@ -228,10 +240,18 @@ fn serve(
             let settings = settings.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                // A client that connects and sends nothing gives its slot back after the same
+                // timeout as one that sends its headers slowly.
+                if !matches!(tokio::time::timeout(HEADER_READ_TIMEOUT, stream.readable()).await, Ok(Ok(()))) {
+                    return;
+                }
                 let service = hyper::service::service_fn(move |req| routes::handle(req, settings.clone()));
+                // One request per connection: profiles are long and scrapes are 15 s apart, so
+                // keep-alive would only let idle clients hold slots.
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .keep_alive(false)
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 if let Err(e) = connection.await {
                     log::debug!("pprofd: connection ended: {e}");

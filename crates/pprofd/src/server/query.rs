@@ -38,7 +38,7 @@ impl Query {
         let Some(raw) = self.get(key).filter(|v| !v.is_empty()) else {
             return Ok(default);
         };
-        match raw.trim().parse::<i128>() {
+        match raw.parse::<i128>() {
             Ok(n) if (*range.start() as i128..=*range.end() as i128).contains(&n) => Ok(n as u64),
             Ok(_) => Err(format!(
                 "{key}={raw} is out of range: want a whole number from {} to {}",

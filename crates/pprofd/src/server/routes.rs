@@ -15,6 +15,8 @@ use crate::cpu::{self, CpuProfile, CpuProfileError};
 /// Server-wide settings the handlers read.
 pub(super) struct Settings {
     pub max_profile_seconds: u64,
+    /// Bearer token every request must carry, when set.
+    pub token: Option<String>,
 }
 
 /// The endpoints served, for the start-up log line.
@@ -41,6 +43,15 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     settings: Arc<Settings>,
 ) -> Result<Response<Body>, Infallible> {
+    if let Some(token) = &settings.token {
+        if !authorized(&req, token) {
+            let mut response = error(StatusCode::UNAUTHORIZED, "Unauthorized");
+            response
+                .headers_mut()
+                .insert("WWW-Authenticate", HeaderValue::from_static("Bearer"));
+            return Ok(response);
+        }
+    }
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
     let name = if path == "/debug/pprof" {
@@ -85,6 +96,29 @@ pub(super) async fn handle(
         ),
         _ => error(StatusCode::NOT_FOUND, "Unknown profile"),
     })
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time so
+/// response timing does not reveal how much of a guess was right.
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given, token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        difference |= (x ^ y) as usize;
+    }
+    difference == 0
 }
 
 /// A plain-text error with Go's headers; `X-Go-Pprof` makes `go tool pprof` print the message.
@@ -242,4 +276,28 @@ fn parse_address(word: &str) -> Option<u64> {
         word.parse()
     };
     parsed.ok().filter(|&a| a != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_needs_every_byte() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret!", b"s3cret"));
+        assert!(!constant_time_eq(b"s3creT", b"s3cret"));
+        assert!(!constant_time_eq(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn symbol_addresses_parse_as_go_does() {
+        assert_eq!(parse_address("0x10"), Some(16));
+        assert_eq!(parse_address("010"), Some(8));
+        assert_eq!(parse_address("10"), Some(10));
+        assert_eq!(parse_address("0"), None);
+        assert_eq!(parse_address("0xzz"), None);
+        assert_eq!(parse_address(""), None);
+    }
 }

@@ -34,17 +34,25 @@ pub struct Workload {
 impl Workload {
     /// Starts example `name` with `args` and `PPROF_ADDR=127.0.0.1:0` (or unset when `serve` is false).
     pub fn start(name: &str, args: &[&str], serve: bool) -> Workload {
+        let env: &[(&str, &str)] = if serve {
+            &[("PPROF_ADDR", "127.0.0.1:0")]
+        } else {
+            &[]
+        };
+        Workload::start_with_env(name, args, env)
+    }
+
+    /// Starts example `name` with exactly the pprofd variables in `env`.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
         let mut command = Command::new(example(name));
         command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if serve {
-            command.env("PPROF_ADDR", "127.0.0.1:0");
-        } else {
-            command.env_remove("PPROF_ADDR");
-        }
+            .stderr(Stdio::inherit())
+            .env_remove("PPROF_ADDR")
+            .env_remove("PPROF_TOKEN")
+            .envs(env.iter().copied());
         let mut child = command.spawn().expect("workload starts");
         let stdin = child.stdin.take();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -113,13 +121,28 @@ impl Response {
 
 /// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    request_with_headers(addr, method, path, &[], body)
+}
+
+/// [`request`] with extra `(name, value)` headers.
+pub fn request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
