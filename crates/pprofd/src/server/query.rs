@@ -107,4 +107,23 @@ mod tests {
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("%e2%82%ac"), "€");
     }
+
+    #[test]
+    fn random_query_strings_never_panic() {
+        let alphabet = b"%+=&;0123456789abcdefxABCDEF-. \xc3\xa9seconds";
+        let mut x = 0x2545f4914f6cdd1du64;
+        for _ in 0..50_000 {
+            let mut raw = Vec::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for i in 0..(x % 24) {
+                raw.push(alphabet[((x >> (i % 50)) as usize + i as usize) % alphabet.len()]);
+            }
+            let raw = String::from_utf8_lossy(&raw);
+            let query = Query::parse(Some(&raw));
+            let _ = query.int_in("seconds", 30, 1..=600);
+            let _ = query.get("debug");
+        }
+    }
 }
