@@ -3,7 +3,8 @@
 //! Two threads ("worker-1", "worker-2") each loop over `hot_seventy` (7 units of work) and
 //! `hot_thirty` (3 units), so a correct CPU profile gives them 70% and 30%. With `--churn`,
 //! more threads allocate, spawn and join threads, format backtraces and dlopen/dlclose a
-//! system library, the hostile background of the stress test. A counting allocator reports
+//! system library, the hostile background of the stress test. With `--late-zlib`, a third
+//! thread loads zlib a second after start and compresses in a loop. A counting allocator reports
 //! allocations made while SIGPROF is blocked, which on these threads means "inside the
 //! SIGPROF handler". Prints `listening <addr>` once serving, and stops when stdin closes.
 
@@ -108,6 +109,38 @@ fn churn(stop: &AtomicBool) {
     }
 }
 
+/// Waits a second, then loads zlib (absent when sampling started) and compresses in a loop:
+/// its frames can only be unwound if the profiler picks up libraries loaded later.
+fn late_zlib(stop: &AtomicBool) {
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    type Compress =
+        unsafe extern "C" fn(*mut u8, *mut libc::c_ulong, *const u8, libc::c_ulong) -> libc::c_int;
+    // SAFETY: dlopen/dlsym with valid C strings; `compress` has zlib's documented signature.
+    let compress: Compress = unsafe {
+        let lib = libc::dlopen(c"libz.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        assert!(!lib.is_null(), "libz.so.1 is installed");
+        let f = libc::dlsym(lib, c"compress".as_ptr());
+        assert!(!f.is_null());
+        std::mem::transmute::<*mut libc::c_void, Compress>(f)
+    };
+    let input: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut output = vec![0u8; input.len() * 2];
+    while !stop.load(Ordering::Relaxed) {
+        let mut len = output.len() as libc::c_ulong;
+        // SAFETY: both buffers are valid for the lengths passed.
+        unsafe {
+            compress(
+                output.as_mut_ptr(),
+                &mut len,
+                input.as_ptr(),
+                input.len() as libc::c_ulong,
+            )
+        };
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let server = pprofd::init_from_env().expect("PPROF_ADDR is valid");
@@ -135,6 +168,18 @@ fn main() {
                     .unwrap(),
             );
         }
+    }
+    if args.iter().any(|a| a == "--late-zlib") {
+        let stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("zlib-worker".into())
+                .spawn(move || {
+                    late_zlib(&stop);
+                    0
+                })
+                .unwrap(),
+        );
     }
     match &server {
         Some(s) => println!("listening {}", s.local_addr()),

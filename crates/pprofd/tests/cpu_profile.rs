@@ -302,3 +302,34 @@ fn unset_pprof_addr_starts_nothing() {
     assert_eq!(sockets, 0, "no socket");
     workload.finish();
 }
+
+#[test]
+fn a_library_loaded_during_the_profile_is_unwound() {
+    let workload = Workload::start("cpu_workload", &["--late-zlib"], true);
+    // The profile starts before zlib is loaded (the workload loads it after one second).
+    let profile = get(workload.addr(), "/debug/pprof/profile?seconds=4").profile();
+    let in_zlib: Vec<Vec<String>> = profile
+        .sample
+        .iter()
+        .map(|s| stack_functions(&profile, s))
+        .filter(|stack| stack.iter().any(|f| f.contains("late_zlib")))
+        .collect();
+    assert!(
+        in_zlib.len() > 5,
+        "zlib-worker sampled: {} stacks",
+        in_zlib.len()
+    );
+    let through_zlib = in_zlib
+        .iter()
+        .filter(|stack| {
+            stack
+                .iter()
+                .any(|f| f.contains("deflate") || f == "compress" || f == "compress2")
+        })
+        .count();
+    assert!(
+        through_zlib * 2 > in_zlib.len(),
+        "most zlib-worker stacks pass through zlib's functions and still reach late_zlib: {through_zlib} of {}",
+        in_zlib.len()
+    );
+}

@@ -27,9 +27,16 @@ fn seed_profile() -> Vec<u8> {
     );
     for i in 0..20u64 {
         b.add_sample(
-            vec![Frame::Address(0x1000 + i), Frame::Address(0x2000 + i % 3), Frame::Synthetic("[truncated]".into())],
+            vec![
+                Frame::Address(0x1000 + i),
+                Frame::Address(0x2000 + i % 3),
+                Frame::Synthetic("[truncated]".into()),
+            ],
             vec![i as i64, i as i64 * 10],
-            vec![Label::str("thread", format!("t{i}")), Label::num("bytes", 64, Some("bytes"))],
+            vec![
+                Label::str("thread", format!("t{i}")),
+                Label::num("bytes", 64, Some("bytes")),
+            ],
         );
     }
     b.add_comment("seed");
@@ -43,7 +50,11 @@ fn walk(p: &profile::proto::Profile) -> usize {
         for id in &s.location_id {
             let location = p.location.iter().find(|l| l.id == *id).expect("validated");
             for line in &location.line {
-                let f = p.function.iter().find(|f| f.id == line.function_id).expect("validated");
+                let f = p
+                    .function
+                    .iter()
+                    .find(|f| f.id == line.function_id)
+                    .expect("validated");
                 n += p.string_table[f.name as usize].len();
             }
         }
@@ -89,7 +100,9 @@ fn corrupted_profiles_are_errors_never_panics() {
     let plain = {
         use std::io::Read;
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut out).unwrap();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut out)
+            .unwrap();
         out
     };
     let mut rng = XorShift(0x9e3779b97f4a7c15);
@@ -108,5 +121,8 @@ fn corrupted_profiles_are_errors_never_panics() {
             }
         }
     }
-    assert!(errors > 1000 && ok > 100, "mutations exercised both paths: {ok} ok, {errors} errors");
+    assert!(
+        errors > 1000 && ok > 100,
+        "mutations exercised both paths: {ok} ok, {errors} errors"
+    );
 }
