@@ -30,7 +30,12 @@ impl ProcessSymbols {
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        let source = Source::Process(Process::new(Pid::Slf));
+        let mut process = Process::new(Pid::Slf);
+        // Paths from /proc/self/maps rather than /proc/self/map_files, which needs
+        // CAP_SYS_ADMIN that production containers rarely grant. Our own paths resolve in our
+        // own mount namespace.
+        process.map_files = false;
+        let source = Source::Process(process);
         // blazesym wants sorted input for speed but answers in input order either way.
         if let Ok(results) = symbolizer.symbolize(&source, Input::AbsAddr(addresses)) {
             for (&address, result) in addresses.iter().zip(results) {
