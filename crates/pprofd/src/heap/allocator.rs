@@ -50,7 +50,7 @@ impl<A: GlobalAlloc> Allocator<A> {
     /// Records the free of `ptr` if it was sampled.
     #[inline(always)]
     fn before_free(&self, ptr: *mut u8, size: usize) {
-        if sampler::any_live() {
+        if sampler::may_be_live(ptr) {
             if let Some(block) = sampler::take_live(ptr) {
                 sampler::record_free(block, size);
             }
@@ -95,7 +95,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
         // A free of the old block plus an allocation of the new one. The old block leaves the
         // live set first (its address may be reused as soon as `inner` returns) and is put
         // back if `inner` fails and keeps it.
-        let old = if sampler::any_live() {
+        let old = if sampler::may_be_live(ptr) {
             sampler::take_live(ptr)
         } else {
             None

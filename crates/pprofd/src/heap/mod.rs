@@ -10,7 +10,7 @@
 //!
 //! Invariants (DESIGN.md 9), kept by the code beside them:
 //! - One predictable branch when off: an allocation costs a thread-local subtraction and a
-//!   branch ([`sampler::countdown`]), a free a load and a branch ([`sampler::any_live`]).
+//!   branch ([`sampler::countdown`]), a free a load and a branch ([`sampler::may_be_live`]).
 //!   Without `PPROF_ADDR` sampling is never turned on and the wrapper only forwards.
 //! - Never recurses: a sampled allocation sets a thread-local flag, and nothing allocated
 //!   on a thread with the flag set is sampled. The profiler's tables come from the inner

@@ -291,8 +291,9 @@ impl HeapSnapshot {
         if let Some(t) = sampler::tables() {
             let (frames, stacks, sites) = t.usage();
             comments.push(format!(
-                "pprofd: heap profiler tables: {} bytes reserved, holding {stacks}/{} stacks, {frames}/{} frames, {sites}/{} sites, {}/{} live blocks",
+                "pprofd: heap profiler memory: {} bytes of tables and {} bytes of stack frames, holding {stacks}/{} stacks, {frames}/{} frames, {sites}/{} sites, {}/{} live blocks",
                 std::mem::size_of::<HeapTables>(),
+                t.chunk_bytes(),
                 tables::STACKS,
                 tables::ARENA_FRAMES,
                 tables::SITES,

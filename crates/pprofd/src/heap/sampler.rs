@@ -17,7 +17,7 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering::*};
 
 use super::tables::{size_class, HeapTables, LiveBlock, FIXED_ONE};
 use crate::unwind::published::{self, Published};
@@ -41,6 +41,19 @@ static TABLES: AtomicPtr<HeapTables> = AtomicPtr::new(std::ptr::null_mut());
 #[repr(align(64))]
 struct LiveBlocks(AtomicUsize);
 static LIVE_BLOCKS: LiveBlocks = LiveBlocks(AtomicUsize::new(0));
+
+/// Live sampled blocks counted by a hash of their address: a free whose counter is zero
+/// cannot be of a sampled block and skips the live set. 8 KiB, so it stays in cache; the
+/// counters cannot overflow because the live set holds fewer than 65536 blocks.
+const FILTER_BITS: u32 = 12;
+static LIVE_FILTER: [AtomicU16; 1 << FILTER_BITS] = [const { AtomicU16::new(0) }; 1 << FILTER_BITS];
+
+#[inline(always)]
+fn filter_slot(ptr: usize) -> &'static AtomicU16 {
+    // Fibonacci hashing: the multiply spreads the address bits into the top bits.
+    let hash = (ptr as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FILTER_BITS);
+    &LIVE_FILTER[hash as usize]
+}
 
 /// Seeds the per-thread random number generators apart.
 static SEED: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
@@ -85,10 +98,11 @@ pub(super) fn countdown(size: usize) -> bool {
     })
 }
 
-/// Whether any sampled block is live: frees look for their block only then.
+/// Whether `ptr` may be a live sampled block: frees look for their block only then. While
+/// nothing sampled is live this is one load and a branch.
 #[inline(always)]
-pub(super) fn any_live() -> bool {
-    LIVE_BLOCKS.0.load(Relaxed) != 0
+pub(super) fn may_be_live(ptr: *mut u8) -> bool {
+    LIVE_BLOCKS.0.load(Relaxed) != 0 && filter_slot(ptr as usize).load(Relaxed) != 0
 }
 
 /// Refills the countdown and returns the rate when this allocation of `size` bytes is to
@@ -191,7 +205,7 @@ pub(super) fn record_allocation<A: GlobalAlloc>(inner: &A, ptr: *mut u8, size: u
         if let Some(tables) = tables_or_allocate(inner) {
             let mut frames = [0u64; MAX_DEPTH];
             let (depth, truncated) = unwind_here(t, &mut frames);
-            let stack = tables.intern_stack(&frames[..depth], truncated);
+            let stack = tables.intern_stack(&frames[..depth], truncated, inner);
             let site = tables.site(stack, size_class(size));
             let rate = rate.min(u32::MAX as usize) as u32;
             count(tables, site, size, rate, Event::Alloc);
@@ -240,19 +254,23 @@ fn thread_stack_top() -> Option<u64> {
 /// Adds `ptr` to the live set, or counts it freed at once when the set is full (so in-use
 /// figures never keep a block the profiler cannot see freed).
 fn track_live(tables: &HeapTables, ptr: usize, block: LiveBlock, size: usize) {
+    // Counted in the filter before it can be found, so no free of it skips the lookup.
+    filter_slot(ptr).fetch_add(1, Relaxed);
     if tables.insert_live(ptr, block) {
         LIVE_BLOCKS.0.fetch_add(1, Release);
     } else {
+        filter_slot(ptr).fetch_sub(1, Relaxed);
         tables.losses.live_set_full.fetch_add(1, Relaxed);
         count(tables, block.site, size, block.rate, Event::Free);
     }
 }
 
-/// Removes `ptr` from the live set if it was sampled. Call only when [`any_live`].
+/// Removes `ptr` from the live set if it was sampled. Call only when [`may_be_live`].
 #[cold]
 #[inline(never)]
 pub(super) fn take_live(ptr: *mut u8) -> Option<LiveBlock> {
     let block = tables()?.remove_live(ptr as usize)?;
+    filter_slot(ptr as usize).fetch_sub(1, Relaxed);
     LIVE_BLOCKS.0.fetch_sub(1, Release);
     Some(block)
 }

@@ -3,10 +3,13 @@
 //!
 //! All three live in one [`HeapTables`] value that the allocator allocates zeroed through its
 //! inner allocator on the first sampled allocation and never frees (all-zero is the empty
-//! state of every table). Nothing here allocates, locks or waits:
+//! state of every table). Stack frames go to chunks allocated through the inner allocator as
+//! they fill, so memory grows with the stacks actually seen, up to a fixed bound. Nothing
+//! here locks or waits, and nothing allocates except those chunks, through the inner
+//! allocator:
 //! - stacks are claimed by one compare-and-swap on their 64-bit hash, their frames copied
-//!   into a bump-allocated arena and published with one release store; two stacks with the
-//!   same hash are treated as one (a 2^-64 chance per pair);
+//!   into a bump-allocated frame arena and published with one release store; two stacks
+//!   with the same hash are treated as one (a 2^-64 chance per pair);
 //! - sites (stack, size class) are claimed by one compare-and-swap on a packed key, and
 //!   their counters are atomic adds;
 //! - live blocks sit in 8-slot cache lines chosen by two hashes of the address; a lookup
@@ -16,13 +19,16 @@
 //! A full table is counted, never waited on: a stack that does not fit is recorded against
 //! the overflow site, a block that does not fit in the live set is counted freed at once.
 
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
 /// Distinct stacks kept.
 pub(super) const STACKS: usize = 8192;
-/// Frames kept across all stacks (the arena fills in order, so unused pages stay untouched).
-pub(super) const ARENA_FRAMES: usize = 256 * 1024;
+/// Frames per arena chunk (256 KiB), allocated when the previous chunk is full.
+const CHUNK_FRAMES: usize = 32 * 1024;
+/// Arena chunks at most: frames kept across all stacks are bounded by `ARENA_FRAMES`.
+const CHUNKS: usize = 16;
+pub(super) const ARENA_FRAMES: usize = CHUNK_FRAMES * CHUNKS;
 /// Distinct (stack, size class) sites kept.
 pub(super) const SITES: usize = 8192;
 /// Live sampled blocks kept: 4096 lines of 8.
@@ -98,7 +104,7 @@ pub(super) struct Losses {
 #[repr(C)]
 pub(super) struct HeapTables {
     stacks: [StackEntry; STACKS],
-    arena: [UnsafeCell<u64>; ARENA_FRAMES],
+    chunks: [AtomicPtr<u64>; CHUNKS],
     arena_used: AtomicUsize,
     sites: [Site; SITES],
     overflow_site: SiteCounters,
@@ -109,11 +115,6 @@ pub(super) struct HeapTables {
     pub losses: Losses,
 }
 
-// SAFETY: the arena's cells are written only by the thread that reserved them (fetch_add on
-// `arena_used`) before the release store that publishes them, and read only after an acquire
-// load of that publication; everything else is atomic.
-unsafe impl Sync for HeapTables {}
-
 /// A stack as stored, for the report.
 pub(super) struct StoredStack<'a> {
     pub frames: &'a [u64],
@@ -122,7 +123,13 @@ pub(super) struct StoredStack<'a> {
 
 impl HeapTables {
     /// Interns `frames` and returns the stack's index, or `None` when the table is full.
-    pub fn intern_stack(&self, frames: &[u64], truncated: bool) -> Option<usize> {
+    /// A new stack's frames go to the arena, whose chunks come from `inner`.
+    pub fn intern_stack<A: GlobalAlloc>(
+        &self,
+        frames: &[u64],
+        truncated: bool,
+        inner: &A,
+    ) -> Option<usize> {
         let hash = hash_stack(frames, truncated);
         let start = hash as usize % STACKS;
         for probe in 0..MAX_PROBES {
@@ -130,7 +137,7 @@ impl HeapTables {
             let entry = &self.stacks[index];
             match entry.hash.compare_exchange(0, hash, AcqRel, Acquire) {
                 Ok(_) => {
-                    self.publish_frames(entry, frames, truncated);
+                    self.publish_frames(entry, frames, truncated, inner);
                     return Some(index);
                 }
                 Err(existing) if existing == hash => return Some(index),
@@ -140,24 +147,78 @@ impl HeapTables {
         None
     }
 
-    fn publish_frames(&self, entry: &StackEntry, frames: &[u64], truncated: bool) {
+    fn publish_frames<A: GlobalAlloc>(
+        &self,
+        entry: &StackEntry,
+        frames: &[u64],
+        truncated: bool,
+        inner: &A,
+    ) {
         let depth = frames.len();
-        let start = self.arena_used.fetch_add(depth, Relaxed);
-        if start + depth > ARENA_FRAMES {
+        let Some(start) = self.reserve_frames(depth) else {
             // Arena full: publish an empty, truncated stack so the report shows the site as
             // "[truncated]" rather than dropping its bytes.
             entry.location.store(1, Release);
             return;
-        }
-        for (i, &frame) in frames.iter().enumerate() {
-            // SAFETY: `start..start + depth` was reserved by this thread alone (fetch_add) and
-            // nobody reads it before the release store below.
-            unsafe { *self.arena[start + i].get() = frame };
-        }
+        };
+        let Some(chunk) = self.chunk(start / CHUNK_FRAMES, inner) else {
+            entry.location.store(1, Release);
+            return;
+        };
+        // SAFETY: `start..start + depth` lies within one chunk of `CHUNK_FRAMES` frames
+        // (`reserve_frames`), was reserved by this thread alone, and nobody reads it before
+        // the release store below publishes it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(frames.as_ptr(), chunk.add(start % CHUNK_FRAMES), depth)
+        };
         let location = (start as u64) << 24 | (depth as u64) << 1 | truncated as u64;
         // A location of 0 means "not yet written"; an empty untruncated stack at 0 becomes
         // an empty truncated one, which is what an empty stack is.
         entry.location.store(location.max(1), Release);
+    }
+
+    /// Reserves `depth` consecutive arena frames within one chunk.
+    fn reserve_frames(&self, depth: usize) -> Option<usize> {
+        let mut used = self.arena_used.load(Relaxed);
+        loop {
+            let mut start = used;
+            if start % CHUNK_FRAMES + depth > CHUNK_FRAMES {
+                start = (start / CHUNK_FRAMES + 1) * CHUNK_FRAMES;
+            }
+            if start + depth > ARENA_FRAMES {
+                return None;
+            }
+            match self
+                .arena_used
+                .compare_exchange_weak(used, start + depth, Relaxed, Relaxed)
+            {
+                Ok(_) => return Some(start),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Arena chunk `index`, allocated through `inner` by the first thread that needs it.
+    fn chunk<A: GlobalAlloc>(&self, index: usize, inner: &A) -> Option<*mut u64> {
+        let slot = &self.chunks[index];
+        let chunk = slot.load(Acquire);
+        if !chunk.is_null() {
+            return Some(chunk);
+        }
+        let layout = chunk_layout();
+        // SAFETY: the layout has a non-zero size.
+        let fresh = unsafe { inner.alloc(layout) } as *mut u64;
+        if fresh.is_null() {
+            return None;
+        }
+        match slot.compare_exchange(std::ptr::null_mut(), fresh, AcqRel, Acquire) {
+            Ok(_) => Some(fresh),
+            Err(existing) => {
+                // SAFETY: `fresh` came from `inner.alloc(layout)` and was never shared.
+                unsafe { inner.dealloc(fresh as *mut u8, layout) };
+                Some(existing)
+            }
+        }
     }
 
     /// The stack at `index`, once its frames are published.
@@ -168,13 +229,17 @@ impl HeapTables {
         }
         let start = (location >> 24) as usize;
         let depth = (location >> 1 & 0x7f_ffff) as usize;
-        // SAFETY: published by a release store after the frames were written; never rewritten.
-        let frames = unsafe {
-            std::slice::from_raw_parts(
-                self.arena[start..start + depth].as_ptr() as *const u64,
-                depth,
-            )
-        };
+        if depth == 0 {
+            return Some(StoredStack {
+                frames: &[],
+                truncated: true,
+            });
+        }
+        let chunk = self.chunks[start / CHUNK_FRAMES].load(Acquire);
+        // SAFETY: a published location with frames points into a chunk that was allocated
+        // before the frames were written and the release store published them; chunks and
+        // published frames are never freed or rewritten.
+        let frames = unsafe { std::slice::from_raw_parts(chunk.add(start % CHUNK_FRAMES), depth) };
         Some(StoredStack {
             frames,
             truncated: location & 1 == 1,
@@ -272,6 +337,12 @@ impl HeapTables {
         None
     }
 
+    /// Bytes of arena chunks allocated so far.
+    pub fn chunk_bytes(&self) -> usize {
+        let chunks = self.chunks.iter().filter(|c| !c.load(Relaxed).is_null());
+        chunks.count() * chunk_layout().size()
+    }
+
     /// Frames used in the arena and distinct stacks and sites held, for the report.
     pub fn usage(&self) -> (usize, usize, usize) {
         let stacks = self
@@ -290,6 +361,10 @@ impl HeapTables {
             sites,
         )
     }
+}
+
+fn chunk_layout() -> Layout {
+    Layout::array::<u64>(CHUNK_FRAMES).expect("a chunk fits in memory")
 }
 
 /// The two candidate lines of a block address.
@@ -341,11 +416,21 @@ mod tests {
     #[test]
     fn stacks_and_sites_are_interned_once() {
         let tables = empty_tables();
-        let a = tables.intern_stack(&[1, 2, 3], false).unwrap();
-        let b = tables.intern_stack(&[1, 2, 4], false).unwrap();
+        let a = tables
+            .intern_stack(&[1, 2, 3], false, &std::alloc::System)
+            .unwrap();
+        let b = tables
+            .intern_stack(&[1, 2, 4], false, &std::alloc::System)
+            .unwrap();
         assert_ne!(a, b);
-        assert_eq!(tables.intern_stack(&[1, 2, 3], false), Some(a));
-        assert_ne!(tables.intern_stack(&[1, 2, 3], true), Some(a));
+        assert_eq!(
+            tables.intern_stack(&[1, 2, 3], false, &std::alloc::System),
+            Some(a)
+        );
+        assert_ne!(
+            tables.intern_stack(&[1, 2, 3], true, &std::alloc::System),
+            Some(a)
+        );
         let stored = tables.stack(a).unwrap();
         assert_eq!(
             (stored.frames, stored.truncated),
