@@ -2,7 +2,8 @@
 //!
 //! - `accuracy`: keeps 100 MB alive at `kept_site` while four threads make millions of
 //!   short-lived allocations at `churn_site`, then prints `allocated <bytes> kept <bytes>`.
-//! - `leak`: on each `leak N` line on stdin, leaks N bytes at `leak_site` and prints `leaked`.
+//! - `leak`: on each `leak N` line on stdin, leaks N bytes at `leak_site` and prints `leaked`;
+//!   on `rate N`, sets the sampling rate and prints `rate <rate in effect>`.
 //! - `stress`: eight threads allocate, reallocate and free (sizes 0 to 16 MiB, alignments up
 //!   to 4096, a third of the blocks freed by another thread) for the given seconds, free
 //!   everything and print `done live_sampled_blocks <n>`.
@@ -39,6 +40,9 @@ fn main() {
                 if let Some(n) = line.strip_prefix("leak ") {
                     leak_site(n.trim().parse().expect("byte count"), &mut rng);
                     println!("leaked");
+                } else if let Some(rate) = line.strip_prefix("rate ") {
+                    pprofd::heap::set_sample_rate(rate.trim().parse().expect("byte count"));
+                    println!("rate {}", pprofd::heap::sample_rate());
                 }
             }
         }

@@ -392,6 +392,13 @@ fn delta_text_and_parameters_behave_as_go() {
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("seconds="));
 
+    workload.send("rate 65536");
+    assert_eq!(workload.line(), "rate 65536");
+    let (_, heap) = workload.profile("/debug/pprof/heap");
+    assert_eq!(heap.period, 65536, "the rate set in code is the period");
+    workload.send("rate 0");
+    assert_eq!(workload.line(), "rate 0");
+
     let (status, index) = workload.get("/debug/pprof/?debug=1");
     assert_eq!(status, 200);
     let index = String::from_utf8(index).unwrap();
@@ -479,4 +486,17 @@ fn stress_across_threads_leaves_no_live_samples() {
         "{comments:?} lacks {comment:?}"
     );
     workload.finish();
+}
+
+#[test]
+fn without_pprof_addr_the_wrapper_only_forwards() {
+    let output = Command::new(example_path("alloc_bench_pprofd"))
+        .args(["--iterations", "200000"])
+        .env_remove("PPROF_ADDR")
+        .env("PPROF_MEM_RATE", "1")
+        .output()
+        .expect("run alloc_bench_pprofd");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.trim_end().ends_with(" sampled 0"), "{stdout}");
 }
