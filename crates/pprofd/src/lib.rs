@@ -16,6 +16,7 @@
 
 pub mod cpu;
 mod error;
+pub mod heap;
 mod objects;
 mod procfs;
 pub mod profile;
@@ -24,6 +25,7 @@ mod symbolize;
 mod unwind;
 
 pub use error::Error;
+pub use heap::Allocator;
 pub use server::{Config, Server};
 
 /// The environment variable holding the listen address (`127.0.0.1:6060`, `:6060`, ...).

@@ -103,6 +103,7 @@ impl Server {
             .name("pprofd-http".into())
             .spawn(move || serve(listener, settings, shutdown_rx))
             .map_err(Error::Spawn)?;
+        crate::heap::start_with_server();
         log::info!(
             "pprofd: serving http://{local_addr}/debug/pprof/ ({})",
             routes::ENDPOINTS.join(", ")

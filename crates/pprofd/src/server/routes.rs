@@ -11,6 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::query::Query;
 use crate::cpu::{self, CpuProfile, CpuProfileError};
+use crate::heap::{self, HeapSnapshot, ProfileKind};
 
 /// Server-wide settings the handlers read.
 pub(super) struct Settings {
@@ -20,11 +21,16 @@ pub(super) struct Settings {
 }
 
 /// The endpoints served, for the start-up log line.
-pub(super) const ENDPOINTS: &[&str] = &["profile", "cmdline", "symbol", "trace"];
+pub(super) const ENDPOINTS: &[&str] = &["profile", "heap", "allocs", "cmdline", "symbol", "trace"];
 
 /// Every name the index lists, with Go's descriptions.
 const INDEX: &[(&str, &str)] = &[
+    ("allocs", "A sampling of all past memory allocations"),
     ("cmdline", "The command line invocation of the current program"),
+    (
+        "heap",
+        "A sampling of memory allocations of live objects. You can specify the gc GET parameter to run GC before taking the heap sample.",
+    ),
     (
         "profile",
         "CPU profile. You can specify the duration in the seconds GET parameter. After you get the profile file, use the go tool pprof command to investigate the profile.",
@@ -90,6 +96,8 @@ pub(super) async fn handle(
         "cmdline" => cmdline(),
         "profile" => cpu_profile(&query, &settings).await,
         "symbol" => symbol(req).await,
+        "heap" => heap_profile(ProfileKind::Heap, &query, &settings).await,
+        "allocs" => heap_profile(ProfileKind::Allocs, &query, &settings).await,
         "trace" => error(
             StatusCode::NOT_IMPLEMENTED,
             "execution traces are a Go runtime feature with no Rust counterpart; use /debug/pprof/profile",
@@ -229,6 +237,76 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
             &format!("building the profile failed: {e}"),
         ),
     }
+}
+
+/// What `/heap` and `/allocs` answer when the service's global allocator is not pprofd's.
+const HEAP_NOT_INSTALLED: &str = "heap profiling is not enabled: pprofd samples allocations through its allocator wrapper. Add this line to the program's main.rs and rebuild:\n\n#[global_allocator]\nstatic ALLOC: pprofd::Allocator<std::alloc::System> = pprofd::Allocator::system();\n\n(or pprofd::Allocator::new(YourAllocator) to keep another allocator)";
+
+/// `/heap` and `/allocs`: the same samples, with Go's parameters (`debug`, `seconds` for a
+/// delta profile, `gc` accepted and ignored since there is no collector to run).
+async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> Response<Body> {
+    if !heap::is_installed() {
+        return error(StatusCode::NOT_FOUND, HEAP_NOT_INSTALLED);
+    }
+    let debug = match query.int_in("debug", 0, 0..=u64::MAX) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let seconds = match query.get("seconds").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(_) => match query.int_in("seconds", 0, 1..=settings.max_profile_seconds) {
+            Ok(s) => Some(s),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        },
+    };
+    if seconds.is_some() && debug != 0 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "seconds and debug params are incompatible",
+        );
+    }
+    let name = match kind {
+        ProfileKind::Heap => "heap",
+        ProfileKind::Allocs => "allocs",
+    };
+    let built = match seconds {
+        None => {
+            tokio::task::spawn_blocking(move || {
+                heap::refresh_unwind_tables();
+                let snapshot = HeapSnapshot::take();
+                if debug == 0 {
+                    profile_bytes(name, snapshot.encode(kind))
+                } else {
+                    text("text/plain; charset=utf-8", snapshot.text())
+                }
+            })
+            .await
+        }
+        Some(seconds) => {
+            let before = match tokio::task::spawn_blocking(HeapSnapshot::take).await {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("building the profile failed: {e}"),
+                    )
+                }
+            };
+            // If the client goes away, hyper drops this future and nothing else is kept.
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            tokio::task::spawn_blocking(move || {
+                let delta = HeapSnapshot::take().since(&before);
+                profile_bytes(&format!("{name}-delta"), delta.encode(kind))
+            })
+            .await
+        }
+    };
+    built.unwrap_or_else(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("building the profile failed: {e}"),
+        )
+    })
 }
 
 /// Go's symbolz protocol: addresses separated by `+` (POST body or query string), answered

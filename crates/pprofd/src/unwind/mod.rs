@@ -7,6 +7,9 @@
 //! every stack read checked against the readable range holding the stack pointer, and the
 //! addresses written into a caller-provided array.
 //!
+//! [`unwind_current_thread`] walks the calling thread's own stack the same way, for the heap
+//! sampler, which runs inside the global allocator where the same rules apply.
+//!
 //! Invariants (DESIGN.md 1 and 4): no allocation, no lock, no libgcc unwinder, no read
 //! outside known-readable memory; a stack that does not reach its root is reported truncated.
 
@@ -204,6 +207,92 @@ pub(crate) fn unwind_signal_context(
     bounds: &StackBounds,
     out: &mut [u64],
 ) -> Unwound {
+    let Some((lo, hi)) = bounds.around(regs.sp) else {
+        if let Some(first) = out.first_mut() {
+            *first = regs.pc;
+        }
+        return Unwound {
+            depth: out.len().min(1),
+            truncated: true,
+        };
+    };
+    walk(regs, tables, lo..hi, out)
+}
+
+/// Walks the calling thread's own stack into `out`, starting inside this function (leaf
+/// first; callers as return address minus one). `stack_top` is one past the highest address
+/// of the thread's stack; reads are confined to the live part, from the current stack pointer
+/// up to it. No allocation, no lock: safe inside a global allocator.
+#[inline(never)]
+pub(crate) fn unwind_current_thread(
+    tables: &UnwindTables,
+    stack_top: u64,
+    out: &mut [u64],
+) -> Unwound {
+    let regs = current_regs();
+    if regs.sp >= stack_top {
+        // Running on a stack other than the thread's own (an alternate signal stack, a
+        // coroutine): nothing bounds the reads, so keep the leaf only.
+        if let Some(first) = out.first_mut() {
+            *first = regs.pc;
+        }
+        return Unwound {
+            depth: out.len().min(1),
+            truncated: true,
+        };
+    }
+    walk(regs, tables, regs.sp..stack_top, out)
+}
+
+/// The program counter, stack pointer and frame pointer at the point of the call, read by
+/// one asm block so they describe the same instruction (what the unwind tables expect).
+#[inline(always)]
+fn current_regs() -> InterruptedRegs {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (pc, sp, fp): (u64, u64, u64);
+        // SAFETY: reads three registers into outputs; touches no memory and no flags.
+        unsafe {
+            std::arch::asm!(
+                "lea {pc}, [rip]",
+                "mov {sp}, rsp",
+                "mov {fp}, rbp",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        InterruptedRegs { pc, sp, fp }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let (pc, sp, fp, lr): (u64, u64, u64, u64);
+        // SAFETY: reads four registers into outputs; touches no memory and no flags.
+        unsafe {
+            std::arch::asm!(
+                "adr {pc}, .",
+                "mov {sp}, sp",
+                "mov {fp}, x29",
+                "mov {lr}, x30",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+                lr = out(reg) lr,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        InterruptedRegs { pc, sp, fp, lr }
+    }
+}
+
+/// Walks from `regs` with every stack read confined to `stack`. No allocation, no lock.
+fn walk(
+    regs: InterruptedRegs,
+    tables: &UnwindTables,
+    stack: std::ops::Range<u64>,
+    out: &mut [u64],
+) -> Unwound {
     if out.is_empty() {
         return Unwound {
             depth: 0,
@@ -211,12 +300,7 @@ pub(crate) fn unwind_signal_context(
         };
     }
     out[0] = regs.pc;
-    let Some((lo, hi)) = bounds.around(regs.sp) else {
-        return Unwound {
-            depth: 1,
-            truncated: true,
-        };
-    };
+    let (lo, hi) = (stack.start, stack.end);
     let Some(slot) = tables.caches.iter().find(|s| {
         s.busy
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -234,8 +318,9 @@ pub(crate) fn unwind_signal_context(
         if addr % 8 != 0 || addr < lo || addr.checked_add(8).is_none_or(|end| end > hi) {
             return Err(());
         }
-        // SAFETY: `addr..addr+8` lies inside a mapping that was readable when the bounds were
-        // taken and holds this thread's stack, which cannot be unmapped while it runs.
+        // SAFETY: `addr..addr+8` lies inside the caller-given range, which is readable stack
+        // of the thread being walked (its live part, or a mapping that holds it and cannot be
+        // unmapped while the thread runs).
         Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
     };
     let mut frames =
@@ -280,5 +365,38 @@ mod tests {
         assert_eq!(bounds.around(0x3800), None);
         assert_eq!(bounds.around(0x5fff), Some((0x5000, 0x6000)));
         assert_eq!(bounds.around(0x6000), None);
+    }
+
+    #[inline(never)]
+    fn walk_from_here(tables: &UnwindTables, out: &mut [u64]) -> Unwound {
+        let top = stack_top();
+        let unwound = unwind_current_thread(tables, top, out);
+        std::hint::black_box(unwound)
+    }
+
+    fn stack_top() -> u64 {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let here = &maps as *const _ as u64;
+        let bounds = StackBounds::parse(&maps);
+        bounds.around(here).expect("the stack is mapped").1
+    }
+
+    #[test]
+    fn walks_the_current_thread_through_its_callers() {
+        let tables = UnwindTables::load();
+        let mut out = [0u64; 64];
+        let unwound = walk_from_here(&tables, &mut out);
+        assert!(unwound.depth > 3, "{unwound:?}");
+        let symbols = crate::symbolize::ProcessSymbols::resolve(&out[..unwound.depth]);
+        let names: Vec<String> = out[..unwound.depth]
+            .iter()
+            .flat_map(|&a| crate::profile::Resolver::frames(&symbols, a).to_vec())
+            .map(|f| f.function)
+            .collect();
+        let position = |name: &str| names.iter().position(|n| n.ends_with(name));
+        let walker = position("walk_from_here").unwrap_or_else(|| panic!("{names:?}"));
+        let test = position("walks_the_current_thread_through_its_callers")
+            .unwrap_or_else(|| panic!("{names:?}"));
+        assert!(walker < test, "callers come after callees: {names:?}");
     }
 }

@@ -1,0 +1,436 @@
+//! Turning the heap tables into Go's heap and allocs profiles (protobuf and text).
+//!
+//! A [`HeapSnapshot`] copies every site's counters; two snapshots give a delta
+//! (`seconds=N`). Reports run on the server's threads with sampling off for the thread, so
+//! the profiler's own work does not show up in its profiles.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::sampler;
+use super::tables::{self, HeapTables, SiteCounters, FIXED_ONE, OVERFLOW_SITE};
+use crate::profile::{self, Frame, Label, ProfileBuilder, Resolver};
+use crate::symbolize::ProcessSymbols;
+
+/// Which of Go's two views of the same data to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProfileKind {
+    /// Live objects: default sample type `inuse_space`.
+    Heap,
+    /// Everything allocated: default sample type `alloc_space`.
+    Allocs,
+}
+
+impl ProfileKind {
+    fn default_sample_type(self) -> &'static str {
+        match self {
+            ProfileKind::Heap => "inuse_space",
+            ProfileKind::Allocs => "alloc_space",
+        }
+    }
+}
+
+/// Counter indices in [`Counts`].
+const ALLOC_SAMPLES: usize = 0;
+const ALLOC_SAMPLED_BYTES: usize = 1;
+const ALLOC_OBJECTS_FP: usize = 2;
+const ALLOC_BYTES: usize = 3;
+const FREE_SAMPLES: usize = 4;
+const FREE_SAMPLED_BYTES: usize = 5;
+const FREE_OBJECTS_FP: usize = 6;
+const FREE_BYTES: usize = 7;
+
+/// A site's counters, signed so that deltas fit.
+type Counts = [i64; 8];
+
+fn read(c: &SiteCounters) -> Counts {
+    [
+        &c.alloc_samples,
+        &c.alloc_sampled_bytes,
+        &c.alloc_objects_fp,
+        &c.alloc_bytes,
+        &c.free_samples,
+        &c.free_sampled_bytes,
+        &c.free_objects_fp,
+        &c.free_bytes,
+    ]
+    .map(|a| a.load(Relaxed) as i64)
+}
+
+/// The heap profiler's counters at one moment (or their change between two moments).
+pub(crate) struct HeapSnapshot {
+    rate: usize,
+    time: SystemTime,
+    taken_at: Instant,
+    duration: Duration,
+    sites: HashMap<usize, Counts>,
+}
+
+impl HeapSnapshot {
+    /// Copies every site's counters.
+    pub fn take() -> HeapSnapshot {
+        sampler::without_sampling(|| {
+            let sites = sampler::tables()
+                .map(|t| {
+                    t.sites()
+                        .map(|(site, _)| (site, read(t.counters(site))))
+                        .collect()
+                })
+                .unwrap_or_default();
+            HeapSnapshot {
+                rate: super::sample_rate(),
+                time: SystemTime::now(),
+                taken_at: Instant::now(),
+                duration: Duration::ZERO,
+                sites,
+            }
+        })
+    }
+
+    /// What changed from `earlier` to `self`: allocations made in between, and the change
+    /// in what is in use.
+    pub fn since(mut self, earlier: &HeapSnapshot) -> HeapSnapshot {
+        for (site, counts) in self.sites.iter_mut() {
+            if let Some(before) = earlier.sites.get(site) {
+                for (now, then) in counts.iter_mut().zip(before) {
+                    *now -= then;
+                }
+            }
+        }
+        self.duration = self.taken_at.duration_since(earlier.taken_at);
+        self.time = earlier.time;
+        self
+    }
+
+    /// The gzipped protobuf profile, symbolized.
+    pub fn encode(&self, kind: ProfileKind) -> Vec<u8> {
+        sampler::without_sampling(|| {
+            let records = self.records();
+            let mut builder = ProfileBuilder::new(
+                &[
+                    ("alloc_objects", "count"),
+                    ("alloc_space", "bytes"),
+                    ("inuse_objects", "count"),
+                    ("inuse_space", "bytes"),
+                ],
+                ("space", "bytes"),
+                self.rate as i64,
+            );
+            builder.set_default_sample_type(kind.default_sample_type());
+            builder.set_time(self.time, self.duration);
+            for comment in self.comments() {
+                builder.add_comment(comment);
+            }
+            for record in &records.list {
+                let c = &record.counts;
+                let objects = |fp: i64| (fp as f64 / FIXED_ONE).round() as i64;
+                let values = vec![
+                    objects(c[ALLOC_OBJECTS_FP]),
+                    c[ALLOC_BYTES],
+                    objects(c[ALLOC_OBJECTS_FP] - c[FREE_OBJECTS_FP]),
+                    c[ALLOC_BYTES] - c[FREE_BYTES],
+                ];
+                if values.iter().all(|&v| v == 0) {
+                    continue;
+                }
+                let labels = vec![Label::num("bytes", record.block_size, None)];
+                builder.add_sample(record.frames.clone(), values, labels);
+            }
+            profile::encode_gzip(&builder.build(&records.symbols))
+        })
+    }
+
+    /// Go's legacy text form (`debug=1`): sampled counts, `heap/2*rate` as Go writes it,
+    /// and each stack's frames as comments.
+    pub fn text(&self) -> String {
+        sampler::without_sampling(|| {
+            let records = self.records();
+            let inuse = |c: &Counts| {
+                (
+                    c[ALLOC_SAMPLES] - c[FREE_SAMPLES],
+                    c[ALLOC_SAMPLED_BYTES] - c[FREE_SAMPLED_BYTES],
+                )
+            };
+            let mut total = [0i64; 8];
+            for record in &records.list {
+                for (t, v) in total.iter_mut().zip(record.counts) {
+                    *t += v;
+                }
+            }
+            let mut out = String::new();
+            let (objects, bytes) = inuse(&total);
+            let _ = writeln!(
+                out,
+                "heap profile: {objects}: {bytes} [{}: {}] @ heap/{}",
+                total[ALLOC_SAMPLES],
+                total[ALLOC_SAMPLED_BYTES],
+                2 * self.rate
+            );
+            for record in &records.list {
+                if record.counts[ALLOC_SAMPLES] == 0 && record.counts[FREE_SAMPLES] == 0 {
+                    continue;
+                }
+                let (objects, bytes) = inuse(&record.counts);
+                let _ = write!(
+                    out,
+                    "{objects}: {bytes} [{}: {}] @",
+                    record.counts[ALLOC_SAMPLES], record.counts[ALLOC_SAMPLED_BYTES]
+                );
+                // Go prints return addresses; the stored frames are return addresses minus one.
+                for frame in &record.frames {
+                    if let Frame::Address(address) = frame {
+                        let _ = write!(out, " {:#x}", address + 1);
+                    }
+                }
+                out.push('\n');
+                for frame in &record.frames {
+                    match frame {
+                        Frame::Address(address) => {
+                            for source in records.symbols.frames(*address) {
+                                let _ = writeln!(
+                                    out,
+                                    "#\t{:#x}\t{}\t{}:{}",
+                                    address + 1,
+                                    source.function,
+                                    source.file,
+                                    source.line
+                                );
+                            }
+                        }
+                        Frame::Synthetic(name) => {
+                            let _ = writeln!(out, "#\t{name}");
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+            for comment in self.comments() {
+                let _ = writeln!(out, "# {comment}");
+            }
+            out
+        })
+    }
+
+    /// The sites with counters, their stacks stripped of the allocator's own frames, and
+    /// the symbols of every address.
+    fn records(&self) -> Records {
+        let Some(tables) = sampler::tables() else {
+            return Records {
+                list: Vec::new(),
+                symbols: AllocatorTrimmed {
+                    symbols: ProcessSymbols::resolve(&[]),
+                    skip_inline: HashMap::new(),
+                },
+            };
+        };
+        let mut raw = Vec::new();
+        for (site, stack) in tables.sites() {
+            let Some(&counts) = self.sites.get(&site) else {
+                continue;
+            };
+            if counts.iter().all(|&c| c == 0) {
+                continue;
+            }
+            raw.push((counts, stored_stack(tables, site, stack)));
+        }
+        let mut addresses: Vec<u64> = raw
+            .iter()
+            .flat_map(|(_, (frames, _))| frames.iter().copied())
+            .collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        let mut symbols = AllocatorTrimmed {
+            symbols: ProcessSymbols::resolve(&addresses),
+            skip_inline: HashMap::new(),
+        };
+        let list = raw
+            .into_iter()
+            .map(|(counts, (frames, marker))| {
+                let (callers, skip_inline) = allocator_prefix(&symbols.symbols, &frames);
+                if skip_inline > 0 {
+                    symbols.skip_inline.insert(frames[callers], skip_inline);
+                }
+                let mut frames: Vec<Frame> = frames[callers..]
+                    .iter()
+                    .map(|&a| Frame::Address(a))
+                    .collect();
+                if let Some(marker) = marker {
+                    frames.push(Frame::Synthetic(marker.into()));
+                }
+                // Go's `bytes` label: the average size of the sampled blocks.
+                let block_size = counts[ALLOC_SAMPLED_BYTES] / counts[ALLOC_SAMPLES].max(1);
+                Record {
+                    counts,
+                    frames,
+                    block_size,
+                }
+            })
+            .collect();
+        Records { list, symbols }
+    }
+
+    fn comments(&self) -> Vec<String> {
+        let mut comments = Vec::new();
+        if self.rate == 0 {
+            comments.push(format!(
+                "pprofd: heap sampling is off ({} is 0 or the server has not started)",
+                super::RATE_ENV
+            ));
+        } else {
+            comments.push(format!(
+                "pprofd: one sampled allocation per {} bytes allocated on average",
+                self.rate
+            ));
+        }
+        comments.push(format!(
+            "pprofd: {} sampled blocks live",
+            sampler::live_blocks()
+        ));
+        if let Some(t) = sampler::tables() {
+            let (frames, stacks, sites) = t.usage();
+            comments.push(format!(
+                "pprofd: heap profiler memory: {} bytes of tables and {} bytes of stack frames, holding {stacks}/{} stacks, {frames}/{} frames, {sites}/{} sites, {}/{} live blocks",
+                std::mem::size_of::<HeapTables>(),
+                t.chunk_bytes(),
+                tables::STACKS,
+                tables::ARENA_FRAMES,
+                tables::SITES,
+                sampler::live_blocks(),
+                tables::LIVE_SLOTS,
+            ));
+            let full = t.losses.table_full.load(Relaxed);
+            if full > 0 {
+                comments.push(format!(
+                    "pprofd: {full} samples recorded under [pprofd: tables full] (stack or site table full)"
+                ));
+            }
+            let live_full = t.losses.live_set_full.load(Relaxed);
+            if live_full > 0 {
+                comments.push(format!(
+                    "pprofd: {live_full} sampled blocks counted freed at once (live set full); in-use figures miss them"
+                ));
+            }
+        }
+        comments
+    }
+}
+
+struct Record {
+    counts: Counts,
+    frames: Vec<Frame>,
+    block_size: i64,
+}
+
+struct Records {
+    list: Vec<Record>,
+    symbols: AllocatorTrimmed,
+}
+
+/// Symbols with the allocator's inline frames removed from the addresses where the program
+/// calls into it (the global allocator is often inlined into its callers).
+struct AllocatorTrimmed {
+    symbols: ProcessSymbols,
+    /// Innermost inline frames to leave out, by address.
+    skip_inline: HashMap<u64, usize>,
+}
+
+impl Resolver for AllocatorTrimmed {
+    fn mappings(&self) -> &[profile::MappingInfo] {
+        self.symbols.mappings()
+    }
+
+    fn frames(&self, address: u64) -> &[profile::SourceFrame] {
+        let frames = self.symbols.frames(address);
+        let skip = self.skip_inline.get(&address).copied().unwrap_or(0);
+        &frames[skip.min(frames.len())..]
+    }
+}
+
+/// A site's frames as recorded, and the marker frame to put at its root, if any.
+fn stored_stack(
+    tables: &HeapTables,
+    site: usize,
+    stack: Option<usize>,
+) -> (Vec<u64>, Option<&'static str>) {
+    if site == OVERFLOW_SITE {
+        return (Vec::new(), Some("[pprofd: tables full]"));
+    }
+    match stack.and_then(|s| tables.stack(s)) {
+        Some(stored) => (
+            stored.frames.to_vec(),
+            stored.truncated.then_some("[truncated]"),
+        ),
+        // Claimed but not yet published by the sampling thread: the next report has it.
+        None => (Vec::new(), Some("[truncated]")),
+    }
+}
+
+/// Where a sampled stack leaves the allocator: the number of leading addresses that are
+/// all allocator code, and how many innermost inline frames of the next address are too.
+///
+/// The allocator is pprofd's sampler and wrapper, the compiler's global-allocator shims and
+/// `alloc::alloc` (Go leaves its allocator out of heap stacks too). Inlining varies with the
+/// build, so this walks the inline frames from the leaf and cuts after the outermost
+/// allocator frame near the leaf, rather than counting frames.
+fn allocator_prefix(symbols: &ProcessSymbols, frames: &[u64]) -> (usize, usize) {
+    /// The sampled path is a handful of frames deep; deeper matches are the program's own.
+    const SEARCH: usize = 32;
+    let is_allocator = |name: &str| {
+        let last = name.rsplit("::").next().unwrap_or(name);
+        ["pprofd::heap::", "<pprofd::heap::", "pprofd::unwind::"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || [
+                "__rust_alloc",
+                "__rust_alloc_zeroed",
+                "__rust_realloc",
+                "__rg_alloc",
+                "__rg_alloc_zeroed",
+                "__rg_realloc",
+            ]
+            .contains(&last)
+    };
+    let is_alloc_api = |name: &str| {
+        name.starts_with("alloc::alloc::") || name.starts_with("<alloc::alloc::Global")
+    };
+    // (address index, inline index, function), innermost first.
+    let inline_frames: Vec<(usize, usize, &str)> = frames
+        .iter()
+        .enumerate()
+        .take(SEARCH)
+        .flat_map(|(i, &address)| {
+            let chain = symbols.frames(address);
+            let unknown = chain.is_empty().then_some((i, 0, ""));
+            chain
+                .iter()
+                .enumerate()
+                .map(move |(j, f)| (i, j, f.function.as_str()))
+                .chain(unknown)
+        })
+        .collect();
+    let Some(entry) = inline_frames
+        .iter()
+        .rposition(|&(_, _, name)| is_allocator(name))
+    else {
+        return (0, 0);
+    };
+    let api = inline_frames[entry + 1..]
+        .iter()
+        .take_while(|&&(_, _, name)| is_alloc_api(name))
+        .count();
+    match inline_frames.get(entry + 1 + api) {
+        Some(&(address, inline, _)) => (address, inline),
+        None => (frames.len().min(SEARCH), 0),
+    }
+}
+
+/// Allocations sampled since the start.
+pub(super) fn sampled_allocations() -> u64 {
+    sampler::tables().map_or(0, |t| {
+        t.sites()
+            .map(|(site, _)| t.counters(site).alloc_samples.load(Relaxed))
+            .sum()
+    })
+}
