@@ -11,7 +11,7 @@
 //! Then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5`.
 //!
 //! The crate is split by concern: [`server`] is the only module that knows HTTP; [`cpu`]
-//! samples; `unwind` walks stacks inside signal handlers; `symbolize` turns addresses into
+//! samples; [`threads`] dumps every thread's stack and records thread creation; `unwind` walks stacks inside signal handlers; `symbolize` turns addresses into
 //! functions and lines; [`profile`] is the pprof model every profiler produces.
 
 pub mod cpu;
@@ -21,6 +21,7 @@ mod procfs;
 pub mod profile;
 pub mod server;
 mod symbolize;
+pub mod threads;
 mod unwind;
 
 pub use error::Error;

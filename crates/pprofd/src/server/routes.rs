@@ -11,6 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::query::Query;
 use crate::cpu::{self, CpuProfile, CpuProfileError};
+use crate::threads::{self, ThreadDump};
 
 /// Server-wide settings the handlers read.
 pub(super) struct Settings {
@@ -18,16 +19,31 @@ pub(super) struct Settings {
 }
 
 /// The endpoints served, for the start-up log line.
-pub(super) const ENDPOINTS: &[&str] = &["profile", "cmdline", "symbol", "trace"];
+pub(super) const ENDPOINTS: &[&str] = &[
+    "profile",
+    "goroutine",
+    "threadcreate",
+    "cmdline",
+    "symbol",
+    "trace",
+];
 
 /// Every name the index lists, with Go's descriptions.
 const INDEX: &[(&str, &str)] = &[
     ("cmdline", "The command line invocation of the current program"),
     (
+        "goroutine",
+        "Stack traces of all current goroutines. Use debug=2 as a query parameter to export in the same format as an unrecovered panic.",
+    ),
+    (
         "profile",
         "CPU profile. You can specify the duration in the seconds GET parameter. After you get the profile file, use the go tool pprof command to investigate the profile.",
     ),
     ("symbol", "Maps given program counters to function names."),
+    (
+        "threadcreate",
+        "Stack traces that led to the creation of new OS threads",
+    ),
     ("trace", "Not available: Go's execution tracer has no Rust counterpart; the request answers 501."),
 ];
 
@@ -79,6 +95,8 @@ pub(super) async fn handle(
         "cmdline" => cmdline(),
         "profile" => cpu_profile(&query, &settings).await,
         "symbol" => symbol(req).await,
+        "goroutine" => goroutine(&query).await,
+        "threadcreate" => threadcreate(&query).await,
         "trace" => error(
             StatusCode::NOT_IMPLEMENTED,
             "execution traces are a Go runtime feature with no Rust counterpart; use /debug/pprof/profile",
@@ -194,6 +212,74 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("building the profile failed: {e}"),
         ),
+    }
+}
+
+/// Every thread's stack: pprof (`debug=0`), grouped text (`debug=1`) or per-thread text
+/// (`debug=2`). The dump runs on the blocking pool, so it answers while the service's own
+/// threads are wedged.
+async fn goroutine(query: &Query) -> Response<Body> {
+    let debug = match query.int_in("debug", 0, 0..=2) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        let dump = ThreadDump::capture(threads::DEFAULT_DEADLINE)?;
+        Ok::<_, std::io::Error>(match debug {
+            0 => Rendered::Profile(crate::symbolize_and_encode(dump.profile())),
+            1 => Rendered::Text(dump.grouped_text()),
+            _ => Rendered::Text(dump.full_text()),
+        })
+    })
+    .await;
+    match built {
+        Ok(Ok(rendered)) => rendered.into_response("goroutine"),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("could not dump threads: {e}"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("building the thread dump failed: {e}"),
+        ),
+    }
+}
+
+/// The stack that created each live thread: pprof (`debug=0`) or grouped text (`debug=1`).
+async fn threadcreate(query: &Query) -> Response<Body> {
+    let debug = match query.int_in("debug", 0, 0..=2) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        if debug == 0 {
+            Rendered::Profile(crate::symbolize_and_encode(threads::threadcreate_profile()))
+        } else {
+            Rendered::Text(threads::threadcreate_text())
+        }
+    })
+    .await;
+    match built {
+        Ok(rendered) => rendered.into_response("threadcreate"),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("building the threadcreate profile failed: {e}"),
+        ),
+    }
+}
+
+/// A profile in one of its served forms.
+enum Rendered {
+    Profile(Vec<u8>),
+    Text(String),
+}
+
+impl Rendered {
+    fn into_response(self, name: &str) -> Response<Body> {
+        match self {
+            Rendered::Profile(bytes) => profile_bytes(name, bytes),
+            Rendered::Text(body) => text("text/plain; charset=utf-8", body),
+        }
     }
 }
 

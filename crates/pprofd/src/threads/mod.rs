@@ -1,0 +1,226 @@
+//! Every thread's stack on demand: the OS-thread counterpart of Go's goroutine dump
+//! (`/debug/pprof/goroutine`), and the stacks that created each thread
+//! (`/debug/pprof/threadcreate`).
+//!
+//! [`ThreadDump::capture`] lists `/proc/self/task`, reads each thread's state, system call,
+//! kernel wait channel and wait time from `/proc` *before* disturbing it ([`procinfo`]), then
+//! sends each thread a dedicated real-time signal whose handler unwinds the thread's own
+//! stack into a slot prepared for it ([`signal`], which states the handler's invariants).
+//! The requesting thread signals itself too and so appears in the dump. Threads that do not
+//! answer before the deadline (default [`DEFAULT_DEADLINE`]), or that block the signal, are
+//! listed with their `/proc` state and no stack; nothing waits beyond the deadline.
+//!
+//! Side effect on the dumped process (DESIGN.md, "Signals and system calls"): every thread
+//! runs a short handler. The handler is installed with `SA_RESTART`, so `read`/`write` on
+//! pipes and sockets and untimed `futex` waits resume unseen; `epoll_wait`, `poll`,
+//! `nanosleep` and timed waits return `EINTR` as they would for any signal, and std
+//! (`thread::sleep`, `Condvar`, `Mutex`, channels), tokio and mio retry them. Code that
+//! treats `EINTR` from such calls as an error sees one per dump. The tests run pipe reads,
+//! tokio's `epoll_wait`, `nanosleep` and a `Condvar` through 100 dumps.
+//!
+//! pprofd's own threads are listed like any other: a dump shows the whole process.
+
+mod create;
+mod procinfo;
+mod render;
+mod signal;
+
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::procfs;
+use crate::profile::{Frame, ProfileBuilder};
+use procinfo::{ProcThread, WaitClock};
+use signal::{Answer, Captured};
+
+/// How long a dump waits for threads to answer.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Wait starts seen by earlier dumps (see [`procinfo`]).
+static WAIT_CLOCK: LazyLock<Mutex<WaitClock>> = LazyLock::new(Default::default);
+
+/// The stacks of every thread of the process at one moment.
+pub struct ThreadDump {
+    taken: SystemTime,
+    deadline: Duration,
+    threads: Vec<DumpedThread>,
+}
+
+struct DumpedThread {
+    proc: ProcThread,
+    answer: Answer,
+}
+
+impl ThreadDump {
+    /// Signals every thread and collects its stack, waiting at most `deadline` for answers.
+    /// Fails only when the signal handler cannot be installed.
+    pub fn capture(deadline: Duration) -> std::io::Result<ThreadDump> {
+        let taken = SystemTime::now();
+        let requester = procfs::gettid();
+        let signo = signal::dump_signal();
+        let mut procs: Vec<ProcThread> = procfs::thread_ids()
+            .into_iter()
+            .filter_map(|tid| ProcThread::read(tid, signo))
+            .collect();
+        WAIT_CLOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(&mut procs);
+        let tids: Vec<i32> = procs.iter().map(|p| p.tid).collect();
+        let skip: Vec<bool> = procs.iter().map(|p| p.blocks_signal).collect();
+        let answers = signal::collect(&tids, &skip, Instant::now() + deadline)?;
+        let mut threads: Vec<DumpedThread> = procs
+            .into_iter()
+            .zip(answers)
+            .filter(|(_, answer)| !matches!(answer, Answer::Gone))
+            .map(|(proc, answer)| DumpedThread { proc, answer })
+            .collect();
+        // The requester first, as Go lists the goroutine that asked; then by thread id.
+        threads.sort_by_key(|t| (t.proc.tid != requester, t.proc.tid));
+        Ok(ThreadDump {
+            taken,
+            deadline,
+            threads,
+        })
+    }
+
+    /// Number of threads listed.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Number of threads listed without a stack (no answer in time, or signal blocked).
+    pub fn unanswered(&self) -> usize {
+        self.threads
+            .iter()
+            .filter(|t| !matches!(t.answer, Answer::Stack(_)))
+            .count()
+    }
+
+    /// Go's `debug=2` form: one block per thread, `thread TID "name" [state, N s]:` then
+    /// `function` / `\tfile:line` pairs, innermost first.
+    pub fn full_text(&self) -> String {
+        render::full_text(self)
+    }
+
+    /// Go's `debug=1` form: identical stacks grouped, with their count and threads.
+    pub fn grouped_text(&self) -> String {
+        render::grouped_text("goroutine", &self.entries())
+    }
+
+    /// The dump as a `goroutine/count` profile: one sample per distinct stack, thread name
+    /// and state, labelled `thread` and `state`. Symbolize with [`crate::symbolize_and_encode`].
+    pub fn profile(&self) -> ProfileBuilder {
+        let mut builder = render::count_profile("goroutine", &self.entries());
+        builder.set_time(self.taken, Duration::ZERO);
+        builder.add_comment(format!(
+            "stacks of {} OS threads (each pprofd goroutine is a thread)",
+            self.thread_count()
+        ));
+        if self.unanswered() > 0 {
+            builder.add_comment(format!(
+                "{} threads have no stack: {}",
+                self.unanswered(),
+                self.no_stack_reason()
+            ));
+        }
+        builder
+    }
+
+    fn entries(&self) -> Vec<render::Entry<'_>> {
+        self.threads
+            .iter()
+            .map(|t| render::Entry {
+                tid: t.proc.tid,
+                name: &t.proc.name,
+                state: Some(t.proc.activity()),
+                stack: self.frames(t),
+            })
+            .collect()
+    }
+
+    fn frames(&self, thread: &DumpedThread) -> Vec<Frame> {
+        match &thread.answer {
+            Answer::Stack(captured) => captured_frames(captured),
+            Answer::NoAnswer => vec![Frame::Synthetic(format!(
+                "[no answer within {} ms]",
+                self.deadline.as_millis()
+            ))],
+            Answer::Blocked => vec![Frame::Synthetic("[dump signal blocked]".into())],
+            Answer::Gone => Vec::new(),
+        }
+    }
+
+    fn no_stack_reason(&self) -> String {
+        format!(
+            "they did not answer within {} ms or block signal {}",
+            self.deadline.as_millis(),
+            signal::dump_signal()
+        )
+    }
+}
+
+fn captured_frames(captured: &Captured) -> Vec<Frame> {
+    let mut frames: Vec<Frame> = captured.frames[..captured.depth]
+        .iter()
+        .map(|&a| Frame::Address(a))
+        .collect();
+    if captured.truncated {
+        frames.push(Frame::Synthetic("[truncated]".into()));
+    }
+    frames
+}
+
+/// The stack that created each live thread, as a `threadcreate/count` profile.
+pub fn threadcreate_profile() -> ProfileBuilder {
+    let entries = create::entries();
+    let mut builder = render::count_profile("threadcreate", &entries.borrowed());
+    builder.set_time(SystemTime::now(), Duration::ZERO);
+    builder.add_comment(entries.comment());
+    builder
+}
+
+/// Go's `debug=1` text of the threadcreate profile.
+pub fn threadcreate_text() -> String {
+    let entries = create::entries();
+    let mut text = render::grouped_text("threadcreate", &entries.borrowed());
+    text.push_str(&format!("# {}\n", entries.comment()));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn wait_for_the_test(rx: std::sync::mpsc::Receiver<()>) {
+        let _ = rx.recv();
+    }
+
+    #[test]
+    fn dumps_a_waiting_thread_with_its_stack_and_state() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::Builder::new()
+            .name("dump-me".into())
+            .spawn(move || wait_for_the_test(rx))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let dump = ThreadDump::capture(DEFAULT_DEADLINE).unwrap();
+        tx.send(()).unwrap();
+        waiter.join().unwrap();
+        assert_eq!(dump.unanswered(), 0);
+        let text = dump.full_text();
+        let me = procfs::gettid();
+        assert!(
+            text.starts_with(&format!("thread {me} ")),
+            "the requester comes first:\n{text}"
+        );
+        let block = text
+            .split("\n\n")
+            .find(|b| b.contains("\"dump-me\""))
+            .unwrap_or_else(|| panic!("no dump-me block:\n{text}"));
+        assert!(block.contains("[futex wait"), "{block}");
+        assert!(block.contains("wait_for_the_test\n\t"), "{block}");
+        assert!(block.contains("threads/mod.rs:"), "{block}");
+    }
+}
