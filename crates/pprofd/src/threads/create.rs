@@ -104,8 +104,11 @@ mod hook {
     /// and `pthread_create` itself.
     const OWN_FRAMES: usize = 2;
 
-    /// Creation stacks of live threads by thread id (leaf first), with truncation.
-    static STACKS: Mutex<Option<HashMap<i32, (Vec<u64>, bool)>>> = Mutex::new(None);
+    /// A creator's stack, leaf first, and whether the unwinder stopped before its root.
+    type CreatorStack = (Vec<u64>, bool);
+
+    /// Creation stacks of live threads by thread id.
+    static STACKS: Mutex<Option<HashMap<i32, CreatorStack>>> = Mutex::new(None);
     static TABLES: Mutex<Option<Arc<UnwindTables>>> = Mutex::new(None);
 
     thread_local! {
@@ -147,7 +150,7 @@ mod hook {
     struct Start {
         routine: StartRoutine,
         arg: *mut libc::c_void,
-        stack: (Vec<u64>, bool),
+        stack: CreatorStack,
     }
 
     /// pprofd's `pthread_create` (module doc): records the creator's stack, then creates the
@@ -198,7 +201,7 @@ mod hook {
 
     /// The calling thread's stack, leaf first, without pprofd's own frames.
     #[inline(never)]
-    fn creator_stack() -> (Vec<u64>, bool) {
+    fn creator_stack() -> CreatorStack {
         let regs = here();
         let Some(tables) = current_tables() else {
             return (Vec::new(), true);

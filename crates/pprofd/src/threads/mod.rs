@@ -142,7 +142,7 @@ impl ThreadDump {
     fn frames(&self, thread: &DumpedThread) -> Vec<Frame> {
         match &thread.answer {
             Answer::Stack(captured) => captured_frames(captured),
-            Answer::NoAnswer => vec![Frame::Synthetic(format!(
+            Answer::Silent => vec![Frame::Synthetic(format!(
                 "[no answer within {} ms]",
                 self.deadline.as_millis()
             ))],

@@ -131,12 +131,12 @@ fn parse_stat_state(stat: &str) -> Option<char> {
 }
 
 /// The number at the start of a `syscall` line; `running` and `-1` (not in a call) give none.
-fn parse_syscall_number(line: &str) -> Option<i64> {
+fn parse_syscall_number(line: &str) -> Option<libc::c_long> {
     line.split_ascii_whitespace()
         .next()?
         .parse()
         .ok()
-        .filter(|&n: &i64| n >= 0)
+        .filter(|&n: &libc::c_long| n >= 0)
 }
 
 fn parse_exec_start_ms(sched: &str) -> Option<u64> {
@@ -165,7 +165,7 @@ fn monotonic_ms() -> u64 {
 }
 
 /// Names of the system calls threads commonly wait in; others show by number.
-fn syscall_name(nr: i64) -> String {
+fn syscall_name(nr: libc::c_long) -> String {
     let known: &[(libc::c_long, &str)] = &[
         (libc::SYS_futex, "futex"),
         (libc::SYS_read, "read"),
@@ -211,7 +211,7 @@ fn syscall_name(nr: i64) -> String {
     ];
     known
         .iter()
-        .find(|(n, _)| *n as i64 == nr)
+        .find(|(n, _)| *n == nr)
         .map_or_else(|| format!("syscall {nr}"), |(_, name)| name.to_string())
 }
 
@@ -247,10 +247,10 @@ mod tests {
         assert_eq!(me.activity(), "running");
         let mut waiting = me.clone();
         waiting.state = 'S';
-        waiting.syscall = Some(syscall_name(libc::SYS_futex as i64));
+        waiting.syscall = Some(syscall_name(libc::SYS_futex));
         assert_eq!(waiting.activity(), "futex wait");
         waiting.state = 'D';
-        waiting.syscall = Some(syscall_name(libc::SYS_read as i64));
+        waiting.syscall = Some(syscall_name(libc::SYS_read));
         assert_eq!(waiting.activity(), "read, disk wait");
         assert_eq!(syscall_name(100_000), "syscall 100000");
     }

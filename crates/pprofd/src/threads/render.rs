@@ -98,7 +98,7 @@ pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
         });
         groups[i].1.push(entry);
     }
-    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
     let mut out = format!("{kind} profile: total {}\n", entries.len());
     for (stack, members) in groups {
         let addresses: Vec<String> = stack

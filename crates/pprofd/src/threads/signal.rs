@@ -236,7 +236,7 @@ fn send(tid: i32, value: u64) -> bool {
 pub(super) enum Answer {
     Stack(Box<Captured>),
     /// No answer before the deadline (or not signalled before it passed).
-    NoAnswer,
+    Silent,
     /// Not signalled: the thread blocks the dump signal.
     Blocked,
     /// The thread exited before it could be signalled.
@@ -317,7 +317,7 @@ pub(super) fn collect(
             } else if slot.state.load(Ordering::Acquire) == DONE {
                 Answer::Stack(Box::new(slot.stack.into_inner()))
             } else {
-                Answer::NoAnswer
+                Answer::Silent
             }
         })
         .collect())
