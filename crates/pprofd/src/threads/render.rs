@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use super::ThreadDump;
-use crate::profile::{Frame, Label, ProfileBuilder, Resolver};
+use crate::profile::{Frame, Label, ProfileBuilder, Resolver, SourceFrame};
 use crate::symbolize::ProcessSymbols;
 
 /// One thread as the grouped forms see it.
@@ -43,6 +43,15 @@ fn object_offset(symbols: &dyn Resolver, address: u64) -> String {
         )
 }
 
+/// `file:line`, or what is known of it.
+fn source_line(f: &SourceFrame) -> String {
+    match (f.file.as_str(), f.line) {
+        ("", _) => "?".into(),
+        (file, 0) => file.into(),
+        (file, line) => format!("{file}:{line}"),
+    }
+}
+
 /// `thread 4242 "name" [futex wait, 12 s]:` blocks, innermost frame first.
 pub(super) fn full_text(dump: &ThreadDump) -> String {
     let stacks: Vec<Vec<Frame>> = dump.threads.iter().map(|t| dump.frames(t)).collect();
@@ -64,8 +73,7 @@ pub(super) fn full_text(dump: &ThreadDump) -> String {
                             writeln!(out, "{address:#x}\n\t{}", object_offset(&symbols, *address));
                     }
                     for f in source {
-                        let file = if f.file.is_empty() { "?" } else { &f.file };
-                        let _ = writeln!(out, "{}\n\t{file}:{}", f.function, f.line);
+                        let _ = writeln!(out, "{}\n\t{}", f.function, source_line(f));
                     }
                 }
                 Frame::Synthetic(name) if name == "[truncated]" => {
@@ -129,11 +137,8 @@ pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
                         );
                     }
                     for f in source {
-                        let _ = writeln!(
-                            out,
-                            "#\t{address:#x}\t{}\t{}:{}",
-                            f.function, f.file, f.line
-                        );
+                        let _ =
+                            writeln!(out, "#\t{address:#x}\t{}\t{}", f.function, source_line(f));
                     }
                 }
                 Frame::Synthetic(name) => {

@@ -1,0 +1,419 @@
+//! `/debug/pprof/goroutine` and `/debug/pprof/threadcreate` against a separate workload
+//! process (`examples/thread_workload.rs`), over real HTTP.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pprofd::profile::{decode, proto};
+
+/// The workload binary, built by `cargo test` next to the test binary's directory.
+fn workload_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    profile_dir.join("examples").join("thread_workload")
+}
+
+struct Workload {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    addr: String,
+}
+
+impl Workload {
+    fn start(args: &[&str]) -> Workload {
+        let mut child = Command::new(workload_binary())
+            .args(args)
+            .env("PPROF_ADDR", "127.0.0.1:0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the thread_workload example is built by cargo test");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Workload {
+            child,
+            stdout,
+            addr,
+        }
+    }
+
+    /// GETs `path`, returning the status and body.
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete response");
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, response[split + 4..].to_vec())
+    }
+
+    fn text(&self, path: &str) -> String {
+        let (status, body) = self.get(path);
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    fn profile(&self, path: &str) -> proto::Profile {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        decode(&body).expect("a valid pprof profile")
+    }
+
+    /// Closes stdin and returns what the workload printed until it exited.
+    fn finish(mut self) -> String {
+        drop(self.child.stdin.take());
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success(), "{rest}");
+        rest
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `thread TID "name" [state]:` block of a `debug=2` dump.
+struct Block {
+    tid: i32,
+    name: String,
+    state: String,
+    body: String,
+}
+
+fn blocks(dump: &str) -> Vec<Block> {
+    dump.split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            let (header, body) = b.split_once('\n').unwrap_or((b, ""));
+            let rest = header
+                .strip_prefix("thread ")
+                .unwrap_or_else(|| panic!("not a thread header: {header:?}"));
+            let (tid, rest) = rest.split_once(' ').unwrap();
+            let (name, state) = rest[1..].split_once("\" [").unwrap();
+            Block {
+                tid: tid.parse().unwrap(),
+                name: name.to_string(),
+                state: state.trim_end_matches("]:").to_string(),
+                body: body.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// `thread_workload.rs:LINE` of the line holding `marker`.
+fn workload_site(marker: &str) -> String {
+    let source = include_str!("../examples/thread_workload.rs");
+    let line = source
+        .lines()
+        .position(|l| l.contains(marker))
+        .expect("marker in the workload source")
+        + 1;
+    format!("examples/thread_workload.rs:{line}")
+}
+
+fn label<'a>(profile: &'a proto::Profile, sample: &proto::Sample, key: &str) -> Option<&'a str> {
+    let strings = &profile.string_table;
+    sample
+        .label
+        .iter()
+        .find(|l| strings[l.key as usize] == key)
+        .map(|l| strings[l.str as usize].as_str())
+}
+
+fn function_names(profile: &proto::Profile, sample: &proto::Sample) -> Vec<String> {
+    let locations: HashMap<u64, &proto::Location> =
+        profile.location.iter().map(|l| (l.id, l)).collect();
+    let functions: HashMap<u64, &proto::Function> =
+        profile.function.iter().map(|f| (f.id, f)).collect();
+    sample
+        .location_id
+        .iter()
+        .flat_map(|id| locations[id].line.iter())
+        .map(|line| profile.string_table[functions[&line.function_id].name as usize].clone())
+        .collect()
+}
+
+#[test]
+fn deadlocked_threads_show_their_lock_call_sites_while_the_runtime_is_wedged() {
+    let workload = Workload::start(&["--deadlock"]);
+    // Let the runtime's workers pick up the handlers that block on the deadlocked mutex.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let dump = workload.text("/debug/pprof/goroutine?debug=2");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the dump took {:?}",
+        started.elapsed()
+    );
+    let blocks = blocks(&dump);
+    for (thread, function, marker) in [
+        (
+            "deadlock-a",
+            "lock_first_then_second",
+            "deadlock-a blocks here",
+        ),
+        (
+            "deadlock-b",
+            "lock_second_then_first",
+            "deadlock-b blocks here",
+        ),
+    ] {
+        let block = blocks
+            .iter()
+            .find(|b| b.name == thread)
+            .unwrap_or_else(|| panic!("{thread} missing from\n{dump}"));
+        assert!(block.state.starts_with("futex wait"), "{}", block.state);
+        assert!(
+            block.body.contains("Mutex<T>::lock\n"),
+            "{thread} is not in the lock call:\n{}",
+            block.body
+        );
+        let site = format!("{function}\n\t");
+        let at = block
+            .body
+            .find(&site)
+            .unwrap_or_else(|| panic!("{function} missing from {thread}:\n{}", block.body));
+        let line = block.body[at + site.len()..].lines().next().unwrap();
+        assert!(
+            line.ends_with(&workload_site(marker)),
+            "{thread} blocks at {line}, not at the second acquisition"
+        );
+    }
+    let workers: Vec<&Block> = blocks
+        .iter()
+        .filter(|b| b.name.starts_with("tokio-rt"))
+        .collect();
+    assert_eq!(workers.len(), 2, "the runtime's two workers:\n{dump}");
+    for worker in workers {
+        assert!(worker.state.starts_with("futex wait"), "{}", worker.state);
+        assert!(worker.body.contains("wedged_handler"), "{}", worker.body);
+    }
+    workload.finish();
+}
+
+#[test]
+fn a_thousand_idle_and_four_busy_threads_each_appear_once_with_their_name() {
+    let workload = Workload::start(&["--threads", "1000", "4"]);
+    let task_dir = format!("/proc/{}/task", workload.child.id());
+    let live = std::fs::read_dir(&task_dir).unwrap().count();
+
+    let dump = workload.text("/debug/pprof/goroutine?debug=2");
+    let blocks = blocks(&dump);
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for b in &blocks {
+        *by_name.entry(b.name.as_str()).or_default() += 1;
+    }
+    for i in 0..1000 {
+        let name = format!("idle-{i:04}");
+        assert_eq!(by_name.get(name.as_str()), Some(&1), "{name}");
+    }
+    for i in 1..=4 {
+        let name = format!("busy-{i}");
+        assert_eq!(by_name.get(name.as_str()), Some(&1), "{name}");
+    }
+    let mut tids: Vec<i32> = blocks.iter().map(|b| b.tid).collect();
+    tids.sort_unstable();
+    tids.dedup();
+    assert_eq!(tids.len(), blocks.len(), "a thread listed twice");
+    assert!(
+        blocks.len() >= live,
+        "{} threads listed, {live} alive",
+        blocks.len()
+    );
+    for b in blocks.iter().filter(|b| b.name.starts_with("idle-")) {
+        assert!(
+            b.body.contains("wait_for_shutdown"),
+            "{}:\n{}",
+            b.name,
+            b.body
+        );
+    }
+
+    let profile = workload.profile("/debug/pprof/goroutine");
+    let total: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    assert_eq!(total as usize, blocks.len());
+    let idle: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| label(&profile, s, "thread").is_some_and(|n| n.starts_with("idle-")))
+        .map(|s| s.value[0])
+        .sum();
+    assert_eq!(idle, 1000);
+    assert!(profile
+        .sample
+        .iter()
+        .any(|s| label(&profile, s, "thread") == Some("busy-1")
+            && label(&profile, s, "state") == Some("running")));
+
+    let grouped = workload.text("/debug/pprof/goroutine?debug=1");
+    assert!(
+        grouped.starts_with(&format!("goroutine profile: total {}\n", blocks.len())),
+        "{}",
+        &grouped[..200.min(grouped.len())]
+    );
+    workload.finish();
+}
+
+#[test]
+fn blocked_system_calls_keep_working_through_a_hundred_dumps() {
+    let workload = Workload::start(&["--syscalls"]);
+    std::thread::sleep(Duration::from_millis(200));
+    // Which states each thread was caught in, over all dumps.
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    for _ in 0..100 {
+        let dump = workload.text("/debug/pprof/goroutine?debug=2");
+        for b in blocks(&dump) {
+            seen.entry(b.name).or_default().push(b.state);
+        }
+    }
+    let caught_in = |thread: &str, calls: &[&str]| {
+        let states = &seen[thread];
+        assert_eq!(states.len(), 100, "{thread} is in every dump");
+        assert!(
+            states
+                .iter()
+                .any(|s| calls.iter().any(|c| s.starts_with(c))),
+            "{thread} never caught in {calls:?}: {states:?}"
+        );
+    };
+    caught_in("pipe-reader", &["read"]);
+    caught_in("epoll-waiter", &["epoll_wait", "epoll_pwait"]);
+    caught_in("sleeper", &["clock_nanosleep", "nanosleep"]);
+    caught_in("condvar-waiter", &["futex wait"]);
+
+    let output = workload.finish();
+    let results: HashMap<&str, u64> = output
+        .lines()
+        .find_map(|l| l.strip_prefix("results "))
+        .expect("results line")
+        .split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k, v.parse().unwrap())
+        })
+        .collect();
+    for errors in [
+        "pipe_errors",
+        "socket_errors",
+        "short_sleeps",
+        "condvar_errors",
+    ] {
+        assert_eq!(results[errors], 0, "{output}");
+    }
+    for progress in ["pipe_reads", "socket_reads", "sleeps", "condvar_changes"] {
+        assert!(results[progress] > 200, "{progress}: {output}");
+    }
+}
+
+#[test]
+fn threadcreate_names_the_function_that_spawned_a_thread() {
+    let workload = Workload::start(&[]);
+    let profile = workload.profile("/debug/pprof/threadcreate");
+    assert_eq!(
+        profile.string_table[profile.sample_type[0].r#type as usize],
+        "threadcreate"
+    );
+    let spawned = profile
+        .sample
+        .iter()
+        .find(|s| label(&profile, s, "thread") == Some("made-by-spawner"))
+        .expect("the spawned thread is listed");
+    let names = function_names(&profile, spawned);
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "thread_workload::spawn_from_named_function"),
+        "{names:#?}"
+    );
+    let main = profile
+        .sample
+        .iter()
+        .find(|s| label(&profile, s, "thread") == Some("thread_workload"))
+        .expect("the main thread is listed");
+    assert_eq!(function_names(&profile, main), ["[process main thread]"]);
+
+    let text = workload.text("/debug/pprof/threadcreate?debug=1");
+    assert!(text.starts_with("threadcreate profile: total "), "{text}");
+    let group = text
+        .split("\n\n")
+        .find(|g| g.contains("\"made-by-spawner\""))
+        .expect("a group with the spawned thread");
+    assert!(group.contains("thread_workload::spawn_from_named_function\t"));
+    workload.finish();
+}
+
+#[test]
+fn go_tool_pprof_reads_goroutine_and_threadcreate_profiles() {
+    let go = ["/usr/bin/go", "/usr/local/go/bin/go"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let Some(go) = go else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "go is required in CI for the compatibility test"
+        );
+        eprintln!("skipped: go is not installed (apt-get install golang-go)");
+        return;
+    };
+    let workload = Workload::start(&[]);
+    let dir = std::env::temp_dir().join(format!("pprofd-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, function) in [
+        ("goroutine", "wait_for_shutdown"),
+        ("threadcreate", "spawn_from_named_function"),
+    ] {
+        let (status, body) = workload.get(&format!("/debug/pprof/{name}"));
+        assert_eq!(status, 200);
+        let file = dir.join(format!("{name}.pb.gz"));
+        std::fs::write(&file, body).unwrap();
+        let output = Command::new(&go)
+            .args(["tool", "pprof", "-top", "-cum", "-nodecount=500"])
+            .arg(&file)
+            .env("HOME", &dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains(&format!("Type: {name}")), "{stdout}");
+        assert!(stdout.contains(function), "{stdout}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    workload.finish();
+}
