@@ -103,6 +103,7 @@ impl StackBounds {
     }
 
     /// One known-readable range, such as the calling thread's own stack.
+    #[cfg(feature = "threadcreate")]
     pub fn single(start: u64, end: u64) -> Self {
         StackBounds {
             ranges: vec![(start, end)],
