@@ -67,7 +67,7 @@ impl ThreadDump {
             .unwrap_or_else(|e| e.into_inner())
             .extend(&mut procs);
         let tids: Vec<i32> = procs.iter().map(|p| p.tid).collect();
-        let skip: Vec<bool> = procs.iter().map(|p| p.blocks_signal).collect();
+        let skip: Vec<bool> = procs.iter().map(|p| p.unreachable.is_some()).collect();
         let answers = signal::collect(&tids, &skip, Instant::now() + deadline)?;
         let mut threads: Vec<DumpedThread> = procs
             .into_iter()
@@ -146,16 +146,19 @@ impl ThreadDump {
                 "[no answer within {} ms]",
                 self.deadline.as_millis()
             ))],
-            Answer::Blocked => vec![Frame::Synthetic("[dump signal blocked]".into())],
+            Answer::Skipped => vec![Frame::Synthetic(format!(
+                "[no stack: {}]",
+                thread.proc.unreachable.unwrap_or("unreachable")
+            ))],
             Answer::Gone => Vec::new(),
         }
     }
 
     fn no_stack_reason(&self) -> String {
         format!(
-            "they did not answer within {} ms or block signal {}",
+            "they did not answer signal {} within {} ms, block it, or have one pending",
+            signal::dump_signal(),
             self.deadline.as_millis(),
-            signal::dump_signal()
         )
     }
 }
@@ -208,7 +211,6 @@ mod tests {
         let dump = ThreadDump::capture(DEFAULT_DEADLINE).unwrap();
         tx.send(()).unwrap();
         waiter.join().unwrap();
-        assert_eq!(dump.unanswered(), 0);
         let text = dump.full_text();
         let me = procfs::gettid();
         assert!(
@@ -222,5 +224,45 @@ mod tests {
         assert!(block.contains("[futex wait"), "{block}");
         assert!(block.contains("wait_for_the_test\n\t"), "{block}");
         assert!(block.contains("threads/mod.rs:"), "{block}");
+    }
+
+    #[test]
+    fn a_thread_that_blocks_the_signal_is_listed_without_waiting_for_it() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let blocker = std::thread::Builder::new()
+            .name("blocks-dumps".into())
+            .spawn(move || {
+                // SAFETY: plain sigset manipulation on this thread's own mask.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, signal::dump_signal());
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
+                ready_tx.send(()).unwrap();
+                let _ = rx.recv();
+            })
+            .unwrap();
+        ready_rx.recv().unwrap();
+        let started = Instant::now();
+        let dump = ThreadDump::capture(DEFAULT_DEADLINE).unwrap();
+        assert!(
+            started.elapsed() < DEFAULT_DEADLINE,
+            "{:?}",
+            started.elapsed()
+        );
+        tx.send(()).unwrap();
+        blocker.join().unwrap();
+        assert!(dump.unanswered() >= 1);
+        let text = dump.full_text();
+        let block = text
+            .split("\n\n")
+            .find(|b| b.contains("\"blocks-dumps\""))
+            .unwrap_or_else(|| panic!("no blocks-dumps block:\n{text}"));
+        assert!(
+            block.contains("[no stack: it blocks the dump signal]"),
+            "{block}"
+        );
     }
 }

@@ -27,8 +27,9 @@ pub(crate) struct ProcThread {
     pub wchan: String,
     /// Seconds the thread has been in this wait, when knowable (module doc).
     pub waiting_seconds: Option<u64>,
-    /// Whether the thread blocks the dump signal (it cannot answer until it unblocks it).
-    pub blocks_signal: bool,
+    /// Why the thread cannot answer a dump signal now, if it cannot: it blocks the signal,
+    /// or one from an earlier dump is still pending (it is stuck where signals wait).
+    pub unreachable: Option<&'static str>,
     /// The raw `syscall` line, which identifies one particular wait.
     syscall_line: String,
 }
@@ -67,7 +68,13 @@ impl ProcThread {
             syscall,
             wchan,
             waiting_seconds,
-            blocks_signal: signal_blocked(&status, signal),
+            unreachable: if signal_in_mask(&status, "SigBlk:", signal) {
+                Some("it blocks the dump signal")
+            } else if signal_in_mask(&status, "SigPnd:", signal) {
+                Some("a dump signal sent earlier is still pending")
+            } else {
+                None
+            },
             syscall_line,
         })
     }
@@ -145,11 +152,11 @@ fn parse_exec_start_ms(sched: &str) -> Option<u64> {
     Some(value as u64)
 }
 
-/// Whether `signal` is set in the `SigBlk` mask of a `status` file.
-fn signal_blocked(status: &str, signal: i32) -> bool {
+/// Whether `signal` is set in the `mask` line (`SigBlk:`, `SigPnd:`) of a `status` file.
+fn signal_in_mask(status: &str, mask: &str, signal: i32) -> bool {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .find_map(|l| l.strip_prefix(mask))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .is_some_and(|mask| mask & (1u64 << (signal - 1)) != 0)
 }
@@ -236,8 +243,9 @@ mod tests {
             parse_exec_start_ms("x (1, #threads: 1)\n---\nse.exec_start   :   1424407.361380\n"),
             Some(1424407)
         );
-        assert!(signal_blocked("SigBlk:\t0000000200000000\n", 34));
-        assert!(!signal_blocked("SigBlk:\t0000000000000000\n", 34));
+        let status = "SigPnd:\t0000000000000000\nSigBlk:\t0000000200000000\n";
+        assert!(signal_in_mask(status, "SigBlk:", 34));
+        assert!(!signal_in_mask(status, "SigPnd:", 34));
     }
 
     #[test]
@@ -264,7 +272,7 @@ mod tests {
             syscall: Some("futex".into()),
             wchan: String::new(),
             waiting_seconds: Some(waited),
-            blocks_signal: false,
+            unreachable: None,
             syscall_line: line.into(),
         };
         let mut clock = WaitClock::default();

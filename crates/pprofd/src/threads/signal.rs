@@ -203,8 +203,8 @@ struct QueuedSigInfo {
     _rest: [u64; 12],
 }
 
-/// Sends the dump signal to `tid` with `value`. Fails when the thread is gone.
-fn send(tid: i32, value: u64) -> bool {
+/// Sends the dump signal to `tid` with `value`.
+fn send(tid: i32, value: u64) -> Sent {
     let signo = dump_signal();
     // SAFETY: getpid and getuid have no preconditions.
     let (pid, uid) = unsafe { (libc::getpid(), libc::getuid()) };
@@ -229,16 +229,29 @@ fn send(tid: i32, value: u64) -> bool {
             &info as *const QueuedSigInfo,
         )
     };
-    rc == 0
+    if rc == 0 {
+        Sent::Queued
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        Sent::Gone
+    } else {
+        // EAGAIN: the user's queued-signal limit (RLIMIT_SIGPENDING) is reached.
+        Sent::Refused
+    }
+}
+
+enum Sent {
+    Queued,
+    Gone,
+    Refused,
 }
 
 /// How one thread took part in a dump.
 pub(super) enum Answer {
     Stack(Box<Captured>),
-    /// No answer before the deadline (or not signalled before it passed).
+    /// No answer before the deadline (or the signal could not be queued, or not sent in time).
     Silent,
-    /// Not signalled: the thread blocks the dump signal.
-    Blocked,
+    /// Not signalled: the caller said it could not answer.
+    Skipped,
     /// The thread exited before it could be signalled.
     Gone,
 }
@@ -275,6 +288,7 @@ pub(super) fn collect(
     })));
     let value = COOKIE << 32 | generation as u64;
     let mut gone = vec![false; tids.len()];
+    let mut refused = vec![false; tids.len()];
     // (index, when signalled) of threads holding a window place.
     let mut in_flight: Vec<(usize, Instant)> = Vec::with_capacity(WINDOW);
     let mut next = 0;
@@ -287,15 +301,17 @@ pub(super) fn collect(
             });
             while in_flight.len() < WINDOW && next < tids.len() {
                 if !skip[next] {
-                    if send(tids[next], value) {
-                        in_flight.push((next, Instant::now()));
-                    } else {
-                        gone[next] = true;
+                    match send(tids[next], value) {
+                        Sent::Queued => in_flight.push((next, Instant::now())),
+                        Sent::Gone => gone[next] = true,
+                        Sent::Refused => refused[next] = true,
                     }
                 }
                 next += 1;
             }
-            let expected = (0..tids.len()).filter(|&i| !skip[i] && !gone[i]).count();
+            let expected = (0..tids.len())
+                .filter(|&i| !skip[i] && !gone[i] && !refused[i])
+                .count();
             let answered = dump.answered.load(Ordering::Acquire) as usize;
             if (next == tids.len() && answered >= expected) || now >= deadline {
                 return;
@@ -311,7 +327,7 @@ pub(super) fn collect(
         .enumerate()
         .map(|(i, slot)| {
             if skip[i] {
-                Answer::Blocked
+                Answer::Skipped
             } else if gone[i] {
                 Answer::Gone
             } else if slot.state.load(Ordering::Acquire) == DONE {
