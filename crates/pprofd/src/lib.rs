@@ -11,12 +11,13 @@
 //! Then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5`.
 //!
 //! The crate is split by concern: [`server`] is the only module that knows HTTP; [`cpu`]
-//! samples; [`threads`] dumps every thread's stack and records thread creation; `unwind` walks stacks inside signal handlers; `symbolize` turns addresses into
+//! samples; [`offcpu`] samples blocked threads for the block and mutex profiles; [`threads`] dumps every thread's stack and records thread creation; `unwind` walks stacks inside signal handlers; `symbolize` turns addresses into
 //! functions and lines; [`profile`] is the pprof model every profiler produces.
 
 pub mod cpu;
 mod error;
 mod objects;
+pub mod offcpu;
 mod procfs;
 pub mod profile;
 pub mod server;

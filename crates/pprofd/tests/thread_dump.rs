@@ -1,107 +1,12 @@
 //! `/debug/pprof/goroutine` and `/debug/pprof/threadcreate` against a separate workload
 //! process (`examples/thread_workload.rs`), over real HTTP.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pprofd::profile::{decode, proto};
-
-/// The workload binary, built by `cargo test` next to the test binary's directory.
-fn workload_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    profile_dir.join("examples").join("thread_workload")
-}
-
-struct Workload {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-    addr: String,
-}
-
-impl Workload {
-    fn start(args: &[&str]) -> Workload {
-        let mut child = Command::new(workload_binary())
-            .args(args)
-            .env("PPROF_ADDR", "127.0.0.1:0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the thread_workload example is built by cargo test");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Workload {
-            child,
-            stdout,
-            addr,
-        }
-    }
-
-    /// GETs `path`, returning the status and body.
-    fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a complete response");
-        let head = String::from_utf8_lossy(&response[..split]).into_owned();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, response[split + 4..].to_vec())
-    }
-
-    fn text(&self, path: &str) -> String {
-        let (status, body) = self.get(path);
-        let body = String::from_utf8(body).unwrap();
-        assert_eq!(status, 200, "{path}: {body}");
-        body
-    }
-
-    fn profile(&self, path: &str) -> proto::Profile {
-        let (status, body) = self.get(path);
-        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
-        decode(&body).expect("a valid pprof profile")
-    }
-
-    /// Closes stdin and returns what the workload printed until it exited.
-    fn finish(mut self) -> String {
-        drop(self.child.stdin.take());
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        assert!(self.child.wait().unwrap().success(), "{rest}");
-        rest
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{function_names, go_binary, go_pprof, label, Workload};
 
 /// One `thread TID "name" [state]:` block of a `debug=2` dump.
 struct Block {
@@ -142,31 +47,9 @@ fn workload_site(marker: &str) -> String {
     format!("examples/thread_workload.rs:{line}")
 }
 
-fn label<'a>(profile: &'a proto::Profile, sample: &proto::Sample, key: &str) -> Option<&'a str> {
-    let strings = &profile.string_table;
-    sample
-        .label
-        .iter()
-        .find(|l| strings[l.key as usize] == key)
-        .map(|l| strings[l.str as usize].as_str())
-}
-
-fn function_names(profile: &proto::Profile, sample: &proto::Sample) -> Vec<String> {
-    let locations: HashMap<u64, &proto::Location> =
-        profile.location.iter().map(|l| (l.id, l)).collect();
-    let functions: HashMap<u64, &proto::Function> =
-        profile.function.iter().map(|f| (f.id, f)).collect();
-    sample
-        .location_id
-        .iter()
-        .flat_map(|id| locations[id].line.iter())
-        .map(|line| profile.string_table[functions[&line.function_id].name as usize].clone())
-        .collect()
-}
-
 #[test]
 fn deadlocked_threads_show_their_lock_call_sites_while_the_runtime_is_wedged() {
-    let workload = Workload::start(&["--deadlock"]);
+    let workload = Workload::start("thread_workload", &["--deadlock"]);
     // Let the runtime's workers pick up the handlers that block on the deadlocked mutex.
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
@@ -224,8 +107,8 @@ fn deadlocked_threads_show_their_lock_call_sites_while_the_runtime_is_wedged() {
 
 #[test]
 fn a_thousand_idle_and_four_busy_threads_each_appear_once_with_their_name() {
-    let workload = Workload::start(&["--threads", "1000", "4"]);
-    let task_dir = format!("/proc/{}/task", workload.child.id());
+    let workload = Workload::start("thread_workload", &["--threads", "1000", "4"]);
+    let task_dir = format!("/proc/{}/task", workload.pid());
     let live = std::fs::read_dir(&task_dir).unwrap().count();
 
     let dump = workload.text("/debug/pprof/goroutine?debug=2");
@@ -287,7 +170,7 @@ fn a_thousand_idle_and_four_busy_threads_each_appear_once_with_their_name() {
 
 #[test]
 fn blocked_system_calls_keep_working_through_a_hundred_dumps() {
-    let workload = Workload::start(&["--syscalls"]);
+    let workload = Workload::start("thread_workload", &["--syscalls"]);
     std::thread::sleep(Duration::from_millis(200));
     // Which states each thread was caught in, over all dumps.
     let mut seen: HashMap<String, Vec<String>> = HashMap::new();
@@ -338,7 +221,7 @@ fn blocked_system_calls_keep_working_through_a_hundred_dumps() {
 
 #[test]
 fn threadcreate_names_the_function_that_spawned_a_thread() {
-    let workload = Workload::start(&[]);
+    let workload = Workload::start("thread_workload", &[]);
     let profile = workload.profile("/debug/pprof/threadcreate");
     assert_eq!(
         profile.string_table[profile.sample_type[0].r#type as usize],
@@ -375,45 +258,19 @@ fn threadcreate_names_the_function_that_spawned_a_thread() {
 
 #[test]
 fn go_tool_pprof_reads_goroutine_and_threadcreate_profiles() {
-    let go = ["/usr/bin/go", "/usr/local/go/bin/go"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let Some(go) = go else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "go is required in CI for the compatibility test"
-        );
-        eprintln!("skipped: go is not installed (apt-get install golang-go)");
+    let Some(go) = go_binary() else {
         return;
     };
-    let workload = Workload::start(&[]);
-    let dir = std::env::temp_dir().join(format!("pprofd-threads-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let workload = Workload::start("thread_workload", &[]);
     for (name, function) in [
         ("goroutine", "wait_for_shutdown"),
         ("threadcreate", "spawn_from_named_function"),
     ] {
         let (status, body) = workload.get(&format!("/debug/pprof/{name}"));
         assert_eq!(status, 200);
-        let file = dir.join(format!("{name}.pb.gz"));
-        std::fs::write(&file, body).unwrap();
-        let output = Command::new(&go)
-            .args(["tool", "pprof", "-top", "-cum", "-nodecount=500"])
-            .arg(&file)
-            .env("HOME", &dir)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(stdout.contains(&format!("Type: {name}")), "{stdout}");
-        assert!(stdout.contains(function), "{stdout}");
+        let top = go_pprof(&go, name, &body, &["-top", "-cum", "-nodecount=500"]);
+        assert!(top.contains(&format!("Type: {name}")), "{top}");
+        assert!(top.contains(function), "{top}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
     workload.finish();
 }

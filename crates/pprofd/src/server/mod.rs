@@ -191,6 +191,7 @@ fn serve(
         .enable_all()
         .thread_name("pprofd-work")
         .max_blocking_threads(4)
+        .on_thread_start(crate::procfs::register_internal_for_life)
         .build()
     {
         Ok(rt) => rt,

@@ -11,6 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::query::Query;
 use crate::cpu::{self, CpuProfile, CpuProfileError};
+use crate::offcpu::{self, BlockProfile, BlockProfileError, View};
 use crate::threads::{self, ThreadDump};
 
 /// Server-wide settings the handlers read.
@@ -23,6 +24,8 @@ pub(super) const ENDPOINTS: &[&str] = &[
     "profile",
     "goroutine",
     "threadcreate",
+    "block",
+    "mutex",
     "cmdline",
     "symbol",
     "trace",
@@ -30,6 +33,10 @@ pub(super) const ENDPOINTS: &[&str] = &[
 
 /// Every name the index lists, with Go's descriptions.
 const INDEX: &[(&str, &str)] = &[
+    (
+        "block",
+        "Stack traces that led to blocking on synchronization primitives",
+    ),
     ("cmdline", "The command line invocation of the current program"),
     (
         "goroutine",
@@ -39,6 +46,7 @@ const INDEX: &[(&str, &str)] = &[
         "profile",
         "CPU profile. You can specify the duration in the seconds GET parameter. After you get the profile file, use the go tool pprof command to investigate the profile.",
     ),
+    ("mutex", "Stack traces of holders of contended mutexes"),
     ("symbol", "Maps given program counters to function names."),
     (
         "threadcreate",
@@ -97,6 +105,8 @@ pub(super) async fn handle(
         "symbol" => symbol(req).await,
         "goroutine" => goroutine(&query).await,
         "threadcreate" => threadcreate(&query).await,
+        "block" => off_cpu(&query, &settings, View::Block).await,
+        "mutex" => off_cpu(&query, &settings, View::Mutex).await,
         "trace" => error(
             StatusCode::NOT_IMPLEMENTED,
             "execution traces are a Go runtime feature with no Rust counterpart; use /debug/pprof/profile",
@@ -264,6 +274,58 @@ async fn threadcreate(query: &Query) -> Response<Body> {
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("building the threadcreate profile failed: {e}"),
+        ),
+    }
+}
+
+/// Block or mutex profile: samples blocked threads for `seconds` (default 5 s, below
+/// scrapers' 10 s timeout), then answers in pprof (`debug=0`) or Go's text (`debug=1`).
+/// `idle=1` adds idle, I/O and sleep waits, labelled.
+async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Body> {
+    let seconds = match query.int_in(
+        "seconds",
+        offcpu::DEFAULT_SECONDS,
+        1..=settings.max_profile_seconds,
+    ) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let (debug, idle) = match (
+        query.int_in("debug", 0, 0..=2),
+        query.int_in("idle", 0, 0..=1),
+    ) {
+        (Ok(debug), Ok(idle)) => (debug, idle == 1),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let profile = match BlockProfile::start(offcpu::DEFAULT_HZ) {
+        Ok(p) => p,
+        Err(e @ BlockProfileError::InUse) => return error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    // If the client goes away, hyper drops this future and `profile`'s Drop stops sampling.
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let name = match view {
+        View::Block => "block",
+        View::Mutex => "mutex",
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        let samples = profile.stop()?;
+        Ok::<_, std::io::Error>(if debug == 0 {
+            Rendered::Profile(samples.encode(view, idle))
+        } else {
+            Rendered::Text(samples.text(view, idle))
+        })
+    })
+    .await;
+    match built {
+        Ok(Ok(rendered)) => rendered.into_response(name),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("off-CPU sampling failed: {e}"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("building the {name} profile failed: {e}"),
         ),
     }
 }

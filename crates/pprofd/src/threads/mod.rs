@@ -21,9 +21,9 @@
 //! pprofd's own threads are listed like any other: a dump shows the whole process.
 
 mod create;
-mod procinfo;
+pub(crate) mod procinfo;
 mod render;
-mod signal;
+pub(crate) mod signal;
 
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -68,7 +68,12 @@ impl ThreadDump {
             .extend(&mut procs);
         let tids: Vec<i32> = procs.iter().map(|p| p.tid).collect();
         let skip: Vec<bool> = procs.iter().map(|p| p.unreachable.is_some()).collect();
-        let answers = signal::collect(&tids, &skip, Instant::now() + deadline)?;
+        let answers = signal::collect(
+            &tids,
+            &skip,
+            Instant::now() + deadline,
+            &signal::Unwinding::load(),
+        )?;
         let mut threads: Vec<DumpedThread> = procs
             .into_iter()
             .zip(answers)

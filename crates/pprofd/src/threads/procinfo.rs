@@ -138,7 +138,7 @@ fn parse_stat_state(stat: &str) -> Option<char> {
 }
 
 /// The number at the start of a `syscall` line; `running` and `-1` (not in a call) give none.
-fn parse_syscall_number(line: &str) -> Option<libc::c_long> {
+pub(crate) fn parse_syscall_number(line: &str) -> Option<libc::c_long> {
     line.split_ascii_whitespace()
         .next()?
         .parse()
@@ -172,7 +172,7 @@ fn monotonic_ms() -> u64 {
 }
 
 /// Names of the system calls threads commonly wait in; others show by number.
-fn syscall_name(nr: libc::c_long) -> String {
+pub(crate) fn syscall_name(nr: libc::c_long) -> String {
     let known: &[(libc::c_long, &str)] = &[
         (libc::SYS_futex, "futex"),
         (libc::SYS_read, "read"),

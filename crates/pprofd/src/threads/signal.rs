@@ -24,7 +24,7 @@
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::unwind::published::{self, Published};
@@ -44,7 +44,7 @@ const WRITING: u8 = 1;
 const DONE: u8 = 2;
 
 /// The real-time signal dumps use (module doc).
-pub(super) fn dump_signal() -> i32 {
+pub(crate) fn dump_signal() -> i32 {
     libc::SIGRTMIN() + 7
 }
 
@@ -56,9 +56,11 @@ struct Slot {
 
 /// One thread's answer.
 #[derive(Clone)]
-pub(super) struct Captured {
+pub(crate) struct Captured {
     pub depth: usize,
     pub truncated: bool,
+    /// The signal interrupted a blocking system call (rather than the thread's own code).
+    pub in_syscall: bool,
     pub frames: [u64; MAX_DEPTH],
 }
 
@@ -68,8 +70,8 @@ struct DumpState {
     /// Sorted thread ids; `slots[i]` belongs to `tids[i]`.
     tids: Box<[i32]>,
     slots: Box<[Slot]>,
-    tables: UnwindTables,
-    bounds: StackBounds,
+    tables: Arc<UnwindTables>,
+    bounds: Arc<StackBounds>,
     answered: AtomicU32,
 }
 
@@ -164,8 +166,50 @@ unsafe fn answer(generation: u32, ucontext: *mut libc::c_void) {
         unwind::unwind_signal_context(regs, &dump.tables, &dump.bounds, &mut stack.frames);
     stack.depth = unwound.depth;
     stack.truncated = unwound.truncated;
+    // SAFETY: forwarded from the caller.
+    stack.in_syscall = interrupted_in_syscall(regs.pc, unsafe { syscall_result(ucontext) });
     slot.state.store(DONE, Ordering::Release);
     dump.answered.fetch_add(1, Ordering::Release);
+}
+
+/// Whether the thread was blocked in a system call when the signal came: the kernel rewinds
+/// the PC of an interrupted call that it will restart (`SA_RESTART`) onto the system call
+/// instruction, and leaves it just after one that returns `EINTR`. A thread that was running,
+/// or had just finished a call (such as a futex wake), is neither. Async-signal-safe; reads
+/// only code bytes on the page the thread executes from.
+fn interrupted_in_syscall(pc: u64, result: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    const SYSCALL: &[u8] = &[0x0f, 0x05];
+    #[cfg(target_arch = "aarch64")]
+    const SYSCALL: &[u8] = &[0x01, 0x00, 0x00, 0xd4]; // svc #0
+    let len = SYSCALL.len() as u64;
+    let page = pc & !4095;
+    let matches_at = |start: u64| {
+        start >= page
+            && start + len <= page + 4096
+            // SAFETY: the range lies on the page holding the interrupted PC, which is mapped
+            // and readable while the thread executes from it.
+            && unsafe { std::slice::from_raw_parts(start as *const u8, len as usize) } == SYSCALL
+    };
+    matches_at(pc)
+        || (result == -(libc::EINTR as i64) && pc.checked_sub(len).is_some_and(matches_at))
+}
+
+/// The system call result register of an interrupted context.
+///
+/// # Safety
+/// `ucontext` must be the context pointer the kernel passed to the running handler.
+unsafe fn syscall_result(ucontext: *const libc::c_void) -> i64 {
+    // SAFETY: the caller passes the kernel's ucontext, valid during the handler.
+    let uc = unsafe { &*(ucontext as *const libc::ucontext_t) };
+    #[cfg(target_arch = "x86_64")]
+    {
+        uc.uc_mcontext.gregs[libc::REG_RAX as usize]
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        uc.uc_mcontext.regs[0] as i64
+    }
 }
 
 fn chain_previous(signo: libc::c_int, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
@@ -246,7 +290,7 @@ enum Sent {
 }
 
 /// How one thread took part in a dump.
-pub(super) enum Answer {
+pub(crate) enum Answer {
     Stack(Box<Captured>),
     /// No answer before the deadline (or the signal could not be queued, or not sent in time).
     Silent,
@@ -256,12 +300,30 @@ pub(super) enum Answer {
     Gone,
 }
 
+/// What the handlers unwind with; load once and reuse while it stays current.
+#[derive(Clone)]
+pub(crate) struct Unwinding {
+    pub tables: Arc<UnwindTables>,
+    pub bounds: Arc<StackBounds>,
+}
+
+impl Unwinding {
+    /// Reads the unwind tables and the readable memory ranges. Allocates.
+    pub fn load() -> Self {
+        Unwinding {
+            tables: Arc::new(UnwindTables::load()),
+            bounds: Arc::new(StackBounds::load()),
+        }
+    }
+}
+
 /// Signals every thread in `tids` (sorted) except those in `skip` and collects their stacks,
 /// waiting at most until `deadline`. The calling thread may be among them.
-pub(super) fn collect(
+pub(crate) fn collect(
     tids: &[i32],
     skip: &[bool],
     deadline: Instant,
+    unwinding: &Unwinding,
 ) -> std::io::Result<Vec<Answer>> {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _serialize = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -274,6 +336,7 @@ pub(super) fn collect(
             stack: UnsafeCell::new(Captured {
                 depth: 0,
                 truncated: false,
+                in_syscall: false,
                 frames: [0; MAX_DEPTH],
             }),
         })
@@ -282,8 +345,8 @@ pub(super) fn collect(
         generation,
         tids: tids.into(),
         slots,
-        tables: UnwindTables::load(),
-        bounds: StackBounds::load(),
+        tables: unwinding.tables.clone(),
+        bounds: unwinding.bounds.clone(),
         answered: AtomicU32::new(0),
     })));
     let value = COOKIE << 32 | generation as u64;
