@@ -8,12 +8,12 @@
 //! - `--channel`: thread `consumer` receives from a `std::sync::mpsc` channel that thread
 //!   `producer` feeds every 2 ms.
 //! - `--idle-runtime`: a two-worker tokio runtime with one task that sleeps on a timer.
-//! - `--bench SECONDS`: no server; a lock-heavy loop on eight threads, timed in rounds
-//!   alternating without and with block sampling, printing the overhead ratio.
+//! - `--bench ROUNDS`: no server; fixed lock-heavy work on eight threads, in rounds
+//!   alternating without and with block sampling, printing the overhead in wall and CPU time.
 
 use std::hint::black_box;
 use std::io::BufRead;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -146,8 +146,8 @@ fn main() {
         let i = args.iter().position(|a| a == name)?;
         args.get(i + 1).cloned()
     };
-    if let Some(seconds) = value("--bench") {
-        bench(seconds.parse().expect("seconds"));
+    if let Some(rounds) = value("--bench") {
+        bench(rounds.parse().expect("rounds"));
         return;
     }
     let server = pprofd::init_from_env().expect("PPROF_ADDR is valid");
@@ -179,49 +179,62 @@ fn main() {
     drop(runtime);
 }
 
-/// Lock operations done by eight threads on one mutex in `duration`.
-fn lock_heavy_round(duration: Duration) -> u64 {
+/// Eight threads each take one mutex `ops` times around 5 µs of work; returns the wall and
+/// CPU seconds (user + system, whole process) the round took.
+fn lock_heavy_round(ops: u64) -> (f64, f64) {
     let shared = Arc::new(std::sync::Mutex::new(0u64));
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
     let threads: Vec<_> = (0..8)
         .map(|_| {
-            let (shared, done, stop) = (shared.clone(), done.clone(), stop.clone());
+            let shared = shared.clone();
             std::thread::spawn(move || {
-                let mut ops = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    *shared.lock().unwrap() += 1;
+                for _ in 0..ops {
+                    let mut guard = shared.lock().unwrap();
                     spin_for(Duration::from_micros(5));
-                    ops += 1;
+                    *guard += 1;
                 }
-                done.fetch_add(ops, Ordering::Relaxed);
             })
         })
         .collect();
-    std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
     }
-    done.load(Ordering::Relaxed)
+    (started.elapsed().as_secs_f64(), cpu_seconds() - cpu_before)
 }
 
-/// Alternates rounds without and with block sampling and prints throughput and overhead.
-fn bench(seconds: u64) {
-    let round = Duration::from_secs(seconds);
-    let (mut plain, mut sampled) = (0u64, 0u64);
-    for _ in 0..3 {
-        plain += lock_heavy_round(round);
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+/// Alternates rounds of fixed lock-heavy work without and with block sampling at the default
+/// rate and prints the overhead in wall and CPU time.
+fn bench(rounds: u64) {
+    let ops = 40_000;
+    let (mut plain, mut sampled) = ((0.0, 0.0), (0.0, 0.0));
+    for _ in 0..rounds {
+        let (wall, cpu) = lock_heavy_round(ops);
+        plain = (plain.0 + wall, plain.1 + cpu);
         let profile = pprofd::offcpu::BlockProfile::start(pprofd::offcpu::DEFAULT_HZ)
             .expect("sampling starts");
-        sampled += lock_heavy_round(round);
+        let (wall, cpu) = lock_heavy_round(ops);
         drop(profile.stop().expect("sampling stops"));
+        sampled = (sampled.0 + wall, sampled.1 + cpu);
     }
-    let overhead = 1.0 - sampled as f64 / plain as f64;
     println!(
-        "lock_ops_per_s plain {:.0} sampled {:.0} overhead {:.2}%",
-        plain as f64 / (3 * seconds) as f64,
-        sampled as f64 / (3 * seconds) as f64,
-        overhead * 100.0
+        "wall_s plain {:.3} sampled {:.3} overhead {:+.2}% cpu_s plain {:.3} sampled {:.3} overhead {:+.2}%",
+        plain.0,
+        sampled.0,
+        (sampled.0 / plain.0 - 1.0) * 100.0,
+        plain.1,
+        sampled.1,
+        (sampled.1 / plain.1 - 1.0) * 100.0,
     );
 }

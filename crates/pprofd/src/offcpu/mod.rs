@@ -6,7 +6,10 @@
 //! the thread-dump signal and handler ([`crate::threads`]; the same in-handler unwinder and
 //! rules as the CPU profiler). Each sample stands for the time since the previous tick.
 //! A wait seen in consecutive ticks with the same `syscall` line (number, arguments, stack
-//! pointer, PC) is one contention; its delay is the sum of its samples.
+//! pointer, PC) is one contention; its delay is the sum of its samples. Such a thread is
+//! signalled only at the first tick of its wait: while it sits in the same call at the same
+//! stack pointer its stack cannot change, so later ticks reuse the stack taken first. Long
+//! waits (idle pools, parked workers) therefore cost one signal, not one per tick.
 //!
 //! At the end, stacks are symbolized once and classified ([`classify`]): the block profile
 //! keeps synchronization waits (mutex, rwlock, condvar, channel, other futex); the mutex
@@ -14,8 +17,8 @@
 //! calls and the idle parking of runtimes and pools are left out unless `idle=1` asks for
 //! them; every sample carries `thread` and `wait` labels.
 //!
-//! Side effects (DESIGN.md, "Signals and system calls"): each blocked thread receives up to
-//! `hz` signals a second while a profile runs. The handler is installed with `SA_RESTART`:
+//! Side effects (DESIGN.md, "Signals and system calls"): each thread receives one signal per
+//! new wait it enters while a profile runs (at most `hz` a second). The handler is installed with `SA_RESTART`:
 //! untimed futex waits and pipe or socket reads resume; `epoll_wait`, `poll`, `nanosleep` and
 //! timed waits return `EINTR` and std, tokio and mio retry them. A woken futex waiter
 //! re-checks its futex word, so no wake-up is lost. Threads that are running are never
@@ -166,8 +169,9 @@ fn sample(hz: u32, stop: &AtomicBool) -> std::io::Result<Gathered> {
     let mut gathered = Gathered::default();
     let mut unwinding = Unwinding::load();
     let mut known_tids: Vec<i32> = Vec::new();
-    // The `syscall` line each thread was last seen waiting in, to count contentions.
-    let mut last_wait: HashMap<i32, String> = HashMap::new();
+    // Per thread: the `syscall` line of the wait it was in at the previous tick, and where
+    // that wait's samples go.
+    let mut last_wait: HashMap<i32, (String, WaitKey)> = HashMap::new();
     let mut last_tick = Instant::now();
     let mut next_tick = last_tick + period;
     while !stop.load(Ordering::Acquire) {
@@ -197,43 +201,53 @@ fn sample(hz: u32, stop: &AtomicBool) -> std::io::Result<Gathered> {
         if unwinding.tables.is_stale() {
             unwinding = Unwinding::load();
         }
-        let mut blocked: Vec<(i32, libc::c_long, String)> = Vec::new();
+        // Threads still in the wait they were in at the previous tick keep its stack without
+        // being signalled again; the others are signalled.
+        let mut waiting: HashMap<i32, (String, WaitKey)> = HashMap::new();
+        let mut to_signal: Vec<(i32, libc::c_long, String)> = Vec::new();
         for &tid in &known_tids {
             if procfs::is_internal_thread(tid) {
                 continue;
             }
-            if let Some((nr, line)) = blocking_call(tid) {
-                blocked.push((tid, nr, line));
-            }
-        }
-        last_wait.retain(|tid, _| blocked.iter().any(|(t, _, _)| t == tid));
-        if blocked.is_empty() {
-            gathered.ticks += 1;
-            continue;
-        }
-        let tids: Vec<i32> = blocked.iter().map(|(tid, _, _)| *tid).collect();
-        let answers = signal::collect(&tids, &vec![false; tids.len()], now + period, &unwinding)?;
-        for ((tid, nr, line), answer) in blocked.into_iter().zip(answers) {
-            let Answer::Stack(captured) = answer else {
-                gathered.unanswered += 1;
+            let Some((nr, line)) = blocking_call(tid) else {
                 continue;
             };
-            if !captured.in_syscall {
-                // Woken between the /proc read and the signal: running, not blocked.
-                last_wait.remove(&tid);
-                continue;
-            }
-            let stack = captured.frames[..captured.depth].to_vec();
-            let totals = gathered
-                .waits
-                .entry((tid, stack, captured.truncated, nr))
-                .or_default();
-            totals.delay_ns += weight;
-            if last_wait.get(&tid) != Some(&line) {
-                totals.contentions += 1;
-                last_wait.insert(tid, line);
+            match last_wait.remove(&tid) {
+                Some((previous, key)) if previous == line => {
+                    if let Some(totals) = gathered.waits.get_mut(&key) {
+                        totals.delay_ns += weight;
+                    }
+                    waiting.insert(tid, (line, key));
+                }
+                _ => to_signal.push((tid, nr, line)),
             }
         }
+        if !to_signal.is_empty() {
+            let tids: Vec<i32> = to_signal.iter().map(|(tid, _, _)| *tid).collect();
+            let answers =
+                signal::collect(&tids, &vec![false; tids.len()], now + period, &unwinding)?;
+            for ((tid, nr, line), answer) in to_signal.into_iter().zip(answers) {
+                let Answer::Stack(captured) = answer else {
+                    gathered.unanswered += 1;
+                    continue;
+                };
+                if !captured.in_syscall {
+                    // Woken between the /proc read and the signal: running, not blocked.
+                    continue;
+                }
+                let key = (
+                    tid,
+                    captured.frames[..captured.depth].to_vec(),
+                    captured.truncated,
+                    nr,
+                );
+                let totals = gathered.waits.entry(key.clone()).or_default();
+                totals.delay_ns += weight;
+                totals.contentions += 1;
+                waiting.insert(tid, (line, key));
+            }
+        }
+        last_wait = waiting;
         gathered.ticks += 1;
     }
     Ok(gathered)
