@@ -219,22 +219,24 @@ fn cpu_seconds() -> f64 {
 fn bench(rounds: u64) {
     let ops = 40_000;
     let (mut plain, mut sampled) = ((0.0, 0.0), (0.0, 0.0));
+    let mut signals = 0;
     for _ in 0..rounds {
         let (wall, cpu) = lock_heavy_round(ops);
         plain = (plain.0 + wall, plain.1 + cpu);
         let profile = pprofd::offcpu::BlockProfile::start(pprofd::offcpu::DEFAULT_HZ)
             .expect("sampling starts");
         let (wall, cpu) = lock_heavy_round(ops);
-        drop(profile.stop().expect("sampling stops"));
+        signals += profile.stop().expect("sampling stops").signals_sent();
         sampled = (sampled.0 + wall, sampled.1 + cpu);
     }
     println!(
-        "wall_s plain {:.3} sampled {:.3} overhead {:+.2}% cpu_s plain {:.3} sampled {:.3} overhead {:+.2}%",
+        "wall_s plain {:.3} sampled {:.3} overhead {:+.2}% cpu_s plain {:.3} sampled {:.3} overhead {:+.2}% signals {signals} cpu_us_per_signal {:.1}",
         plain.0,
         sampled.0,
         (sampled.0 / plain.0 - 1.0) * 100.0,
         plain.1,
         sampled.1,
         (sampled.1 / plain.1 - 1.0) * 100.0,
+        (sampled.1 - plain.1) / signals.max(1) as f64 * 1e6,
     );
 }

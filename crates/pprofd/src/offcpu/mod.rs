@@ -92,6 +92,7 @@ struct Gathered {
     waits: HashMap<WaitKey, Totals>,
     names: HashMap<i32, String>,
     ticks: u64,
+    signals: u64,
     unanswered: u64,
 }
 
@@ -224,6 +225,7 @@ fn sample(hz: u32, stop: &AtomicBool) -> std::io::Result<Gathered> {
         }
         if !to_signal.is_empty() {
             let tids: Vec<i32> = to_signal.iter().map(|(tid, _, _)| *tid).collect();
+            gathered.signals += tids.len() as u64;
             let answers =
                 signal::collect(&tids, &vec![false; tids.len()], now + period, &unwinding)?;
             for ((tid, nr, line), answer) in to_signal.into_iter().zip(answers) {
@@ -286,6 +288,11 @@ struct Site<'a> {
 }
 
 impl OffCpuSamples {
+    /// How many stacks were asked for (signals sent to blocked threads) while sampling.
+    pub fn signals_sent(&self) -> u64 {
+        self.gathered.signals
+    }
+
     /// Builds the `view` as a gzipped pprof profile (`contentions/count`, `delay/nanoseconds`),
     /// with idle and I/O waits when `include_idle`.
     pub fn encode(&self, view: View, include_idle: bool) -> Vec<u8> {

@@ -35,6 +35,8 @@ use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
 const WINDOW: usize = 16;
 /// A thread that has not answered after this long stops holding a window place.
 const SLOW: Duration = Duration::from_millis(20);
+/// Longest sleep between looks at the window while waiting for answers.
+const POLL: Duration = Duration::from_millis(1);
 /// High half of the signal value: "pprd".
 const COOKIE: u64 = 0x7070_7264;
 const SI_QUEUE: i32 = -1;
@@ -170,6 +172,35 @@ unsafe fn answer(generation: u32, ucontext: *mut libc::c_void) {
     stack.in_syscall = interrupted_in_syscall(regs.pc, unsafe { syscall_result(ucontext) });
     slot.state.store(DONE, Ordering::Release);
     dump.answered.fetch_add(1, Ordering::Release);
+    // SAFETY: FUTEX_WAKE on a live atomic owned by the published dump; no memory is written.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            dump.answered.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        )
+    };
+}
+
+/// Sleeps until `answered` differs from `seen` (a handler answered) or `timeout` passes.
+fn wait_for_answer(answered: &AtomicU32, seen: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the live atomic and returns at once when it differs from
+    // `seen`; `timeout` is valid for the call. Interruptions and spurious wake-ups are fine:
+    // the caller re-checks.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            answered.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            &timeout as *const libc::timespec,
+        )
+    };
 }
 
 /// Whether the thread was blocked in a system call when the signal came: the kernel rewinds
@@ -351,13 +382,15 @@ pub(crate) fn collect(
     })));
     let value = COOKIE << 32 | generation as u64;
     let mut gone = vec![false; tids.len()];
-    let mut refused = vec![false; tids.len()];
     // (index, when signalled) of threads holding a window place.
     let mut in_flight: Vec<(usize, Instant)> = Vec::with_capacity(WINDOW);
     let mut next = 0;
+    let mut expected = 0;
     DUMP.with_owner(|dump| {
         let dump = dump.expect("published above");
         loop {
+            // Read before looking at the slots: an answer after this wakes the wait below.
+            let seen = dump.answered.load(Ordering::Acquire);
             let now = Instant::now();
             in_flight.retain(|&(i, sent)| {
                 dump.slots[i].state.load(Ordering::Acquire) != DONE && now - sent < SLOW
@@ -365,21 +398,21 @@ pub(crate) fn collect(
             while in_flight.len() < WINDOW && next < tids.len() {
                 if !skip[next] {
                     match send(tids[next], value) {
-                        Sent::Queued => in_flight.push((next, Instant::now())),
+                        Sent::Queued => {
+                            in_flight.push((next, Instant::now()));
+                            expected += 1;
+                        }
                         Sent::Gone => gone[next] = true,
-                        Sent::Refused => refused[next] = true,
+                        Sent::Refused => {}
                     }
                 }
                 next += 1;
             }
-            let expected = (0..tids.len())
-                .filter(|&i| !skip[i] && !gone[i] && !refused[i])
-                .count();
             let answered = dump.answered.load(Ordering::Acquire) as usize;
             if (next == tids.len() && answered >= expected) || now >= deadline {
                 return;
             }
-            std::thread::sleep(Duration::from_micros(50));
+            wait_for_answer(&dump.answered, seen, (deadline - now).min(POLL));
         }
     });
     let dump = DUMP.replace(None).expect("published above");
