@@ -150,7 +150,7 @@ fn main() {
         bench(rounds.parse().expect("rounds"));
         return;
     }
-    let server = pprofd::init_from_env().expect("PPROF_ADDR is valid");
+    let server = pprofd::init_from_env().unwrap_or_else(|e| panic!("{e}"));
     let mut threads = Vec::new();
     match value("--mutex").as_deref() {
         Some("std") => threads = contention(std::sync::Mutex::new(0), std::sync::Mutex::new(0)),

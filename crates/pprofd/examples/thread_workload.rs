@@ -315,7 +315,7 @@ fn main() {
         bench_dump(threads);
         return;
     }
-    let server = pprofd::init_from_env().expect("PPROF_ADDR is valid");
+    let server = pprofd::init_from_env().unwrap_or_else(|e| panic!("{e}"));
     let results = Arc::new(Results::default());
     let mut threads = vec![spawn_from_named_function()];
     if args.iter().any(|a| a == "--deadlock") {

@@ -31,12 +31,19 @@ pub use server::{Config, Server};
 /// The environment variable holding the listen address (`127.0.0.1:6060`, `:6060`, ...).
 pub const ADDR_ENV: &str = "PPROF_ADDR";
 
+/// The environment variable that turns on continuous block/mutex sampling at that many
+/// samples a second (off when unset; Go's `runtime.SetBlockProfileRate`).
+pub const BLOCK_RATE_ENV: &str = "PPROF_BLOCK_RATE";
+
 /// Starts the pprof server if `PPROF_ADDR` is set.
 ///
 /// Unset or empty, this returns `Ok(None)` and does nothing else: no thread, no socket, no
 /// signal handler. Set, it binds the address (Go's forms: `:6060` for all interfaces,
 /// `127.0.0.1:6060`, `[::1]:6060`, `localhost:6060`; port 0 picks a free port) and serves
 /// from a dedicated thread. Keep the returned [`Server`] alive: dropping it stops serving.
+/// With `PPROF_BLOCK_RATE` set too (1 to 1000), blocked threads are sampled at that rate for
+/// the life of the process, and `/debug/pprof/block` and `/mutex` answer at once with the
+/// profile since start (see [`offcpu::start_continuous`]).
 pub fn init_from_env() -> Result<Option<Server>, Error> {
     let addr = match std::env::var(ADDR_ENV) {
         Ok(addr) if !addr.trim().is_empty() => addr,
@@ -50,7 +57,18 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
         }
     };
     let config = Config::new(addr.trim()).named_by(ADDR_ENV);
-    Server::start(config).map(Some)
+    let server = Server::start(config)?;
+    if let Some(rate) = std::env::var_os(BLOCK_RATE_ENV).filter(|v| !v.is_empty()) {
+        let value = rate.to_string_lossy().into_owned();
+        let hz = value
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|hz| (1..=1000).contains(hz))
+            .ok_or(Error::InvalidBlockRate { value })?;
+        offcpu::start_continuous(hz).map_err(Error::BlockSampling)?;
+    }
+    Ok(Some(server))
 }
 
 /// Encodes a finished profile builder: symbolizes its addresses in this process and gzips it.

@@ -4,10 +4,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use pprofd::profile::proto;
-use support::{go_binary, go_pprof, label, Workload};
+use support::{example_binary, go_binary, go_pprof, label, Workload};
 
 /// `block_workload.rs:LINE` of the line holding `marker`.
 fn site(marker: &str) -> (String, i64) {
@@ -191,6 +192,60 @@ fn a_second_request_while_one_samples_is_refused_with_409() {
     let (status, body) = workload.get("/debug/pprof/block?seconds=0");
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     workload.finish();
+}
+
+#[test]
+fn continuous_sampling_answers_at_once_and_never_conflicts() {
+    let workload = Workload::start_with_env(
+        "block_workload",
+        &["--mutex", "std"],
+        &[("PPROF_BLOCK_RATE", "50")],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let since_start = workload.profile("/debug/pprof/mutex");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no sampling window: {:?}",
+        started.elapsed()
+    );
+    let share = delay_share(&since_start, &site("// contended lock site"));
+    assert!(
+        share >= 0.8,
+        "{:.0}% at the contended lock()",
+        share * 100.0
+    );
+    assert!(since_start
+        .comment
+        .iter()
+        .any(|&c| since_start.string_table[c as usize].contains("cumulative")));
+    std::thread::scope(|s| {
+        let block = s.spawn(|| workload.profile("/debug/pprof/block?seconds=1"));
+        let mutex = workload.profile("/debug/pprof/mutex?seconds=1");
+        let block = block.join().unwrap();
+        for delta in [&block, &mutex] {
+            let delay: i64 = delta.sample.iter().map(|s| s.value[1]).sum();
+            let total: i64 = since_start.sample.iter().map(|s| s.value[1]).sum();
+            assert!(delay > 0, "the last second had contention");
+            assert!(delay < total, "a delta, not everything since start");
+        }
+    });
+    workload.finish();
+}
+
+#[test]
+fn a_bad_block_rate_stops_the_program_with_a_clear_message() {
+    let output = Command::new(example_binary("block_workload"))
+        .env("PPROF_ADDR", "127.0.0.1:0")
+        .env("PPROF_BLOCK_RATE", "fast")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("PPROF_BLOCK_RATE=\"fast\" is not a sampling rate"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -36,7 +36,7 @@ mod classify;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -89,14 +89,14 @@ impl std::error::Error for BlockProfileError {}
 /// One distinct wait site: thread, stack (leaf first), truncation and system call.
 type WaitKey = (i32, Vec<u64>, bool, libc::c_long);
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Totals {
     contentions: i64,
     delay_ns: i64,
 }
 
 /// What the sampler gathered.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Gathered {
     waits: HashMap<WaitKey, Totals>,
     names: HashMap<i32, String>,
@@ -111,7 +111,8 @@ pub struct BlockProfile {
     started: SystemTime,
     started_at: Instant,
     stop: Arc<AtomicBool>,
-    sampler: Option<JoinHandle<std::io::Result<Gathered>>>,
+    gathered: Arc<Mutex<Gathered>>,
+    sampler: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl BlockProfile {
@@ -122,11 +123,12 @@ impl BlockProfile {
             return Err(BlockProfileError::InUse);
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let gathered = Arc::new(Mutex::new(Gathered::default()));
         let sampler = {
-            let stop = stop.clone();
+            let (stop, gathered) = (stop.clone(), gathered.clone());
             std::thread::Builder::new()
                 .name("pprofd-block".into())
-                .spawn(move || sample(hz, &stop))
+                .spawn(move || sample(hz, &stop, &gathered))
                 .map_err(|e| {
                     RUNNING.store(false, Ordering::Release);
                     BlockProfileError::Setup(e)
@@ -137,31 +139,66 @@ impl BlockProfile {
             started: SystemTime::now(),
             started_at: Instant::now(),
             stop,
+            gathered,
             sampler: Some(sampler),
         })
     }
 
-    /// Stops sampling and returns the samples.
-    pub fn stop(mut self) -> std::io::Result<OffCpuSamples> {
-        let gathered = self.halt()?;
-        Ok(OffCpuSamples {
+    /// The samples so far, while sampling goes on.
+    pub fn snapshot(&self) -> OffCpuSamples {
+        OffCpuSamples {
             hz: self.hz,
             started: self.started,
             duration: self.started_at.elapsed(),
-            gathered,
+            gathered: self
+                .gathered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            cumulative: true,
+        }
+    }
+
+    /// Stops sampling and returns the samples.
+    pub fn stop(mut self) -> std::io::Result<OffCpuSamples> {
+        self.halt()?;
+        Ok(OffCpuSamples {
+            cumulative: false,
+            ..self.snapshot()
         })
     }
 
-    fn halt(&mut self) -> std::io::Result<Gathered> {
+    fn halt(&mut self) -> std::io::Result<()> {
         self.stop.store(true, Ordering::Release);
         let result = match self.sampler.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(std::io::Error::other("the sampler thread panicked")),
-            None => Ok(Gathered::default()),
+            None => Ok(()),
         };
         RUNNING.store(false, Ordering::Release);
         result
     }
+}
+
+/// The process-wide sampler started by [`start_continuous`], never stopped.
+static CONTINUOUS: OnceLock<BlockProfile> = OnceLock::new();
+
+/// Starts continuous off-CPU sampling at `hz` for the life of the process (Go's
+/// `SetBlockProfileRate`; pprofd starts it from `PPROF_BLOCK_RATE`). Block and mutex requests
+/// then answer from it: without `seconds`, everything since it started; with `seconds=N`, the
+/// difference over the next N seconds. Calling it again changes nothing.
+pub fn start_continuous(hz: u32) -> Result<(), BlockProfileError> {
+    if CONTINUOUS.get().is_some() {
+        return Ok(());
+    }
+    let profile = BlockProfile::start(hz)?;
+    let _ = CONTINUOUS.set(profile);
+    Ok(())
+}
+
+/// The continuous sampler, when one runs.
+pub fn continuous() -> Option<&'static BlockProfile> {
+    CONTINUOUS.get()
 }
 
 impl Drop for BlockProfile {
@@ -173,10 +210,9 @@ impl Drop for BlockProfile {
 }
 
 /// The sampler thread: one tick per period until told to stop.
-fn sample(hz: u32, stop: &AtomicBool) -> std::io::Result<Gathered> {
+fn sample(hz: u32, stop: &AtomicBool, shared: &Mutex<Gathered>) -> std::io::Result<()> {
     let _internal = procfs::register_internal_thread();
     let period = Duration::from_secs(1) / hz;
-    let mut gathered = Gathered::default();
     let mut unwinding = Unwinding::load();
     let mut known_tids: Vec<i32> = Vec::new();
     let mut last_wait: HashMap<i32, Watch> = HashMap::new();
@@ -194,6 +230,9 @@ fn sample(hz: u32, stop: &AtomicBool) -> std::io::Result<Gathered> {
         }
         let weight = (now - last_tick).min(period * 2).as_nanos() as i64;
         last_tick = now;
+        // Held for the tick; snapshots wait at most one tick.
+        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let gathered = &mut *guard;
 
         let tids = procfs::thread_ids();
         if tids != known_tids {
@@ -220,7 +259,7 @@ fn sample(hz: u32, stop: &AtomicBool) -> std::io::Result<Gathered> {
             let previous = last_wait.remove(&tid);
             if let Some(watch) = previous.as_ref().filter(|w| gathered.ticks < w.next_check) {
                 // A long wait, not due for a look: charged as still going on.
-                charge(&mut gathered, &watch.key, weight);
+                charge(gathered, &watch.key, weight);
                 waiting.insert(tid, previous.expect("checked above"));
                 continue;
             }
@@ -229,7 +268,7 @@ fn sample(hz: u32, stop: &AtomicBool) -> std::io::Result<Gathered> {
             };
             match previous {
                 Some(mut watch) if watch.line == line => {
-                    charge(&mut gathered, &watch.key, weight);
+                    charge(gathered, &watch.key, weight);
                     watch.interval = (watch.interval * 2).min(MAX_CHECK_INTERVAL);
                     watch.next_check = gathered.ticks + watch.interval;
                     waiting.insert(tid, watch);
@@ -274,7 +313,7 @@ fn sample(hz: u32, stop: &AtomicBool) -> std::io::Result<Gathered> {
         last_wait = waiting;
         gathered.ticks += 1;
     }
-    Ok(gathered)
+    Ok(())
 }
 
 /// A thread's current wait, as the sampler follows it.
@@ -316,6 +355,8 @@ pub struct OffCpuSamples {
     started: SystemTime,
     duration: Duration,
     gathered: Gathered,
+    /// Taken from a sampler that keeps running (continuous sampling).
+    cumulative: bool,
 }
 
 /// One wait site after symbolization and classification.
@@ -328,6 +369,34 @@ struct Site<'a> {
 }
 
 impl OffCpuSamples {
+    /// What happened between `earlier` (a snapshot of the same sampler) and these samples.
+    pub fn since(&self, earlier: &OffCpuSamples) -> OffCpuSamples {
+        let mut waits = HashMap::new();
+        for (key, totals) in &self.gathered.waits {
+            let before = earlier.gathered.waits.get(key).cloned().unwrap_or_default();
+            let delta = Totals {
+                contentions: totals.contentions - before.contentions,
+                delay_ns: totals.delay_ns - before.delay_ns,
+            };
+            if delta.delay_ns > 0 {
+                waits.insert(key.clone(), delta);
+            }
+        }
+        OffCpuSamples {
+            hz: self.hz,
+            started: earlier.started + earlier.duration,
+            duration: self.duration.saturating_sub(earlier.duration),
+            gathered: Gathered {
+                waits,
+                names: self.gathered.names.clone(),
+                ticks: self.gathered.ticks - earlier.gathered.ticks,
+                signals: self.gathered.signals - earlier.gathered.signals,
+                unanswered: self.gathered.unanswered - earlier.gathered.unanswered,
+            },
+            cumulative: false,
+        }
+    }
+
     /// How many stacks were asked for (signals sent to blocked threads) while sampling.
     pub fn signals_sent(&self) -> u64 {
         self.gathered.signals
@@ -462,6 +531,13 @@ impl OffCpuSamples {
             self.duration.as_secs_f64(),
             self.gathered.ticks
         )];
+        if self.cumulative {
+            comments.push(
+                "cumulative since continuous sampling started (PPROF_BLOCK_RATE); \
+                 ask with seconds=N for the last N seconds"
+                    .to_string(),
+            );
+        }
         if empty {
             comments.push(match (view, include_idle) {
                 (View::Mutex, _) => "no thread waited to acquire a lock while sampling".to_string(),

@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::query::Query;
 use crate::cpu::{self, CpuProfile, CpuProfileError};
-use crate::offcpu::{self, BlockProfile, BlockProfileError, View};
+use crate::offcpu::{self, BlockProfile, BlockProfileError, OffCpuSamples, View};
 use crate::threads::{self, ThreadDump};
 
 /// Server-wide settings the handlers read.
@@ -280,7 +280,9 @@ async fn threadcreate(query: &Query) -> Response<Body> {
 
 /// Block or mutex profile: samples blocked threads for `seconds` (default 5 s, below
 /// scrapers' 10 s timeout), then answers in pprof (`debug=0`) or Go's text (`debug=1`).
-/// `idle=1` adds idle, I/O and sleep waits, labelled.
+/// `idle=1` adds idle, I/O and sleep waits, labelled. With continuous sampling
+/// (`PPROF_BLOCK_RATE`), answers at once with the profile since start, or with `seconds=N`
+/// the difference over the next N seconds; requests then never conflict.
 async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Body> {
     let seconds = match query.int_in(
         "seconds",
@@ -297,19 +299,40 @@ async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Bod
         (Ok(debug), Ok(idle)) => (debug, idle == 1),
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let profile = match BlockProfile::start(offcpu::DEFAULT_HZ) {
-        Ok(p) => p,
-        Err(e @ BlockProfileError::InUse) => return error(StatusCode::CONFLICT, &e.to_string()),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let samples = if let Some(continuous) = offcpu::continuous() {
+        // Continuous sampling runs: everything since start, or the difference over `seconds`.
+        let earlier = continuous.snapshot();
+        if query.get("seconds").is_some_and(|s| !s.is_empty()) {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            Sampled::Since(earlier)
+        } else {
+            Sampled::Cumulative(earlier)
+        }
+    } else {
+        let profile = match BlockProfile::start(offcpu::DEFAULT_HZ) {
+            Ok(p) => p,
+            Err(e @ BlockProfileError::InUse) => {
+                return error(StatusCode::CONFLICT, &e.to_string())
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        // If the client goes away, hyper drops this future and `profile`'s Drop stops sampling.
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        Sampled::Window(profile)
     };
-    // If the client goes away, hyper drops this future and `profile`'s Drop stops sampling.
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
     let name = match view {
         View::Block => "block",
         View::Mutex => "mutex",
     };
     let built = tokio::task::spawn_blocking(move || {
-        let samples = profile.stop()?;
+        let samples = match samples {
+            Sampled::Window(profile) => profile.stop()?,
+            Sampled::Cumulative(samples) => samples,
+            Sampled::Since(earlier) => offcpu::continuous()
+                .expect("continuous sampling never stops")
+                .snapshot()
+                .since(&earlier),
+        };
         Ok::<_, std::io::Error>(if debug == 0 {
             Rendered::Profile(samples.encode(view, idle))
         } else {
@@ -328,6 +351,16 @@ async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Bod
             &format!("building the {name} profile failed: {e}"),
         ),
     }
+}
+
+/// Where a block or mutex profile's samples come from.
+enum Sampled {
+    /// A sampler started for this request.
+    Window(BlockProfile),
+    /// Continuous sampling, everything since it started.
+    Cumulative(OffCpuSamples),
+    /// Continuous sampling, since this snapshot.
+    Since(OffCpuSamples),
 }
 
 /// A profile in one of its served forms.

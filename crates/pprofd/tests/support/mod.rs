@@ -11,7 +11,7 @@ use std::time::Duration;
 use pprofd::profile::{decode, proto};
 
 /// An example binary, built by `cargo test` next to the test binary's directory.
-fn example_binary(name: &str) -> PathBuf {
+pub fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
@@ -29,8 +29,14 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(example: &str, args: &[&str]) -> Workload {
+        Workload::start_with_env(example, args, &[])
+    }
+
+    /// Starts `example` with extra environment variables.
+    pub fn start_with_env(example: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
         let mut child = Command::new(example_binary(example))
             .args(args)
+            .envs(env.iter().copied())
             .env("PPROF_ADDR", "127.0.0.1:0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
