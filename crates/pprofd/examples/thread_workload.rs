@@ -1,7 +1,8 @@
 //! A service-shaped workload for pprofd's thread-dump tests and benchmark.
 //!
-//! Every mode starts the pprof server (`PPROF_ADDR`), spawns the thread "made-by-spawner"
-//! from `spawn_from_named_function` (the threadcreate test looks for that name), prints
+//! Every mode spawns thread "before-pprofd", starts the pprof server (`PPROF_ADDR`), spawns
+//! thread "made-by-spawner" from `spawn_from_named_function` (the threadcreate test looks for
+//! both), prints
 //! `listening <addr>` once everything is in place, and stops when stdin closes.
 //!
 //! - `--deadlock`: threads "deadlock-a" and "deadlock-b" take two mutexes in opposite orders
@@ -315,9 +316,14 @@ fn main() {
         bench_dump(threads);
         return;
     }
+    // Created before pprofd starts, so its creation is not recorded.
+    let early = std::thread::Builder::new()
+        .name("before-pprofd".into())
+        .spawn(wait_for_shutdown)
+        .unwrap();
     let server = pprofd::init_from_env().unwrap_or_else(|e| panic!("{e}"));
     let results = Arc::new(Results::default());
-    let mut threads = vec![spawn_from_named_function()];
+    let mut threads = vec![early, spawn_from_named_function()];
     if args.iter().any(|a| a == "--deadlock") {
         deadlock();
     }

@@ -160,10 +160,29 @@ fn a_thousand_idle_and_four_busy_threads_each_appear_once_with_their_name() {
             && label(&profile, s, "state") == Some("running")));
 
     let grouped = workload.text("/debug/pprof/goroutine?debug=1");
+    let total: usize = grouped
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("goroutine profile: total "))
+        .expect("Go's header")
+        .parse()
+        .unwrap();
+    assert!(total >= 1005, "total {total}");
+    let grouped_threads: usize = grouped
+        .lines()
+        .filter_map(|l| l.split_once(" @ "))
+        .map(|(count, _)| count.parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(grouped_threads, total, "the groups add up to the total");
+    let idle_group = grouped
+        .split("\n\n")
+        .find(|g| g.contains("\"idle-0000\""))
+        .expect("the idle threads' group");
+    // The idle threads, "before-pprofd" and "made-by-spawner" all wait in wait_for_shutdown.
     assert!(
-        grouped.starts_with(&format!("goroutine profile: total {}\n", blocks.len())),
-        "{}",
-        &grouped[..200.min(grouped.len())]
+        idle_group.starts_with("1002 @ "),
+        "identical stacks are grouped: {}",
+        &idle_group[..60]
     );
     workload.finish();
 }
@@ -245,6 +264,16 @@ fn threadcreate_names_the_function_that_spawned_a_thread() {
         .find(|s| label(&profile, s, "thread") == Some("thread_workload"))
         .expect("the main thread is listed");
     assert_eq!(function_names(&profile, main), ["[process main thread]"]);
+    let early = profile
+        .sample
+        .iter()
+        .find(|s| label(&profile, s, "thread") == Some("before-pprofd"))
+        .expect("a thread created before pprofd started is listed");
+    assert_eq!(
+        function_names(&profile, early),
+        ["[creation not recorded]"],
+        "pprofd records nothing before it is started"
+    );
 
     let text = workload.text("/debug/pprof/threadcreate?debug=1");
     assert!(text.starts_with("threadcreate profile: total "), "{text}");

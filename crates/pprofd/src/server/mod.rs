@@ -70,6 +70,7 @@ impl Server {
     /// Binds the configured address and starts serving from a dedicated thread.
     pub fn start(config: Config) -> Result<Server, Error> {
         let addrs = resolve(&config)?;
+        crate::threads::start_recording();
         let listener = bind(&addrs).map_err(|source| Error::Bind {
             value: config.addr.clone(),
             source,

@@ -9,9 +9,10 @@
 //!   and a thread-local guard removes the entry when the thread exits,
 //! - and calls the C library's `pthread_create`, found with `dlsym(RTLD_NEXT, ...)`.
 //!
-//! Threads created before the first `pthread_create` through this definition, by shared
-//! libraries calling their own C library directly, or without pthreads, have no recorded
-//! stack and are listed as such. Turn the feature off (`default-features = false`) when another
+//! Until the pprof server starts, the definition only forwards (an application that links
+//! pprofd without enabling it pays one branch per thread created). Threads created before
+//! that (start pprofd first thing in `main`), by shared libraries calling their own C
+//! library directly, or without pthreads, have no recorded stack and are listed as such. Turn the feature off (`default-features = false`) when another
 //! component of the program must own the `pthread_create` symbol; threads are then listed
 //! by name only and the profile says so.
 //!
@@ -43,8 +44,9 @@ impl Creations {
 
     pub fn comment(&self) -> String {
         if cfg!(feature = "threadcreate") {
-            "creation stacks recorded by pprofd's pthread_create (threadcreate feature); \
-             threads created outside it are rooted at [creation not recorded]"
+            "creation stacks recorded by pprofd's pthread_create (threadcreate feature) from the \
+             pprof server's start on; threads created before it or outside pthread_create are \
+             rooted at [creation not recorded]"
                 .into()
         } else {
             "creation stacks are not recorded: pprofd was built without its threadcreate \
@@ -80,11 +82,18 @@ fn recorded(_tid: i32) -> Option<Vec<Frame>> {
 
 #[cfg(feature = "threadcreate")]
 use hook::recorded;
+#[cfg(feature = "threadcreate")]
+pub(crate) use hook::start_recording;
+
+/// Without the feature there is nothing to record.
+#[cfg(not(feature = "threadcreate"))]
+pub(crate) fn start_recording() {}
 
 #[cfg(feature = "threadcreate")]
 mod hook {
     use std::cell::Cell;
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex, OnceLock};
 
     use crate::procfs;
@@ -106,6 +115,14 @@ mod hook {
 
     /// A creator's stack, leaf first, and whether the unwinder stopped before its root.
     type CreatorStack = (Vec<u64>, bool);
+
+    /// Set once the pprof server starts; until then the hook only forwards.
+    static RECORDING: AtomicBool = AtomicBool::new(false);
+
+    /// Starts recording creation stacks (from the server's start on).
+    pub(crate) fn start_recording() {
+        RECORDING.store(true, Ordering::Relaxed);
+    }
 
     /// Creation stacks of live threads by thread id.
     static STACKS: Mutex<Option<HashMap<i32, CreatorStack>>> = Mutex::new(None);
@@ -168,6 +185,10 @@ mod hook {
         let Some(real) = real_pthread_create() else {
             return libc::EAGAIN;
         };
+        if !RECORDING.load(Ordering::Relaxed) {
+            // SAFETY: the caller's arguments pass through unchanged.
+            return unsafe { real(thread, attr, routine, arg) };
+        }
         let start = Box::into_raw(Box::new(Start {
             routine,
             arg,
@@ -292,6 +313,7 @@ mod tests {
 
     #[inline(never)]
     fn spawn_and_report() -> Vec<Frame> {
+        start_recording();
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let handle = std::thread::spawn(move || {

@@ -21,6 +21,8 @@
 //! pprofd's own threads are listed like any other: a dump shows the whole process.
 
 mod create;
+
+pub(crate) use create::start_recording;
 pub(crate) mod procinfo;
 mod render;
 pub(crate) mod signal;
