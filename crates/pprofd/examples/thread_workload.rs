@@ -41,12 +41,29 @@ fn signal_shutdown() {
     SHUTDOWN.1.notify_all();
 }
 
+/// Spawns a thread and returns once it runs, so its name is set (a new thread names itself).
+fn spawn_named<T: Send + 'static>(
+    builder: std::thread::Builder,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let handle = builder
+        .spawn(move || {
+            started_tx.send(()).unwrap();
+            f()
+        })
+        .unwrap();
+    started.recv().unwrap();
+    handle
+}
+
+fn named(name: &str) -> std::thread::Builder {
+    std::thread::Builder::new().name(name.into())
+}
+
 #[inline(never)]
 fn spawn_from_named_function() -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("made-by-spawner".into())
-        .spawn(wait_for_shutdown)
-        .unwrap()
+    spawn_named(named("made-by-spawner"), wait_for_shutdown)
 }
 
 static FIRST: Mutex<u64> = Mutex::new(0);
@@ -78,14 +95,10 @@ fn deadlock() {
     let barrier = Arc::new(Barrier::new(2));
     let b = barrier.clone();
     // The deadlocked threads never finish; they are not joined.
-    std::thread::Builder::new()
-        .name("deadlock-a".into())
-        .spawn(move || lock_first_then_second(&b))
-        .unwrap();
-    std::thread::Builder::new()
-        .name("deadlock-b".into())
-        .spawn(move || lock_second_then_first(&barrier))
-        .unwrap();
+    spawn_named(named("deadlock-a"), move || lock_first_then_second(&b));
+    spawn_named(named("deadlock-b"), move || {
+        lock_second_then_first(&barrier)
+    });
     // Both threads hold one lock once the handlers below start blocking on FIRST.
     while FIRST.try_lock().is_ok() || SECOND.try_lock().is_ok() {
         std::thread::sleep(Duration::from_millis(5));
@@ -104,26 +117,18 @@ fn deadlock() {
 fn idle_and_busy(idle: usize, busy: usize) -> Vec<JoinHandle<()>> {
     let mut threads = Vec::new();
     for i in 0..idle {
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("idle-{i:04}"))
-                .stack_size(64 << 10)
-                .spawn(wait_for_shutdown)
-                .unwrap(),
-        );
+        threads.push(spawn_named(
+            named(&format!("idle-{i:04}")).stack_size(64 << 10),
+            wait_for_shutdown,
+        ));
     }
     for i in 1..=busy {
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("busy-{i}"))
-                .spawn(|| {
-                    let mut x = 1u64;
-                    while !STOP.load(Ordering::Relaxed) {
-                        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                    }
-                })
-                .unwrap(),
-        );
+        threads.push(spawn_named(named(&format!("busy-{i}")), || {
+            let mut x = 1u64;
+            while !STOP.load(Ordering::Relaxed) {
+                x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }));
     }
     threads
 }
@@ -168,12 +173,7 @@ fn send_sequence(mut out: impl Write) {
 
 fn syscalls(results: &Arc<Results>) -> Vec<JoinHandle<()>> {
     let mut threads = Vec::new();
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(f)
-            .unwrap()
-    };
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| spawn_named(named(name), f);
 
     // A plain read(2) per message: an EINTR would surface as an error here.
     let (mut reader, writer) = pipe();
@@ -317,10 +317,7 @@ fn main() {
         return;
     }
     // Created before pprofd starts, so its creation is not recorded.
-    let early = std::thread::Builder::new()
-        .name("before-pprofd".into())
-        .spawn(wait_for_shutdown)
-        .unwrap();
+    let early = spawn_named(named("before-pprofd"), wait_for_shutdown);
     let server = pprofd::init_from_env().unwrap_or_else(|e| panic!("{e}"));
     let results = Arc::new(Results::default());
     let mut threads = vec![early, spawn_from_named_function()];

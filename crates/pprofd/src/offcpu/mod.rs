@@ -237,12 +237,6 @@ fn sample(hz: u32, stop: &AtomicBool, shared: &Mutex<Gathered>) -> std::io::Resu
         let tids = procfs::thread_ids();
         if tids != known_tids {
             unwinding.bounds = Arc::new(StackBounds::load());
-            for &tid in &tids {
-                gathered
-                    .names
-                    .entry(tid)
-                    .or_insert_with(|| procfs::thread_name(tid));
-            }
             known_tids = tids;
         }
         if unwinding.tables.is_stale() {
@@ -296,6 +290,8 @@ fn sample(hz: u32, stop: &AtomicBool, shared: &Mutex<Gathered>) -> std::io::Resu
                     captured.truncated,
                     nr,
                 );
+                // Read at each new wait: a thread names itself after it starts.
+                gathered.names.insert(tid, procfs::thread_name(tid));
                 let totals = gathered.waits.entry(key.clone()).or_default();
                 totals.delay_ns += weight;
                 totals.contentions += 1;
