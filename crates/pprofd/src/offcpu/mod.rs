@@ -13,12 +13,12 @@
 //!
 //! Reading `/proc` for every thread at every tick costs about 3 µs a thread, most of a core
 //! for 1,000 threads at 100 Hz. So the look at a thread that stays in the same wait backs off,
-//! doubling the interval up to [`MAX_CHECK_INTERVAL`] ticks; between looks the wait is charged
+//! doubling the interval up to `MAX_CHECK_INTERVAL` (16) ticks; between looks the wait is charged
 //! as still going on. A wait's end can thus be charged late by at most that many ticks, and
 //! only for waits that already lasted about twice as long; waits shorter than ~30 ticks are
 //! followed at every tick.
 //!
-//! At the end, stacks are symbolized once and classified ([`classify`]): the block profile
+//! At the end, stacks are symbolized once and classified (module `classify`): the block profile
 //! keeps synchronization waits (mutex, rwlock, condvar, channel, other futex); the mutex
 //! profile keeps lock acquisitions (mutex, rwlock). I/O readiness waits, sleeps, other system
 //! calls and the idle parking of runtimes and pools are left out unless `idle=1` asks for

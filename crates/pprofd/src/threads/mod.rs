@@ -3,9 +3,9 @@
 //! (`/debug/pprof/threadcreate`).
 //!
 //! [`ThreadDump::capture`] lists `/proc/self/task`, reads each thread's state, system call,
-//! kernel wait channel and wait time from `/proc` *before* disturbing it ([`procinfo`]), then
+//! kernel wait channel and wait time from `/proc` *before* disturbing it (module `procinfo`), then
 //! sends each thread a dedicated real-time signal whose handler unwinds the thread's own
-//! stack into a slot prepared for it ([`signal`], which states the handler's invariants).
+//! stack into a slot prepared for it (module `signal`, which states the handler's invariants).
 //! The requesting thread signals itself too and so appears in the dump. Threads that do not
 //! answer before the deadline (default [`DEFAULT_DEADLINE`]), or that block the signal, are
 //! listed with their `/proc` state and no stack; nothing waits beyond the deadline.

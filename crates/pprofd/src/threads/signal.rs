@@ -1,9 +1,14 @@
 //! The dump signal: each thread unwinds its own stack into a slot the requester prepared.
+//! Thread dumps ([`super::ThreadDump`]) and the off-CPU sampler ([`crate::offcpu`]) both ask
+//! for stacks through [`collect`], one request at a time.
 //!
 //! Invariants, which every change here must keep (DESIGN.md 1 and 2):
 //! - The handler reads registers from the ucontext, unwinds with tables loaded beforehand and
 //!   writes addresses into the slot for its thread id, allocated beforehand. It allocates
 //!   nothing, takes no lock, calls no libgcc unwinder or symbolizer, and saves/restores errno.
+//!   Besides the stack it reads only code bytes on the page of the interrupted PC (to tell a
+//!   blocked system call from running code), and it ends with one `FUTEX_WAKE` system call
+//!   that wakes the requester.
 //! - The handler is installed once (on the first dump) and never removed: a dump signal that
 //!   arrives late (after the deadline, or when a thread unblocks it) finds no dump published,
 //!   or one of another generation, and returns. A signal of that number that does not carry
