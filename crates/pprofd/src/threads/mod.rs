@@ -121,7 +121,7 @@ impl ThreadDump {
         let mut builder = render::count_profile("goroutine", &self.entries());
         builder.set_time(self.taken, Duration::ZERO);
         builder.add_comment(format!(
-            "stacks of {} OS threads (each pprofd goroutine is a thread)",
+            "stacks of {} OS threads: in pprofd each goroutine of this profile is a thread",
             self.thread_count()
         ));
         if self.unanswered() > 0 {
