@@ -80,12 +80,11 @@ pub(super) fn full_text(dump: &ThreadDump) -> String {
                     out.push_str("...additional frames elided (the unwinder stopped here)...\n");
                 }
                 Frame::Synthetic(name) => {
-                    let wchan = if p.wchan.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; kernel wait channel {}", p.wchan)
-                    };
-                    let _ = writeln!(out, "{name}\n\t(no stack{wchan})");
+                    out.push_str(name);
+                    out.push('\n');
+                    if !p.wchan.is_empty() {
+                        let _ = writeln!(out, "\tin the kernel at {}", p.wchan);
+                    }
                 }
             }
         }
