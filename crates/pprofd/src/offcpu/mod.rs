@@ -552,3 +552,55 @@ impl OffCpuSamples {
         comments
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(waits: &[(i32, i64, i64)], ticks: u64) -> OffCpuSamples {
+        OffCpuSamples {
+            hz: 100,
+            started: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_secs(ticks / 100),
+            gathered: Gathered {
+                waits: waits
+                    .iter()
+                    .map(|&(tid, contentions, delay_ns)| {
+                        (
+                            (tid, vec![0x10], false, libc::SYS_futex),
+                            Totals {
+                                contentions,
+                                delay_ns,
+                            },
+                        )
+                    })
+                    .collect(),
+                ticks,
+                ..Default::default()
+            },
+            cumulative: true,
+        }
+    }
+
+    #[test]
+    fn a_delta_keeps_only_what_happened_in_between() {
+        let earlier = samples(&[(1, 2, 50), (2, 1, 10)], 100);
+        let later = samples(&[(1, 3, 80), (2, 1, 10), (3, 1, 5)], 300);
+        let delta = later.since(&earlier);
+        let mut waits: Vec<(i32, i64, i64)> = delta
+            .gathered
+            .waits
+            .iter()
+            .map(|(key, t)| (key.0, t.contentions, t.delay_ns))
+            .collect();
+        waits.sort();
+        assert_eq!(
+            waits,
+            [(1, 1, 30), (3, 1, 5)],
+            "an unchanged wait drops out"
+        );
+        assert_eq!(delta.gathered.ticks, 200);
+        assert_eq!(delta.duration, Duration::from_secs(2));
+        assert!(!delta.cumulative);
+    }
+}
