@@ -304,3 +304,28 @@ fn go_tool_pprof_reads_goroutine_and_threadcreate_profiles() {
     }
     workload.finish();
 }
+
+#[test]
+fn dumps_and_a_cpu_profile_run_side_by_side() {
+    let workload = Workload::start("thread_workload", &["--threads", "20", "2"]);
+    std::thread::scope(|s| {
+        let cpu = s.spawn(|| workload.profile("/debug/pprof/profile?seconds=2"));
+        for _ in 0..10 {
+            let dump = workload.text("/debug/pprof/goroutine?debug=2");
+            let blocks = blocks(&dump);
+            for name in ["busy-1", "busy-2", "idle-0019"] {
+                let block = blocks.iter().find(|b| b.name == name).expect(name);
+                assert!(
+                    !block.body.starts_with('['),
+                    "{name} has a stack:\n{}",
+                    block.body
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let cpu = cpu.join().unwrap();
+        let samples: i64 = cpu.sample.iter().map(|s| s.value[0]).sum();
+        assert!(samples > 20, "the CPU profile kept sampling: {samples}");
+    });
+    workload.finish();
+}
