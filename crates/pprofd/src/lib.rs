@@ -10,9 +10,18 @@
 //!
 //! Then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5`.
 //!
+//! When the service hangs, `curl http://127.0.0.1:6060/debug/pprof/goroutine?debug=2` lists
+//! every thread with its state, the system call it waits in and its stack. `/block` and
+//! `/mutex` sample blocked threads for 5 s (or `seconds=N`) and charge the waits to their call
+//! sites; `PPROF_BLOCK_RATE=10` keeps sampling for the life of the process instead.
+//! `/threadcreate` shows the code that created each thread. Dumps and block sampling signal
+//! sleeping threads; [`threads`] and [`offcpu`] say what that means for system calls.
+//!
 //! The crate is split by concern: [`server`] is the only module that knows HTTP; [`cpu`]
-//! samples; [`offcpu`] samples blocked threads for the block and mutex profiles; [`threads`] dumps every thread's stack and records thread creation; `unwind` walks stacks inside signal handlers; `symbolize` turns addresses into
-//! functions and lines; [`profile`] is the pprof model every profiler produces.
+//! samples; [`threads`] dumps every thread's stack and records thread creation; [`offcpu`]
+//! samples blocked threads for the block and mutex profiles; `unwind` walks stacks inside
+//! signal handlers; `symbolize` turns addresses into functions and lines; [`profile`] is the
+//! pprof model every profiler produces.
 
 pub mod cpu;
 mod error;
