@@ -13,6 +13,7 @@
 //! - `--syscalls`: threads blocked most of the time in a pipe `read`, tokio's `epoll_wait`,
 //!   `nanosleep` and a `Condvar` wait, each checking its own results; printed as a `results`
 //!   line when stdin closes.
+//! - `--late-threads N`: N threads named `late-N` start one second after the workload.
 //! - `--bench-dump N`: no server; N idle threads, then times thread dumps in-process and
 //!   prints the figures.
 
@@ -329,6 +330,17 @@ fn main() {
     }
     if args.iter().any(|a| a == "--syscalls") {
         threads.extend(syscalls(&results));
+    }
+    if let Some(late) = arg("--late-threads", 1) {
+        threads.push(spawn_named(named("late-spawner"), move || {
+            std::thread::sleep(Duration::from_secs(1));
+            let late: Vec<_> = (0..late)
+                .map(|i| spawn_named(named(&format!("late-{i}")), wait_for_shutdown))
+                .collect();
+            for t in late {
+                t.join().unwrap();
+            }
+        }));
     }
     match &server {
         Some(s) => println!("listening {}", s.local_addr()),

@@ -329,3 +329,37 @@ fn dumps_and_a_cpu_profile_run_side_by_side() {
     });
     workload.finish();
 }
+
+#[test]
+fn a_goroutine_delta_shows_the_threads_that_appeared() {
+    let workload = Workload::start("thread_workload", &["--late-threads", "3"]);
+    let delta = workload.profile("/debug/pprof/goroutine?seconds=2");
+    let mut late: Vec<(&str, i64)> = delta
+        .sample
+        .iter()
+        .filter_map(|s| Some((label(&delta, s, "thread")?, s.value[0])))
+        .filter(|(name, _)| name.starts_with("late-"))
+        .collect();
+    late.sort();
+    // The spawner moved from its sleep to joining: its old stack -1, its new one +1.
+    assert_eq!(
+        late,
+        [
+            ("late-0", 1),
+            ("late-1", 1),
+            ("late-2", 1),
+            ("late-spawner", -1),
+            ("late-spawner", 1)
+        ]
+    );
+    assert!(
+        !delta
+            .sample
+            .iter()
+            .any(|s| label(&delta, s, "thread") == Some("made-by-spawner")),
+        "a thread that did not change is not in the delta"
+    );
+    let (status, body) = workload.get("/debug/pprof/goroutine?seconds=1&debug=1");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    workload.finish();
+}

@@ -103,7 +103,7 @@ pub(super) async fn handle(
         "cmdline" => cmdline(),
         "profile" => cpu_profile(&query, &settings).await,
         "symbol" => symbol(req).await,
-        "goroutine" => goroutine(&query).await,
+        "goroutine" => goroutine(&query, &settings).await,
         "threadcreate" => threadcreate(&query).await,
         "block" => off_cpu(&query, &settings, View::Block).await,
         "mutex" => off_cpu(&query, &settings, View::Mutex).await,
@@ -226,22 +226,63 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
 }
 
 /// Every thread's stack: pprof (`debug=0`), grouped text (`debug=1`) or per-thread text
-/// (`debug=2`). The dump runs on the blocking pool, so it answers while the service's own
-/// threads are wedged.
-async fn goroutine(query: &Query) -> Response<Body> {
+/// (`debug=2`); with `seconds=N`, Go's delta profile between a dump now and one N seconds
+/// later. Dumps run on the blocking pool, so they answer while the service's own threads are
+/// wedged.
+async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
     let debug = match query.int_in("debug", 0, 0..=2) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let built = tokio::task::spawn_blocking(move || {
-        let dump = ThreadDump::capture(threads::DEFAULT_DEADLINE)?;
-        Ok::<_, std::io::Error>(match debug {
-            0 => Rendered::Profile(crate::symbolize_and_encode(dump.profile())),
-            1 => Rendered::Text(dump.grouped_text()),
-            _ => Rendered::Text(dump.full_text()),
+    let built = if query.get("seconds").is_some_and(|s| !s.is_empty()) {
+        // Go's delta profile: the change between a dump now and one `seconds` later.
+        let seconds = match query.int_in("seconds", 0, 1..=settings.max_profile_seconds) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        if debug != 0 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "seconds and debug params are incompatible",
+            );
+        }
+        let earlier =
+            match tokio::task::spawn_blocking(|| ThreadDump::capture(threads::DEFAULT_DEADLINE))
+                .await
+            {
+                Ok(Ok(dump)) => dump,
+                Ok(Err(e)) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("could not dump threads: {e}"),
+                    )
+                }
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("building the thread dump failed: {e}"),
+                    )
+                }
+            };
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        tokio::task::spawn_blocking(move || {
+            let later = ThreadDump::capture(threads::DEFAULT_DEADLINE)?;
+            Ok(Rendered::Profile(crate::symbolize_and_encode(
+                later.profile_since(&earlier),
+            )))
         })
-    })
-    .await;
+        .await
+    } else {
+        tokio::task::spawn_blocking(move || {
+            let dump = ThreadDump::capture(threads::DEFAULT_DEADLINE)?;
+            Ok::<_, std::io::Error>(match debug {
+                0 => Rendered::Profile(crate::symbolize_and_encode(dump.profile())),
+                1 => Rendered::Text(dump.grouped_text()),
+                _ => Rendered::Text(dump.full_text()),
+            })
+        })
+        .await
+    };
     match built {
         Ok(Ok(rendered)) => rendered.into_response("goroutine"),
         Ok(Err(e)) => error(

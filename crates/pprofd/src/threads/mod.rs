@@ -134,6 +134,25 @@ impl ThreadDump {
         builder
     }
 
+    /// The change from `earlier` to this dump, as Go's `goroutine?seconds=N` delta profile:
+    /// per stack, thread name and state, how many more (or fewer) threads there are.
+    pub fn profile_since(&self, earlier: &ThreadDump) -> ProfileBuilder {
+        let mut builder =
+            render::count_delta_profile("goroutine", &earlier.entries(), &self.entries());
+        let elapsed = self
+            .taken
+            .duration_since(earlier.taken)
+            .unwrap_or(Duration::ZERO);
+        builder.set_time(earlier.taken, elapsed);
+        builder.add_comment(format!(
+            "change in OS thread stacks over {:.1} s: {} threads then, {} now",
+            elapsed.as_secs_f64(),
+            earlier.thread_count(),
+            self.thread_count()
+        ));
+        builder
+    }
+
     fn entries(&self) -> Vec<render::Entry<'_>> {
         self.threads
             .iter()

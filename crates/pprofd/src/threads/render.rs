@@ -152,18 +152,33 @@ pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
 
 /// A `<kind>/count` profile with one sample per distinct stack, thread name and state.
 pub(super) fn count_profile(kind: &str, entries: &[Entry<'_>]) -> ProfileBuilder {
+    count_delta_profile(kind, &[], entries)
+}
+
+/// Like [`count_profile`] for `later`, less the counts of `earlier` (Go's `seconds=N` delta);
+/// keys whose count did not change are left out, those that fell are negative.
+pub(super) fn count_delta_profile(
+    kind: &str,
+    earlier: &[Entry<'_>],
+    later: &[Entry<'_>],
+) -> ProfileBuilder {
     let mut builder = ProfileBuilder::new(&[(kind, "count")], (kind, "count"), 1);
     let mut counts: HashMap<(&[Frame], &str, Option<&str>), i64> = HashMap::new();
     let mut order = Vec::new();
-    for e in entries {
-        let key = (e.stack.as_slice(), e.name, e.state.as_deref());
-        let count = counts.entry(key).or_insert_with(|| {
-            order.push(key);
-            0
-        });
-        *count += 1;
+    for (entries, sign) in [(later, 1), (earlier, -1)] {
+        for e in entries {
+            let key = (e.stack.as_slice(), e.name, e.state.as_deref());
+            let count = counts.entry(key).or_insert_with(|| {
+                order.push(key);
+                0
+            });
+            *count += sign;
+        }
     }
     for key @ (stack, name, state) in order {
+        if counts[&key] == 0 {
+            continue;
+        }
         let mut labels = vec![Label::str("thread", name)];
         if let Some(state) = state {
             labels.push(Label::str("state", state));
