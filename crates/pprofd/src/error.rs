@@ -23,6 +23,13 @@ pub enum Error {
     },
     /// The server thread could not be started.
     Spawn(std::io::Error),
+    /// `PPROF_BLOCK_RATE` is not a rate pprofd accepts.
+    InvalidBlockRate {
+        /// The value as given.
+        value: String,
+    },
+    /// Continuous block sampling could not start.
+    BlockSampling(crate::offcpu::BlockProfileError),
 }
 
 impl fmt::Display for Error {
@@ -37,6 +44,12 @@ impl fmt::Display for Error {
             }
             Error::Bind { value, source } => write!(f, "cannot listen on {value}: {source}"),
             Error::Spawn(e) => write!(f, "cannot start the pprof server thread: {e}"),
+            Error::InvalidBlockRate { value } => write!(
+                f,
+                "{}={value:?} is not a sampling rate: want a whole number of samples a second from 1 to 1000, or unset for none",
+                crate::BLOCK_RATE_ENV
+            ),
+            Error::BlockSampling(e) => write!(f, "cannot start continuous block sampling: {e}"),
         }
     }
 }
@@ -45,7 +58,8 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Bind { source, .. } | Error::Spawn(source) => Some(source),
-            Error::InvalidAddress { .. } => None,
+            Error::BlockSampling(e) => Some(e),
+            Error::InvalidAddress { .. } | Error::InvalidBlockRate { .. } => None,
         }
     }
 }

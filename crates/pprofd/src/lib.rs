@@ -10,18 +10,29 @@
 //!
 //! Then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5`.
 //!
+//! When the service hangs, `curl http://127.0.0.1:6060/debug/pprof/goroutine?debug=2` lists
+//! every thread with its state, the system call it waits in and its stack. `/block` and
+//! `/mutex` sample blocked threads for 5 s (or `seconds=N`) and charge the waits to their call
+//! sites; `PPROF_BLOCK_RATE=10` keeps sampling for the life of the process instead.
+//! `/threadcreate` shows the code that created each thread. Dumps and block sampling signal
+//! sleeping threads; [`threads`] and [`offcpu`] say what that means for system calls.
+//!
 //! The crate is split by concern: [`server`] is the only module that knows HTTP; [`cpu`]
-//! samples; `unwind` walks stacks inside signal handlers; `symbolize` turns addresses into
-//! functions and lines; [`profile`] is the pprof model every profiler produces.
+//! samples; [`threads`] dumps every thread's stack and records thread creation; [`offcpu`]
+//! samples blocked threads for the block and mutex profiles; `unwind` walks stacks inside
+//! signal handlers; `symbolize` turns addresses into functions and lines; [`profile`] is the
+//! pprof model every profiler produces.
 
 pub mod cpu;
 mod error;
 pub mod heap;
 mod objects;
+pub mod offcpu;
 mod procfs;
 pub mod profile;
 pub mod server;
 mod symbolize;
+pub mod threads;
 mod unwind;
 
 pub use error::Error;
@@ -33,6 +44,10 @@ pub const ADDR_ENV: &str = "PPROF_ADDR";
 /// The environment variable holding a bearer token every request must carry.
 pub const TOKEN_ENV: &str = "PPROF_TOKEN";
 
+/// The environment variable that turns on continuous block/mutex sampling at that many
+/// samples a second (off when unset; Go's `runtime.SetBlockProfileRate`).
+pub const BLOCK_RATE_ENV: &str = "PPROF_BLOCK_RATE";
+
 /// Starts the pprof server if `PPROF_ADDR` is set.
 ///
 /// Unset or empty, this returns `Ok(None)` and does nothing else: no thread, no socket, no
@@ -40,6 +55,9 @@ pub const TOKEN_ENV: &str = "PPROF_TOKEN";
 /// `127.0.0.1:6060`, `[::1]:6060`, `localhost:6060`; port 0 picks a free port) and serves
 /// from a dedicated thread. Keep the returned [`Server`] alive: dropping it stops serving.
 /// With `PPROF_TOKEN` set, every request must carry `Authorization: Bearer <token>`.
+/// With `PPROF_BLOCK_RATE` set too (1 to 1000), blocked threads are sampled at that rate for
+/// the life of the process, and `/debug/pprof/block` and `/mutex` answer at once with the
+/// profile since start (see [`offcpu::start_continuous`]).
 pub fn init_from_env() -> Result<Option<Server>, Error> {
     let addr = match std::env::var(ADDR_ENV) {
         Ok(addr) if !addr.trim().is_empty() => addr,
@@ -54,7 +72,18 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
     };
     let token = std::env::var(TOKEN_ENV).ok();
     let config = Config::new(addr.trim()).named_by(ADDR_ENV).token(token);
-    Server::start(config).map(Some)
+    let server = Server::start(config)?;
+    if let Some(rate) = std::env::var_os(BLOCK_RATE_ENV).filter(|v| !v.is_empty()) {
+        let value = rate.to_string_lossy().into_owned();
+        let hz = value
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|hz| (1..=1000).contains(hz))
+            .ok_or(Error::InvalidBlockRate { value })?;
+        offcpu::start_continuous(hz).map_err(Error::BlockSampling)?;
+    }
+    Ok(Some(server))
 }
 
 /// Encodes a finished profile builder: symbolizes its addresses in this process and gzips it.

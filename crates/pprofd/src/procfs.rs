@@ -42,6 +42,17 @@ pub(crate) fn register_internal_thread() -> InternalThread {
     InternalThread(tid)
 }
 
+thread_local! {
+    static INTERNAL_FOR_LIFE: std::cell::RefCell<Option<InternalThread>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Marks the calling thread as pprofd's own until it exits: for pool threads that pprofd
+/// does not spawn itself (the server runtime's blocking pool).
+pub(crate) fn register_internal_for_life() {
+    INTERNAL_FOR_LIFE.with(|slot| *slot.borrow_mut() = Some(register_internal_thread()));
+}
+
 /// Whether `tid` is one of pprofd's own threads.
 pub(crate) fn is_internal_thread(tid: i32) -> bool {
     INTERNAL_THREADS

@@ -79,6 +79,7 @@ impl Server {
     /// Binds the configured address and starts serving from a dedicated thread.
     pub fn start(config: Config) -> Result<Server, Error> {
         let addrs = resolve(&config)?;
+        crate::threads::start_recording();
         let listener = bind(&addrs).map_err(|source| Error::Bind {
             value: config.addr.clone(),
             source,
@@ -204,6 +205,7 @@ fn serve(
         .enable_all()
         .thread_name("pprofd-work")
         .max_blocking_threads(4)
+        .on_thread_start(crate::procfs::register_internal_for_life)
         .build()
     {
         Ok(rt) => rt,

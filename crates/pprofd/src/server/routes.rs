@@ -12,6 +12,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::query::Query;
 use crate::cpu::{self, CpuProfile, CpuProfileError};
 use crate::heap::{self, HeapSnapshot, ProfileKind};
+use crate::offcpu::{self, BlockProfile, BlockProfileError, OffCpuSamples, View};
+use crate::threads::{self, ThreadDump};
 
 /// Server-wide settings the handlers read.
 pub(super) struct Settings {
@@ -21,21 +23,48 @@ pub(super) struct Settings {
 }
 
 /// The endpoints served, for the start-up log line.
-pub(super) const ENDPOINTS: &[&str] = &["profile", "heap", "allocs", "cmdline", "symbol", "trace"];
+pub(super) const ENDPOINTS: &[&str] = &[
+    "profile",
+    "heap",
+    "allocs",
+    "goroutine",
+    "threadcreate",
+    "block",
+    "mutex",
+    "cmdline",
+    "symbol",
+    "trace",
+];
 
 /// Every name the index lists, with Go's descriptions.
 const INDEX: &[(&str, &str)] = &[
     ("allocs", "A sampling of all past memory allocations"),
+    (
+        "block",
+        "Stack traces that led to blocking on synchronization primitives",
+    ),
     ("cmdline", "The command line invocation of the current program"),
+    (
+        "goroutine",
+        "Stack traces of all current goroutines. Use debug=2 as a query parameter to export in the same format as an unrecovered panic.",
+    ),
     (
         "heap",
         "A sampling of memory allocations of live objects. You can specify the gc GET parameter to run GC before taking the heap sample.",
+    ),
+    (
+        "mutex",
+        "Stack traces of threads waiting to acquire contended mutexes",
     ),
     (
         "profile",
         "CPU profile. You can specify the duration in the seconds GET parameter. After you get the profile file, use the go tool pprof command to investigate the profile.",
     ),
     ("symbol", "Maps given program counters to function names."),
+    (
+        "threadcreate",
+        "Stack traces that led to the creation of new OS threads",
+    ),
     ("trace", "Not available: Go's execution tracer has no Rust counterpart; the request answers 501."),
 ];
 
@@ -98,6 +127,10 @@ pub(super) async fn handle(
         "symbol" => symbol(req).await,
         "heap" => heap_profile(ProfileKind::Heap, &query, &settings).await,
         "allocs" => heap_profile(ProfileKind::Allocs, &query, &settings).await,
+        "goroutine" => goroutine(&query, &settings).await,
+        "threadcreate" => threadcreate(&query).await,
+        "block" => off_cpu(&query, &settings, View::Block).await,
+        "mutex" => off_cpu(&query, &settings, View::Mutex).await,
         "trace" => error(
             StatusCode::NOT_IMPLEMENTED,
             "execution traces are a Go runtime feature with no Rust counterpart; use /debug/pprof/profile",
@@ -307,6 +340,200 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
             &format!("building the profile failed: {e}"),
         )
     })
+}
+
+/// Every thread's stack: pprof (`debug=0`), grouped text (`debug=1`) or per-thread text
+/// (`debug=2`); with `seconds=N`, Go's delta profile between a dump now and one N seconds
+/// later. Dumps run on the blocking pool, so they answer while the service's own threads are
+/// wedged.
+async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
+    let debug = match query.int_in("debug", 0, 0..=2) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let built = if query.get("seconds").is_some_and(|s| !s.is_empty()) {
+        // Go's delta profile: the change between a dump now and one `seconds` later.
+        let seconds = match query.int_in("seconds", 0, 1..=settings.max_profile_seconds) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        if debug != 0 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "seconds and debug params are incompatible",
+            );
+        }
+        let earlier =
+            match tokio::task::spawn_blocking(|| ThreadDump::capture(threads::DEFAULT_DEADLINE))
+                .await
+            {
+                Ok(Ok(dump)) => dump,
+                Ok(Err(e)) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("could not dump threads: {e}"),
+                    )
+                }
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("building the thread dump failed: {e}"),
+                    )
+                }
+            };
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        tokio::task::spawn_blocking(move || {
+            let later = ThreadDump::capture(threads::DEFAULT_DEADLINE)?;
+            Ok(Rendered::Profile(crate::symbolize_and_encode(
+                later.profile_since(&earlier),
+            )))
+        })
+        .await
+    } else {
+        tokio::task::spawn_blocking(move || {
+            let dump = ThreadDump::capture(threads::DEFAULT_DEADLINE)?;
+            Ok::<_, std::io::Error>(match debug {
+                0 => Rendered::Profile(crate::symbolize_and_encode(dump.profile())),
+                1 => Rendered::Text(dump.grouped_text()),
+                _ => Rendered::Text(dump.full_text()),
+            })
+        })
+        .await
+    };
+    match built {
+        Ok(Ok(rendered)) => rendered.into_response("goroutine"),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("could not dump threads: {e}"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("building the thread dump failed: {e}"),
+        ),
+    }
+}
+
+/// The stack that created each live thread: pprof (`debug=0`) or grouped text (`debug=1`).
+async fn threadcreate(query: &Query) -> Response<Body> {
+    let debug = match query.int_in("debug", 0, 0..=2) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        if debug == 0 {
+            Rendered::Profile(crate::symbolize_and_encode(threads::threadcreate_profile()))
+        } else {
+            Rendered::Text(threads::threadcreate_text())
+        }
+    })
+    .await;
+    match built {
+        Ok(rendered) => rendered.into_response("threadcreate"),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("building the threadcreate profile failed: {e}"),
+        ),
+    }
+}
+
+/// Block or mutex profile: samples blocked threads for `seconds` (default 5 s, below
+/// scrapers' 10 s timeout), then answers in pprof (`debug=0`) or Go's text (`debug=1`).
+/// `idle=1` adds idle, I/O and sleep waits, labelled. With continuous sampling
+/// (`PPROF_BLOCK_RATE`), answers at once with the profile since start, or with `seconds=N`
+/// the difference over the next N seconds; requests then never conflict.
+async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Body> {
+    let seconds = match query.int_in(
+        "seconds",
+        offcpu::DEFAULT_SECONDS,
+        1..=settings.max_profile_seconds,
+    ) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let (debug, idle) = match (
+        query.int_in("debug", 0, 0..=2),
+        query.int_in("idle", 0, 0..=1),
+    ) {
+        (Ok(debug), Ok(idle)) => (debug, idle == 1),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let samples = if let Some(continuous) = offcpu::continuous() {
+        // Continuous sampling runs: everything since start, or the difference over `seconds`.
+        let earlier = continuous.snapshot();
+        if query.get("seconds").is_some_and(|s| !s.is_empty()) {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            Sampled::Since(earlier)
+        } else {
+            Sampled::Cumulative(earlier)
+        }
+    } else {
+        let profile = match BlockProfile::start(offcpu::DEFAULT_HZ) {
+            Ok(p) => p,
+            Err(e @ BlockProfileError::InUse) => {
+                return error(StatusCode::CONFLICT, &e.to_string())
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        // If the client goes away, hyper drops this future and `profile`'s Drop stops sampling.
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        Sampled::Window(profile)
+    };
+    let name = match view {
+        View::Block => "block",
+        View::Mutex => "mutex",
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        let samples = match samples {
+            Sampled::Window(profile) => profile.stop()?,
+            Sampled::Cumulative(samples) => samples,
+            Sampled::Since(earlier) => offcpu::continuous()
+                .expect("continuous sampling never stops")
+                .snapshot()
+                .since(&earlier),
+        };
+        Ok::<_, std::io::Error>(if debug == 0 {
+            Rendered::Profile(samples.encode(view, idle))
+        } else {
+            Rendered::Text(samples.text(view, idle))
+        })
+    })
+    .await;
+    match built {
+        Ok(Ok(rendered)) => rendered.into_response(name),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("off-CPU sampling failed: {e}"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("building the {name} profile failed: {e}"),
+        ),
+    }
+}
+
+/// Where a block or mutex profile's samples come from.
+enum Sampled {
+    /// A sampler started for this request.
+    Window(BlockProfile),
+    /// Continuous sampling, everything since it started.
+    Cumulative(OffCpuSamples),
+    /// Continuous sampling, since this snapshot.
+    Since(OffCpuSamples),
+}
+
+/// A profile in one of its served forms.
+enum Rendered {
+    Profile(Vec<u8>),
+    Text(String),
+}
+
+impl Rendered {
+    fn into_response(self, name: &str) -> Response<Body> {
+        match self {
+            Rendered::Profile(bytes) => profile_bytes(name, bytes),
+            Rendered::Text(body) => text("text/plain; charset=utf-8", body),
+        }
+    }
 }
 
 /// Go's symbolz protocol: addresses separated by `+` (POST body or query string), answered

@@ -105,6 +105,14 @@ impl StackBounds {
         Self::parse(&maps)
     }
 
+    /// One known-readable range, such as the calling thread's own stack.
+    #[cfg(feature = "threadcreate")]
+    pub fn single(start: u64, end: u64) -> Self {
+        StackBounds {
+            ranges: vec![(start, end)],
+        }
+    }
+
     fn parse(maps: &str) -> Self {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for line in maps.lines() {

@@ -1,0 +1,294 @@
+//! Every thread's stack on demand: the OS-thread counterpart of Go's goroutine dump
+//! (`/debug/pprof/goroutine`), and the stacks that created each thread
+//! (`/debug/pprof/threadcreate`).
+//!
+//! [`ThreadDump::capture`] lists `/proc/self/task`, reads each thread's state, system call,
+//! kernel wait channel and wait time from `/proc` *before* disturbing it (module `procinfo`), then
+//! sends each thread a dedicated real-time signal whose handler unwinds the thread's own
+//! stack into a slot prepared for it (module `signal`, which states the handler's invariants).
+//! The requesting thread signals itself too and so appears in the dump. Threads that do not
+//! answer before the deadline (default [`DEFAULT_DEADLINE`]), or that block the signal, are
+//! listed with their `/proc` state and no stack; nothing waits beyond the deadline.
+//!
+//! Side effect on the dumped process (DESIGN.md, "Signals and system calls"): every thread
+//! runs a short handler. The handler is installed with `SA_RESTART`, so `read`/`write` on
+//! pipes and sockets and untimed `futex` waits resume unseen; `epoll_wait`, `poll`,
+//! `nanosleep` and timed waits return `EINTR` as they would for any signal, and std
+//! (`thread::sleep`, `Condvar`, `Mutex`, channels), tokio and mio retry them. Code that
+//! treats `EINTR` from such calls as an error sees one per dump. The tests run pipe reads,
+//! tokio's `epoll_wait`, `nanosleep` and a `Condvar` through 100 dumps.
+//!
+//! pprofd's own threads are listed like any other: a dump shows the whole process.
+
+mod create;
+
+pub(crate) use create::start_recording;
+pub(crate) mod procinfo;
+mod render;
+pub(crate) mod signal;
+
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::procfs;
+use crate::profile::{Frame, ProfileBuilder};
+use procinfo::{ProcThread, WaitClock};
+use signal::{Answer, Captured};
+
+/// How long a dump waits for threads to answer.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Wait starts seen by earlier dumps (see [`procinfo`]).
+static WAIT_CLOCK: LazyLock<Mutex<WaitClock>> = LazyLock::new(Default::default);
+
+/// The stacks of every thread of the process at one moment.
+pub struct ThreadDump {
+    taken: SystemTime,
+    deadline: Duration,
+    threads: Vec<DumpedThread>,
+}
+
+struct DumpedThread {
+    proc: ProcThread,
+    answer: Answer,
+}
+
+impl ThreadDump {
+    /// Signals every thread and collects its stack, waiting at most `deadline` for answers.
+    /// Fails only when the signal handler cannot be installed.
+    pub fn capture(deadline: Duration) -> std::io::Result<ThreadDump> {
+        let taken = SystemTime::now();
+        let requester = procfs::gettid();
+        let signo = signal::dump_signal();
+        let mut procs: Vec<ProcThread> = procfs::thread_ids()
+            .into_iter()
+            .filter_map(|tid| ProcThread::read(tid, signo))
+            .collect();
+        WAIT_CLOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(&mut procs);
+        let tids: Vec<i32> = procs.iter().map(|p| p.tid).collect();
+        let skip: Vec<bool> = procs.iter().map(|p| p.unreachable.is_some()).collect();
+        let answers = signal::collect(
+            &tids,
+            &skip,
+            Instant::now() + deadline,
+            &signal::Unwinding::load(),
+        )?;
+        let mut threads: Vec<DumpedThread> = procs
+            .into_iter()
+            .zip(answers)
+            .filter(|(_, answer)| !matches!(answer, Answer::Gone))
+            .map(|(proc, answer)| DumpedThread { proc, answer })
+            .collect();
+        // The requester first, as Go lists the goroutine that asked; then by thread id.
+        threads.sort_by_key(|t| (t.proc.tid != requester, t.proc.tid));
+        Ok(ThreadDump {
+            taken,
+            deadline,
+            threads,
+        })
+    }
+
+    /// Number of threads listed.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Number of threads listed without a stack (no answer in time, or signal blocked).
+    pub fn unanswered(&self) -> usize {
+        self.threads
+            .iter()
+            .filter(|t| !matches!(t.answer, Answer::Stack(_)))
+            .count()
+    }
+
+    /// Go's `debug=2` form: one block per thread, `thread TID "name" [state, N s]:` then
+    /// `function` / `\tfile:line` pairs, innermost first.
+    pub fn full_text(&self) -> String {
+        render::full_text(self)
+    }
+
+    /// Go's `debug=1` form: identical stacks grouped, with their count and threads.
+    pub fn grouped_text(&self) -> String {
+        render::grouped_text("goroutine", &self.entries())
+    }
+
+    /// The dump as a `goroutine/count` profile: one sample per distinct stack, thread name
+    /// and state, labelled `thread` and `state`. Symbolize with [`crate::symbolize_and_encode`].
+    pub fn profile(&self) -> ProfileBuilder {
+        let mut builder = render::count_profile("goroutine", &self.entries());
+        builder.set_time(self.taken, Duration::ZERO);
+        builder.add_comment(format!(
+            "stacks of {} OS threads: in pprofd each goroutine of this profile is a thread",
+            self.thread_count()
+        ));
+        if self.unanswered() > 0 {
+            builder.add_comment(format!(
+                "{} threads have no stack: {}",
+                self.unanswered(),
+                self.no_stack_reason()
+            ));
+        }
+        builder
+    }
+
+    /// The change from `earlier` to this dump, as Go's `goroutine?seconds=N` delta profile:
+    /// per stack, thread name and state, how many more (or fewer) threads there are.
+    pub fn profile_since(&self, earlier: &ThreadDump) -> ProfileBuilder {
+        let mut builder =
+            render::count_delta_profile("goroutine", &earlier.entries(), &self.entries());
+        let elapsed = self
+            .taken
+            .duration_since(earlier.taken)
+            .unwrap_or(Duration::ZERO);
+        builder.set_time(earlier.taken, elapsed);
+        builder.add_comment(format!(
+            "change in OS thread stacks over {:.1} s: {} threads then, {} now",
+            elapsed.as_secs_f64(),
+            earlier.thread_count(),
+            self.thread_count()
+        ));
+        builder
+    }
+
+    fn entries(&self) -> Vec<render::Entry<'_>> {
+        self.threads
+            .iter()
+            .map(|t| render::Entry {
+                tid: t.proc.tid,
+                name: &t.proc.name,
+                state: Some(t.proc.activity()),
+                stack: self.frames(t),
+            })
+            .collect()
+    }
+
+    fn frames(&self, thread: &DumpedThread) -> Vec<Frame> {
+        match &thread.answer {
+            Answer::Stack(captured) => captured_frames(captured),
+            Answer::Silent => vec![Frame::Synthetic(format!(
+                "[no answer within {} ms]",
+                self.deadline.as_millis()
+            ))],
+            Answer::Skipped => vec![Frame::Synthetic(format!(
+                "[no stack: {}]",
+                thread.proc.unreachable.unwrap_or("unreachable")
+            ))],
+            Answer::Gone => Vec::new(),
+        }
+    }
+
+    fn no_stack_reason(&self) -> String {
+        format!(
+            "they did not answer signal {} within {} ms, block it, or have one pending",
+            signal::dump_signal(),
+            self.deadline.as_millis(),
+        )
+    }
+}
+
+fn captured_frames(captured: &Captured) -> Vec<Frame> {
+    let mut frames: Vec<Frame> = captured.frames[..captured.depth]
+        .iter()
+        .map(|&a| Frame::Address(a))
+        .collect();
+    if captured.truncated {
+        frames.push(Frame::Synthetic("[truncated]".into()));
+    }
+    frames
+}
+
+/// The stack that created each live thread, as a `threadcreate/count` profile.
+pub fn threadcreate_profile() -> ProfileBuilder {
+    let entries = create::entries();
+    let mut builder = render::count_profile("threadcreate", &entries.borrowed());
+    builder.set_time(SystemTime::now(), Duration::ZERO);
+    builder.add_comment(entries.comment());
+    builder
+}
+
+/// Go's `debug=1` text of the threadcreate profile.
+pub fn threadcreate_text() -> String {
+    let entries = create::entries();
+    let mut text = render::grouped_text("threadcreate", &entries.borrowed());
+    text.push_str(&format!("# {}\n", entries.comment()));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn wait_for_the_test(rx: std::sync::mpsc::Receiver<()>) {
+        let _ = rx.recv();
+    }
+
+    #[test]
+    fn dumps_a_waiting_thread_with_its_stack_and_state() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::Builder::new()
+            .name("dump-me".into())
+            .spawn(move || wait_for_the_test(rx))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let dump = ThreadDump::capture(DEFAULT_DEADLINE).unwrap();
+        tx.send(()).unwrap();
+        waiter.join().unwrap();
+        let text = dump.full_text();
+        let me = procfs::gettid();
+        assert!(
+            text.starts_with(&format!("thread {me} ")),
+            "the requester comes first:\n{text}"
+        );
+        let block = text
+            .split("\n\n")
+            .find(|b| b.contains("\"dump-me\""))
+            .unwrap_or_else(|| panic!("no dump-me block:\n{text}"));
+        assert!(block.contains("[futex wait"), "{block}");
+        assert!(block.contains("wait_for_the_test\n\t"), "{block}");
+        assert!(block.contains("threads/mod.rs:"), "{block}");
+    }
+
+    #[test]
+    fn a_thread_that_blocks_the_signal_is_listed_without_waiting_for_it() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let blocker = std::thread::Builder::new()
+            .name("blocks-dumps".into())
+            .spawn(move || {
+                // SAFETY: plain sigset manipulation on this thread's own mask.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, signal::dump_signal());
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
+                ready_tx.send(()).unwrap();
+                let _ = rx.recv();
+            })
+            .unwrap();
+        ready_rx.recv().unwrap();
+        let started = Instant::now();
+        let dump = ThreadDump::capture(DEFAULT_DEADLINE).unwrap();
+        assert!(
+            started.elapsed() < DEFAULT_DEADLINE,
+            "{:?}",
+            started.elapsed()
+        );
+        tx.send(()).unwrap();
+        blocker.join().unwrap();
+        assert!(dump.unanswered() >= 1);
+        let text = dump.full_text();
+        let block = text
+            .split("\n\n")
+            .find(|b| b.contains("\"blocks-dumps\""))
+            .unwrap_or_else(|| panic!("no blocks-dumps block:\n{text}"));
+        assert!(
+            block.contains("[no stack: it blocks the dump signal]"),
+            "{block}"
+        );
+    }
+}

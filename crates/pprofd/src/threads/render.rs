@@ -1,0 +1,231 @@
+//! The forms a dump is served in: Go's `debug=2` per-thread text, Go's `debug=1` grouped
+//! text, and a count profile. Symbolization happens here, long after the handlers ran.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use super::ThreadDump;
+use crate::profile::{Frame, Label, ProfileBuilder, Resolver, SourceFrame};
+use crate::symbolize::ProcessSymbols;
+
+/// One thread as the grouped forms see it.
+pub(super) struct Entry<'a> {
+    pub tid: i32,
+    pub name: &'a str,
+    /// What the thread is doing (`futex wait`, ...), where the profile has that.
+    pub state: Option<String>,
+    /// Leaf first.
+    pub stack: Vec<Frame>,
+}
+
+fn symbols_for<'a>(stacks: impl Iterator<Item = &'a [Frame]>) -> ProcessSymbols {
+    let mut addresses: Vec<u64> = stacks
+        .flatten()
+        .filter_map(|f| match f {
+            Frame::Address(a) => Some(*a),
+            Frame::Synthetic(_) => None,
+        })
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    ProcessSymbols::resolve(&addresses)
+}
+
+/// Where an address without symbols lies: `object+0xoffset`, or the bare address.
+fn object_offset(symbols: &dyn Resolver, address: u64) -> String {
+    symbols
+        .mappings()
+        .iter()
+        .find(|m| (m.start..m.limit).contains(&address))
+        .map_or_else(
+            || format!("{address:#x}"),
+            |m| format!("{}+{:#x}", m.path, address - m.start + m.file_offset),
+        )
+}
+
+/// `file:line`, or what is known of it.
+fn source_line(f: &SourceFrame) -> String {
+    match (f.file.as_str(), f.line) {
+        ("", _) => "?".into(),
+        (file, 0) => file.into(),
+        (file, line) => format!("{file}:{line}"),
+    }
+}
+
+/// `thread 4242 "name" [futex wait, 12 s]:` blocks, innermost frame first.
+pub(super) fn full_text(dump: &ThreadDump) -> String {
+    let stacks: Vec<Vec<Frame>> = dump.threads.iter().map(|t| dump.frames(t)).collect();
+    let symbols = symbols_for(stacks.iter().map(Vec::as_slice));
+    let mut out = String::new();
+    for (thread, stack) in dump.threads.iter().zip(&stacks) {
+        let p = &thread.proc;
+        let mut state = p.activity();
+        if let Some(seconds) = p.waiting_seconds {
+            let _ = write!(state, ", {seconds} s");
+        }
+        let _ = writeln!(out, "thread {} {:?} [{state}]:", p.tid, p.name);
+        for frame in stack {
+            match frame {
+                Frame::Address(address) => {
+                    let source = symbols.frames(*address);
+                    if source.is_empty() {
+                        let _ =
+                            writeln!(out, "{address:#x}\n\t{}", object_offset(&symbols, *address));
+                    }
+                    for f in source {
+                        let _ = writeln!(out, "{}\n\t{}", f.function, source_line(f));
+                    }
+                }
+                Frame::Synthetic(name) if name == "[truncated]" => {
+                    out.push_str("...additional frames elided (the unwinder stopped here)...\n");
+                }
+                Frame::Synthetic(name) => {
+                    out.push_str(name);
+                    out.push('\n');
+                    if !p.wchan.is_empty() {
+                        let _ = writeln!(out, "\tin the kernel at {}", p.wchan);
+                    }
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Go's `debug=1` text: `N @ addr addr ...`, the threads, then one `#` line per frame.
+pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
+    let symbols = symbols_for(entries.iter().map(|e| e.stack.as_slice()));
+    let mut groups: Vec<(&[Frame], Vec<&Entry<'_>>)> = Vec::new();
+    let mut index: HashMap<&[Frame], usize> = HashMap::new();
+    for entry in entries {
+        let i = *index.entry(&entry.stack).or_insert_with(|| {
+            groups.push((&entry.stack, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(entry);
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
+    let mut out = format!("{kind} profile: total {}\n", entries.len());
+    for (stack, members) in groups {
+        let addresses: Vec<String> = stack
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Address(a) => Some(format!("{a:#x}")),
+                Frame::Synthetic(_) => None,
+            })
+            .collect();
+        let _ = writeln!(out, "{} @ {}", members.len(), addresses.join(" "));
+        let threads: Vec<String> = members
+            .iter()
+            .map(|e| match &e.state {
+                Some(state) => format!("{} {:?} [{state}]", e.tid, e.name),
+                None => format!("{} {:?}", e.tid, e.name),
+            })
+            .collect();
+        let _ = writeln!(out, "# threads: {}", threads.join(", "));
+        for frame in stack {
+            match frame {
+                Frame::Address(address) => {
+                    let source = symbols.frames(*address);
+                    if source.is_empty() {
+                        let _ = writeln!(
+                            out,
+                            "#\t{address:#x}\t?\t{}",
+                            object_offset(&symbols, *address)
+                        );
+                    }
+                    for f in source {
+                        let _ =
+                            writeln!(out, "#\t{address:#x}\t{}\t{}", f.function, source_line(f));
+                    }
+                }
+                Frame::Synthetic(name) => {
+                    let _ = writeln!(out, "#\t{name}");
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A `<kind>/count` profile with one sample per distinct stack, thread name and state.
+pub(super) fn count_profile(kind: &str, entries: &[Entry<'_>]) -> ProfileBuilder {
+    count_delta_profile(kind, &[], entries)
+}
+
+/// Like [`count_profile`] for `later`, less the counts of `earlier` (Go's `seconds=N` delta);
+/// keys whose count did not change are left out, those that fell are negative.
+pub(super) fn count_delta_profile(
+    kind: &str,
+    earlier: &[Entry<'_>],
+    later: &[Entry<'_>],
+) -> ProfileBuilder {
+    let mut builder = ProfileBuilder::new(&[(kind, "count")], (kind, "count"), 1);
+    let mut counts: HashMap<(&[Frame], &str, Option<&str>), i64> = HashMap::new();
+    let mut order = Vec::new();
+    for (entries, sign) in [(later, 1), (earlier, -1)] {
+        for e in entries {
+            let key = (e.stack.as_slice(), e.name, e.state.as_deref());
+            let count = counts.entry(key).or_insert_with(|| {
+                order.push(key);
+                0
+            });
+            *count += sign;
+        }
+    }
+    for key @ (stack, name, state) in order {
+        if counts[&key] == 0 {
+            continue;
+        }
+        let mut labels = vec![Label::str("thread", name)];
+        if let Some(state) = state {
+            labels.push(Label::str("state", state));
+        }
+        builder.add_sample(stack.to_vec(), vec![counts[&key]], labels);
+    }
+    builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_identical_stacks_and_counts_them() {
+        let stack = vec![Frame::Address(0x10), Frame::Synthetic("[truncated]".into())];
+        let entry = |tid, name, state: &str| Entry {
+            tid,
+            name,
+            state: Some(state.into()),
+            stack: stack.clone(),
+        };
+        let entries = [
+            entry(1, "a", "futex wait"),
+            entry(2, "b", "futex wait"),
+            Entry {
+                tid: 3,
+                name: "c",
+                state: None,
+                stack: vec![Frame::Address(0x20)],
+            },
+        ];
+        let text = grouped_text("goroutine", &entries);
+        assert!(
+            text.starts_with("goroutine profile: total 3\n2 @ 0x10\n"),
+            "{text}"
+        );
+        assert!(text.contains("# threads: 1 \"a\" [futex wait], 2 \"b\" [futex wait]\n"));
+        assert!(text.contains("#\t[truncated]\n"));
+        assert!(text.contains("1 @ 0x20\n# threads: 3 \"c\"\n"));
+        let profile = count_profile("goroutine", &entries).build(&crate::profile::NoSymbols);
+        let values: Vec<i64> = profile.sample.iter().map(|s| s.value[0]).collect();
+        assert_eq!(values, [1, 1, 1], "one sample per stack, name and state");
+        assert_eq!(
+            profile.sample[2].label.len(),
+            1,
+            "no state label where none is known"
+        );
+    }
+}
