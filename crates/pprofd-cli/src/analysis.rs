@@ -25,11 +25,11 @@ impl SourceLine<'_> {
         }
     }
 
-    /// Whether the frame is the profiled program's own code rather than the Rust standard
-    /// library, a dependency from a registry or git checkout, a C library or pprofd itself.
+    /// Whether the frame is the profiled program's own Rust code rather than the Rust standard
+    /// library, a dependency from a registry or git checkout, the C library or pprofd itself.
     pub fn is_own_code(&self) -> bool {
         let file = self.file;
-        let foreign_file = file.is_empty()
+        let foreign_file = !file.ends_with(".rs")
             || file.starts_with("/rustc/")
             || ["/library/std/", "/library/core/", "/library/alloc/"]
                 .iter()
@@ -318,6 +318,11 @@ mod tests {
         )
         .is_own_code());
         assert!(!frame("syscall", "").is_own_code());
+        assert!(!frame(
+            "syscall",
+            "./misc/../sysdeps/unix/sysv/linux/x86_64/syscall.S"
+        )
+        .is_own_code());
         assert!(!frame(
             "<pprofd::Allocator<A> as core::alloc::global::GlobalAlloc>::alloc",
             "/work/crates/pprofd/src/heap.rs"

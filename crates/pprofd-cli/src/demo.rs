@@ -422,6 +422,7 @@ fn contention(
 ) -> Result<String, String> {
     let window = (seconds / 2).max(2);
     let load = graphql_load(router, 8);
+    let clock = Instant::now();
     let profile = capture(
         router,
         "contention-mutex.pb.gz",
@@ -432,7 +433,8 @@ fn contention(
     );
     let (answered, failed) = load.finish();
     let mut out = format!(
-        "3. Lock contention: 8 clients sent POST /graphql for {window} s ({answered} answered, {failed} too slow) while a mutex profile recorded.\n"
+        "3. Lock contention: 8 clients sent POST /graphql for {:.1} s ({answered} answered, {failed} too slow) while a mutex profile recorded.\n",
+        clock.elapsed().as_secs_f64()
     );
     let bytes = match profile {
         Ok(bytes) => bytes,

@@ -1,7 +1,5 @@
 //! `pprofd flame`: a flame graph SVG (inferno) from a profile.
 
-use std::collections::HashMap;
-
 use clap::Args;
 
 use crate::analysis::View;
@@ -33,37 +31,9 @@ pub fn run(args: &FlameArgs) -> Result<String, String> {
     ))
 }
 
-/// Renders sample type `index` of the profile as an SVG flame graph.
+/// Renders sample type `index` of the profile as an SVG flame graph (the same renderer the
+/// server uses for browsers).
 pub fn render(view: &View, index: usize, origin: &str) -> Result<Vec<u8>, String> {
-    let (kind, unit) = view.sample_types()[index];
-    // Folded stacks: frames root first, separated by ';', then the summed value.
-    let mut folded: HashMap<String, i64> = HashMap::new();
-    for sample in &view.profile().sample {
-        let value = sample.value[index];
-        if value <= 0 {
-            continue;
-        }
-        let stack: Vec<String> = view
-            .frames(sample)
-            .iter()
-            .rev()
-            .map(|f| f.function.replace(';', ":"))
-            .collect();
-        *folded.entry(stack.join(";")).or_default() += value;
-    }
-    if folded.is_empty() {
-        return Err(format!("{origin}: no {kind} samples to draw"));
-    }
-    let mut lines: Vec<String> = folded
-        .into_iter()
-        .map(|(stack, value)| format!("{stack} {value}"))
-        .collect();
-    lines.sort();
-    let mut options = inferno::flamegraph::Options::default();
-    options.title = format!("{kind} ({unit}): {origin}");
-    options.count_name = unit.to_string();
-    let mut svg = Vec::new();
-    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
-        .map_err(|e| format!("drawing the flame graph failed: {e}"))?;
-    Ok(svg)
+    pprofd::server::flame_graph_svg(view.profile(), index, origin)
+        .map_err(|e| format!("{origin}: {e}"))
 }

@@ -4,8 +4,11 @@
 //! answering while the service's own threads and runtime are busy or wedged (DESIGN.md
 //! invariant 7). Long work (symbolization, encoding) runs on the runtime's blocking pool.
 
+mod flame;
 mod query;
 mod routes;
+
+pub use flame::flame_graph_svg;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
@@ -228,7 +231,7 @@ fn serve(
             let settings = settings.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let service = hyper::service::service_fn(move |req| routes::handle(req, settings.clone()));
+                let service = hyper::service::service_fn(move |req| flame::handle(req, settings.clone()));
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
