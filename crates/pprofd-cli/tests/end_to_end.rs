@@ -361,3 +361,31 @@ fn demo_names_each_culprit_or_says_which_profile_was_unavailable() {
         }
     }
 }
+
+#[test]
+fn a_browser_asking_for_a_profile_gets_a_flame_graph_and_tools_get_the_protobuf() {
+    let router = RouterProcess::start(&["hotspot"]);
+    let _load = Load::start(&router, 2);
+    let url = format!("{}/debug/pprof/profile?seconds=2", router.pprof);
+    let agent = common::client(Duration::from_secs(60));
+    let mut browser = agent
+        .get(&url)
+        .header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
+        .call()
+        .unwrap();
+    assert_eq!(browser.status().as_u16(), 200);
+    assert_eq!(browser.headers()["content-type"], "image/svg+xml");
+    let svg = browser.body_mut().read_to_string().unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("write_json_rechecking"),
+        "{}",
+        &svg[..svg.len().min(500)]
+    );
+    let (status, body) = get(&url, Duration::from_secs(60));
+    assert_eq!(status, 200);
+    pprofd::profile::decode(&body)
+        .expect("without a browser Accept header the answer is the profile");
+}
