@@ -336,6 +336,15 @@ pub fn collect_heap_series(
         },
     ));
     bar.finish_and_clear();
+    if let Some(Err(reason)) = outcomes.iter().map(Outcome::result).find(|r| r.is_err()) {
+        if outcomes
+            .iter()
+            .filter(|o| o.endpoint.file.starts_with("heap-"))
+            .all(|o| o.result.is_err())
+        {
+            return Err(format!("{base}: no heap profile collected: {reason}"));
+        }
+    }
     write_archive(base, output, started, "heap series", &outcomes)
 }
 
@@ -401,9 +410,10 @@ pub fn write_archive(
         })
         .collect();
     let mut line = format!(
-        "wrote {} ({} files from {base})\n",
+        "wrote {} ({} of {} endpoints answered, from {base})\n",
         output.display(),
-        served.len()
+        served.len(),
+        outcomes.len()
     );
     if !failed.is_empty() {
         line.push_str(&format!(
