@@ -389,3 +389,48 @@ fn a_browser_asking_for_a_profile_gets_a_flame_graph_and_tools_get_the_protobuf(
     pprofd::profile::decode(&body)
         .expect("without a browser Accept header the answer is the profile");
 }
+
+#[test]
+fn collect_every_takes_a_heap_series_that_diff_reads() {
+    let router = RouterProcess::start(&["leak"]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("series.tar.gz");
+    let archive_arg = archive.to_str().unwrap();
+    let output = pprofd(&[
+        "collect",
+        &router.pprof,
+        "--every",
+        "1s",
+        "--count",
+        "2",
+        "-o",
+        archive_arg,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, _) = get(
+        &format!("{}/debug/pprof/heap", router.pprof),
+        Duration::from_secs(60),
+    );
+    if status == 404 {
+        // No heap endpoint in this build: the series must fail loudly, not write an empty archive.
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr.contains("no heap profile collected") && stderr.contains("404"),
+            "{stderr}"
+        );
+        assert!(!archive.exists());
+        return;
+    }
+    assert!(output.status.success(), "{stderr}");
+    let diff = pprofd(&[
+        "diff",
+        &format!("{archive_arg}:heap-01"),
+        &format!("{archive_arg}:heap-02"),
+    ]);
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("inuse_space from"));
+}
