@@ -9,7 +9,7 @@
 //! `stats` first and then `entries`: two lock orders, and the router stops answering.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -48,12 +48,9 @@ impl CacheStats {
 static ENTRIES: LazyLock<Mutex<HashMap<String, CachedStock>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 static STATS: LazyLock<Mutex<CacheStats>> = LazyLock::new(|| Mutex::new(CacheStats::default()));
-
-fn lock<T>(mutex: &'static Mutex<T>) -> MutexGuard<'static, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+// Every lock call is written out where it happens (no helper), so that stacks in profiles and
+// thread dumps show the function and line that takes the lock. A poisoned lock is used as is:
+// the cache holds plain data that a panicking request cannot leave half-updated.
 
 /// The stock of `product_id`, from the cache or the inventory upstream.
 pub fn stock(product_id: &str, incidents: Incidents) -> Value {
@@ -66,23 +63,31 @@ pub fn stock(product_id: &str, incidents: Incidents) -> Value {
 
 /// The correct lookup: the upstream is called with no lock held.
 fn stock_fetching_outside_lock(product_id: &str) -> Value {
-    let cached = lock(&ENTRIES)
+    let cached = ENTRIES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
         .get(product_id)
         .filter(|c| c.fetched.elapsed() < FRESH_FOR)
         .map(|c| c.stock.clone());
     let hit = cached.is_some();
     let stock = cached.unwrap_or_else(|| {
         let stock = inventory_upstream(product_id);
-        lock(&ENTRIES).insert(
-            product_id.to_string(),
-            CachedStock {
-                stock: stock.clone(),
-                fetched: Instant::now(),
-            },
-        );
+        ENTRIES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                product_id.to_string(),
+                CachedStock {
+                    stock: stock.clone(),
+                    fetched: Instant::now(),
+                },
+            );
         stock
     });
-    lock(&STATS).record(hit);
+    STATS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .record(hit);
     stock
 }
 
@@ -90,7 +95,7 @@ fn stock_fetching_outside_lock(product_id: &str) -> Value {
 /// the statistics are updated before `entries` is released (lock order entries → stats).
 #[inline(never)]
 fn stock_holding_lock(product_id: &str, stats_under_entries: bool) -> Value {
-    let mut entries = lock(&ENTRIES); // lock order A, first lock: entries
+    let mut entries = ENTRIES.lock().unwrap_or_else(PoisonError::into_inner); // lock order A, first lock: entries
     let cached = entries
         .get(product_id)
         .filter(|c| c.fetched.elapsed() < FRESH_FOR)
@@ -108,10 +113,14 @@ fn stock_holding_lock(product_id: &str, stats_under_entries: bool) -> Value {
         stock
     });
     if stats_under_entries {
-        lock(&STATS).record(hit); // lock order A, second lock: stats while holding entries
+        let mut stats = STATS.lock().unwrap_or_else(PoisonError::into_inner); // lock order A, second lock: stats while holding entries
+        stats.record(hit);
     } else {
         drop(entries);
-        lock(&STATS).record(hit);
+        STATS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(hit);
     }
     stock
 }
@@ -143,24 +152,24 @@ pub fn spawn_janitor(incidents: Incidents) -> std::io::Result<()> {
 /// The correct sweep: one lock at a time.
 fn sweep() {
     let remaining = {
-        let mut entries = lock(&ENTRIES);
+        let mut entries = ENTRIES.lock().unwrap_or_else(PoisonError::into_inner);
         entries.retain(|_, c| c.fetched.elapsed() < FRESH_FOR);
         entries.len()
     };
-    lock(&STATS).entries = remaining;
+    STATS.lock().unwrap_or_else(PoisonError::into_inner).entries = remaining;
 }
 
 /// The incident's sweep: takes `stats`, then `entries` (lock order B, the opposite of A).
 #[inline(never)]
 fn sweep_stats_first() {
-    let mut stats = lock(&STATS); // lock order B, first lock: stats
-    let mut entries = lock(&ENTRIES); // lock order B, second lock: entries while holding stats
+    let mut stats = STATS.lock().unwrap_or_else(PoisonError::into_inner); // lock order B, first lock: stats
+    let mut entries = ENTRIES.lock().unwrap_or_else(PoisonError::into_inner); // lock order B, second lock: entries while holding stats
     entries.retain(|_, c| c.fetched.elapsed() < FRESH_FOR);
     stats.entries = entries.len();
 }
 
 /// Hits, misses and entries as last counted, for `/healthz`.
 pub fn stats() -> Value {
-    let stats = lock(&STATS);
+    let stats = STATS.lock().unwrap_or_else(PoisonError::into_inner);
     json!({"hits": stats.hits, "misses": stats.misses, "entries": stats.entries})
 }
