@@ -270,6 +270,26 @@ fn write_flame(view: &View, index: usize, origin: &str, path: &Path) -> Result<S
     Ok(path.display().to_string())
 }
 
+/// The source line at `position` (`file:line`), shown under a culprit when the sources are on
+/// this machine (they are when the demo runs where it was built).
+fn source_excerpt(position: &str) -> String {
+    let Some((file, line)) = position.rsplit_once(':') else {
+        return String::new();
+    };
+    let Ok(line) = line.parse::<usize>() else {
+        return String::new();
+    };
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .nth(line.wrapping_sub(1))
+                .map(|l| l.trim().to_string())
+        })
+        .map(|code| format!("            | {code}\n"))
+        .unwrap_or_default()
+}
+
 fn unavailable(what: &str, reason: &str) -> String {
     format!("   {what} unavailable, so no culprit is claimed: {reason}\n")
 }
@@ -315,6 +335,7 @@ fn hotspot(
         percent(top.flat, total),
         percent(top.cum, total),
     ));
+    out.push_str(&source_excerpt(&top.hottest_line));
     let svg = write_flame(
         &view,
         index,
@@ -397,6 +418,7 @@ fn leak(
         ));
     }
     out.push('\n');
+    out.push_str(&source_excerpt(&site.position));
     let view = View::new(&new);
     let index = view.sample_index(Some("inuse_space"))?;
     let svg = write_flame(
@@ -432,14 +454,18 @@ fn contention(
         outcomes,
     );
     let (answered, failed) = load.finish();
+    let bytes =
+        match profile {
+            Ok(bytes) => bytes,
+            Err(reason) => return Ok(
+                "3. Lock contention: 8 clients sent POST /graphql; a mutex profile was asked for.\n"
+                    .to_string() + &unavailable("mutex profile", &reason),
+            ),
+        };
     let mut out = format!(
         "3. Lock contention: 8 clients sent POST /graphql for {:.1} s ({answered} answered, {failed} too slow) while a mutex profile recorded.\n",
         clock.elapsed().as_secs_f64()
     );
-    let bytes = match profile {
-        Ok(bytes) => bytes,
-        Err(reason) => return Ok(out + &unavailable("mutex profile", &reason)),
-    };
     let decoded = pprofd::profile::decode(&bytes).map_err(|e| e.to_string())?;
     let view = View::new(&decoded);
     let index = view.sample_index(Some("delay"))?;
@@ -456,6 +482,7 @@ fn contention(
         percent(*delay, total),
         format_value(*delay, "nanoseconds"),
     ));
+    out.push_str(&source_excerpt(position));
     let svg = write_flame(
         &view,
         index,
@@ -547,6 +574,7 @@ fn deadlock(
             names.len(),
             names.join(", ")
         ));
+        out.push_str(&source_excerpt(position));
     }
     Ok(out)
 }
