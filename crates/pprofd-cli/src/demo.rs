@@ -43,7 +43,6 @@ pub fn run(args: &DemoArgs) -> Result<String, String> {
     let clock = Instant::now();
     let seconds = args.seconds.max(2);
     let mut outcomes = Vec::new();
-    let mut summary = String::new();
     let incidents: [(&str, FindCulprit); 4] = [
         ("hotspot", hotspot),
         ("leak", leak),
@@ -58,7 +57,6 @@ pub fn run(args: &DemoArgs) -> Result<String, String> {
         let process = Router::start(&router, incident)?;
         let found = find(&process, seconds, &args.output, &mut outcomes)?;
         crate::print_stdout(&found);
-        summary.push_str(&found);
     }
     let archive = args.output.join("demo-profiles.tar.gz");
     let written = write_archive(
@@ -145,7 +143,12 @@ impl Router {
                         router.pprof = format!("http://{}", url.trim().trim_end_matches("/debug/pprof/"));
                     }
                 }
-                Err(_) => return Err(format!("demo-router --incident {incident} did not start (no `router`/`pprof` lines in 20 s)")),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!("demo-router --incident {incident} exited before listening (its error is above)"))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!("demo-router --incident {incident} did not start: no `router` and `pprof` lines in 20 s"))
+                }
             }
         }
         Ok(router)
