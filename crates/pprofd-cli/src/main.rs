@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 /// PPROF_ADDR=127.0.0.1:6060. Then:
 ///
 ///   pprofd collect http://127.0.0.1:6060            # everything, in one .tar.gz for support
-///   pprofd top http://127.0.0.1:6060/debug/pprof/profile?seconds=10
+///   pprofd top 'http://127.0.0.1:6060/debug/pprof/profile?seconds=10'
 ///   pprofd flame ARCHIVE.tar.gz:heap -o heap.svg    # open the SVG in a browser
 ///   pprofd diff heap-01.pb.gz heap-06.pb.gz         # what grew between two heap profiles
 ///   pprofd demo                                     # see all of it on a demo service
@@ -45,7 +45,7 @@ enum Command {
     Flame(flame::FlameArgs),
     /// Show which call sites grew from one profile to a later one (memory leaks).
     Diff(diff::DiffArgs),
-    /// Run the demo router with each of its incidents and find them with profiles (about a minute).
+    /// Run the demo router with each of its incidents and find them with profiles (under a minute).
     Demo(demo::DemoArgs),
 }
 
