@@ -1,13 +1,81 @@
 //! `pprofd`: collect and read pprof profiles without a Go toolchain.
 
-use clap::Parser;
+mod analysis;
+mod collect;
+mod demo;
+mod diff;
+mod dump;
+mod fetch;
+mod flame;
+mod input;
+mod top;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 /// Collect and read pprof profiles from services that link pprofd (or any Go service).
+///
+/// A service exposes its profiles when started with PPROF_ADDR set, e.g.
+/// PPROF_ADDR=127.0.0.1:6060. Then:
+///
+///   pprofd collect http://127.0.0.1:6060            # everything, in one .tar.gz for support
+///   pprofd top 'http://127.0.0.1:6060/debug/pprof/profile?seconds=10'
+///   pprofd flame ARCHIVE.tar.gz:heap -o heap.svg    # open the SVG in a browser
+///   pprofd diff heap-01.pb.gz heap-06.pb.gz         # what grew between two heap profiles
+///   pprofd demo                                     # see all of it on a demo service
+///
+/// Every file written is a standard pprof profile: `go tool pprof -http :8079 FILE` reads it too.
 #[derive(Parser)]
-#[command(name = "pprofd", version, about, long_about = None)]
-struct Cli {}
+#[command(name = "pprofd", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
-    println!("pprofd: no command yet; see --help");
+#[derive(Subcommand)]
+enum Command {
+    /// Save every profile a service serves (CPU, heap, allocs, threads, block, mutex,
+    /// command line) into one .tar.gz with a manifest, to read later or send to support.
+    Collect(collect::CollectArgs),
+    /// Print the functions with the highest values, like `go tool pprof -top`.
+    Top(top::TopArgs),
+    /// Draw a flame graph as an interactive SVG.
+    Flame(flame::FlameArgs),
+    /// Show which call sites grew from one profile to a later one (memory leaks).
+    Diff(diff::DiffArgs),
+    /// Run the demo router with each of its incidents and find them with profiles (under a minute).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Collect(args) => collect::run(args),
+        Command::Top(args) => top::run(args),
+        Command::Flame(args) => flame::run(args),
+        Command::Diff(args) => diff::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(text) => {
+            print_stdout(&text);
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            // One line, so scripts and people see the whole reason at once.
+            let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("pprofd: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout, treating a closed pipe (`pprofd top ... | head`) as the reader being done.
+pub fn print_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }

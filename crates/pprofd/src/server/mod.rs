@@ -4,8 +4,11 @@
 //! answering while the service's own threads and runtime are busy or wedged (DESIGN.md
 //! invariant 7). Long work (symbolization, encoding) runs on the runtime's blocking pool.
 
+mod flame;
 mod query;
 mod routes;
+
+pub use flame::flame_graph_svg;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
@@ -248,7 +251,7 @@ fn serve(
                 if !matches!(tokio::time::timeout(HEADER_READ_TIMEOUT, stream.readable()).await, Ok(Ok(()))) {
                     return;
                 }
-                let service = hyper::service::service_fn(move |req| routes::handle(req, settings.clone()));
+                let service = hyper::service::service_fn(move |req| flame::handle(req, settings.clone()));
                 // One request per connection: profiles are long and scrapes are 15 s apart, so
                 // keep-alive would only let idle clients hold slots.
                 let connection = hyper::server::conn::http1::Builder::new()

@@ -1,0 +1,604 @@
+//! `pprofd collect`: every profile a service serves, in one `.tar.gz` for support.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::fetch;
+
+/// Arguments of `pprofd collect`.
+#[derive(Args)]
+pub struct CollectArgs {
+    /// The service's pprof address, e.g. http://127.0.0.1:6060 (what its PPROF_ADDR says).
+    /// Give several to collect from several services at once, one archive each.
+    #[arg(required = true, value_name = "URL")]
+    pub targets: Vec<String>,
+    /// Archive to write. With several URLs, a directory to write the archives into.
+    /// Default: pprof-HOST-PORT-DATE-TIME.tar.gz in the current directory.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// How long the CPU profile records, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Take a heap series for leak hunting instead: one heap profile every DURATION
+    /// (e.g. 10m, 30s, 1h), COUNT times. Compare them with `pprofd diff`.
+    #[arg(long, value_name = "DURATION", requires = "count")]
+    pub every: Option<String>,
+    /// Number of heap profiles in the series (with --every).
+    #[arg(long, requires = "every")]
+    pub count: Option<u32>,
+}
+
+/// One file of the archive and the endpoint that fills it.
+pub struct Endpoint {
+    /// File name in the archive.
+    pub file: String,
+    /// Path and query under the service's address.
+    pub path: String,
+    /// What the file is, for the manifest and README.
+    pub what: &'static str,
+    /// How long the request may take.
+    pub timeout: Duration,
+}
+
+/// Time allowed for endpoints that answer at once (goroutine dumps, heap) or sample a few
+/// seconds (block, mutex).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The endpoints of a full collection, CPU first.
+pub fn endpoints(cpu_seconds: u64) -> Vec<Endpoint> {
+    let snapshot = |file: &str, path: &str, what| Endpoint {
+        file: file.into(),
+        path: path.into(),
+        what,
+        timeout: SNAPSHOT_TIMEOUT,
+    };
+    vec![
+        Endpoint {
+            file: "cpu.pb.gz".into(),
+            path: format!("/debug/pprof/profile?seconds={cpu_seconds}"),
+            what: "CPU profile: where CPU time went, by stack",
+            timeout: Duration::from_secs(cpu_seconds + 60),
+        },
+        snapshot(
+            "heap.pb.gz",
+            "/debug/pprof/heap",
+            "heap profile: live memory (inuse_space) and allocations by site",
+        ),
+        snapshot(
+            "allocs.pb.gz",
+            "/debug/pprof/allocs",
+            "allocations since start by site (alloc_space)",
+        ),
+        snapshot(
+            "goroutine.pb.gz",
+            "/debug/pprof/goroutine?debug=0",
+            "every thread's stack, counted by distinct stack",
+        ),
+        snapshot(
+            "goroutine-debug2.txt",
+            "/debug/pprof/goroutine?debug=2",
+            "every thread's full stack as text, with its state: read it as is",
+        ),
+        snapshot(
+            "threadcreate.pb.gz",
+            "/debug/pprof/threadcreate",
+            "the stacks that created the live threads",
+        ),
+        snapshot(
+            "block.pb.gz",
+            "/debug/pprof/block",
+            "time threads spent blocked (locks, condvars, channels) by site",
+        ),
+        snapshot(
+            "mutex.pb.gz",
+            "/debug/pprof/mutex",
+            "time threads spent waiting for locks, by site",
+        ),
+        snapshot(
+            "cmdline.txt",
+            "/debug/pprof/cmdline",
+            "the service's command line, NUL-separated",
+        ),
+    ]
+}
+
+/// The outcome of one endpoint.
+pub struct Outcome {
+    endpoint: Endpoint,
+    started: SystemTime,
+    elapsed: Duration,
+    result: Result<Vec<u8>, String>,
+    server: Option<String>,
+}
+
+/// Fetches one endpoint and checks that a `.pb.gz` answer is a profile.
+pub fn fetch_endpoint(base: &str, endpoint: Endpoint) -> Outcome {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let url = format!("{base}{}", endpoint.path);
+    let (result, server) = match fetch::get(&url, endpoint.timeout) {
+        Ok(fetched) => {
+            let checked = if endpoint.file.ends_with(".pb.gz") {
+                pprofd::profile::decode(&fetched.body)
+                    .map(|_| fetched.body)
+                    .map_err(|e| format!("GET {url}: the answer is not a profile: {e}"))
+            } else {
+                Ok(fetched.body)
+            };
+            (checked, fetched.server)
+        }
+        Err(e) => (Err(e.message), None),
+    };
+    Outcome {
+        endpoint,
+        started,
+        elapsed: clock.elapsed(),
+        result,
+        server,
+    }
+}
+
+impl Outcome {
+    /// The bytes served, or why there are none.
+    pub fn result(&self) -> &Result<Vec<u8>, String> {
+        &self.result
+    }
+}
+
+/// Runs `pprofd collect` and returns what to print.
+pub fn run(args: &CollectArgs) -> Result<String, String> {
+    let bases = args
+        .targets
+        .iter()
+        .map(|t| base_url(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let series = match (&args.every, args.count) {
+        (Some(every), Some(count)) if count > 0 => Some((parse_duration(every)?, count)),
+        (Some(_), Some(_)) => return Err("--count must be at least 1".into()),
+        _ => None,
+    };
+    if args.seconds == 0 {
+        return Err("--seconds must be at least 1".into());
+    }
+    let outputs: Vec<PathBuf> = match (&args.output, bases.len()) {
+        (Some(path), 1) => vec![path.clone()],
+        (dir, _) => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            if bases.len() > 1 {
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            bases
+                .iter()
+                .map(|b| dir.join(default_archive_name(b)))
+                .collect()
+        }
+    };
+    let bars = MultiProgress::new();
+    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bases
+            .iter()
+            .zip(&outputs)
+            .map(|(base, output)| {
+                let bars = &bars;
+                scope.spawn(move || match series {
+                    Some((every, count)) => collect_heap_series(base, output, every, count, bars),
+                    None => collect_all(base, output, args.seconds, bars),
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a collector thread failed".into()))
+            })
+            .collect()
+    });
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(line) => report.push_str(&line),
+            Err(e) => failures.push(e),
+        }
+    }
+    if failures.is_empty() {
+        Ok(report)
+    } else {
+        crate::print_stdout(&report);
+        Err(failures.join("; "))
+    }
+}
+
+/// `http://host:port` from what the user typed (`host:port`, a URL with `/debug/pprof/...`).
+pub fn base_url(target: &str) -> Result<String, String> {
+    let url = fetch::normalize_url(target)?;
+    let url = match url.find("/debug/pprof") {
+        Some(i) => url[..i].to_string(),
+        None => url.trim_end_matches('/').to_string(),
+    };
+    Ok(url)
+}
+
+fn default_archive_name(base: &str) -> String {
+    let host: String = base
+        .trim_start_matches("http://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!(
+        "pprof-{host}-{}.tar.gz",
+        compact_timestamp(SystemTime::now())
+    )
+}
+
+/// Collects every endpoint from `base` into `output`; the CPU profile runs beside the others.
+pub fn collect_all(
+    base: &str,
+    output: &Path,
+    seconds: u64,
+    bars: &MultiProgress,
+) -> Result<String, String> {
+    let started = SystemTime::now();
+    // A quick request first, so an unreachable service fails now rather than after the CPU profile.
+    probe(base)?;
+    let mut list = endpoints(seconds);
+    let cpu = list.remove(0);
+    let bar = bars.add(ProgressBar::new(seconds));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} CPU profile [{bar:30}] {pos}/{len} s {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(base.to_string());
+    let done = AtomicBool::new(false);
+    let outcomes = std::thread::scope(|scope| {
+        let ticker = scope.spawn(|| {
+            let clock = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                bar.set_position(clock.elapsed().as_secs().min(seconds));
+                if clock.elapsed().as_secs() >= seconds {
+                    bar.set_message("symbolizing");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let others = scope.spawn(|| {
+            list.into_iter()
+                .map(|e| fetch_endpoint(base, e))
+                .collect::<Vec<_>>()
+        });
+        let cpu = fetch_endpoint(base, cpu);
+        done.store(true, Ordering::Relaxed);
+        let _ = ticker.join();
+        let mut outcomes = vec![cpu];
+        outcomes.extend(others.join().unwrap_or_default());
+        outcomes
+    });
+    bar.finish_and_clear();
+    write_archive(base, output, started, "full", &outcomes)
+}
+
+/// Takes `count` heap profiles `every` apart into `output`.
+pub fn collect_heap_series(
+    base: &str,
+    output: &Path,
+    every: Duration,
+    count: u32,
+    bars: &MultiProgress,
+) -> Result<String, String> {
+    let started = SystemTime::now();
+    probe(base)?;
+    let bar = bars.add(ProgressBar::new(count as u64));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} heap series [{bar:30}] {pos}/{len} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(base.to_string());
+    let mut outcomes = Vec::new();
+    for i in 1..=count {
+        let taken = Instant::now();
+        outcomes.push(fetch_endpoint(
+            base,
+            Endpoint {
+                file: format!("heap-{i:02}.pb.gz"),
+                path: "/debug/pprof/heap".into(),
+                what: "heap profile of the series",
+                timeout: SNAPSHOT_TIMEOUT,
+            },
+        ));
+        bar.set_position(i as u64);
+        if i < count {
+            bar.set_message(format!("next in {}", describe_duration(every)));
+            std::thread::sleep(every.saturating_sub(taken.elapsed()));
+        }
+    }
+    outcomes.push(fetch_endpoint(
+        base,
+        Endpoint {
+            file: "cmdline.txt".into(),
+            path: "/debug/pprof/cmdline".into(),
+            what: "the service's command line, NUL-separated",
+            timeout: SNAPSHOT_TIMEOUT,
+        },
+    ));
+    bar.finish_and_clear();
+    if let Some(Err(reason)) = outcomes.iter().map(Outcome::result).find(|r| r.is_err()) {
+        if outcomes
+            .iter()
+            .filter(|o| o.endpoint.file.starts_with("heap-"))
+            .all(|o| o.result.is_err())
+        {
+            return Err(format!("{base}: no heap profile collected: {reason}"));
+        }
+    }
+    write_archive(base, output, started, "heap series", &outcomes)
+}
+
+fn probe(base: &str) -> Result<(), String> {
+    match fetch::get(
+        &format!("{base}/debug/pprof/cmdline"),
+        Duration::from_secs(10),
+    ) {
+        Err(e) if !e.server_answered => Err(format!("{base}: nothing collected: {}", e.message)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes the archive: the profiles served, `manifest.json` and `README.txt`, under one folder.
+pub fn write_archive(
+    base: &str,
+    output: &Path,
+    started: SystemTime,
+    mode: &str,
+    outcomes: &[Outcome],
+) -> Result<String, String> {
+    let served: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
+    if served.is_empty() {
+        let reasons: Vec<&str> = outcomes
+            .iter()
+            .filter_map(|o| o.result.as_ref().err().map(String::as_str))
+            .collect();
+        return Err(format!("{base}: nothing collected: {}", reasons.join("; ")));
+    }
+    let folder = output
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(".tar.gz")
+                .trim_end_matches(".tgz")
+                .to_string()
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "pprof".into());
+    let manifest = manifest(base, started, mode, outcomes);
+    let readme = readme(base, mode, outcomes);
+    let file = std::fs::File::create(output).map_err(|e| format!("{}: {e}", output.display()))?;
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let written = (|| -> std::io::Result<()> {
+        for outcome in &served {
+            if let Ok(bytes) = &outcome.result {
+                append(&mut tar, &folder, &outcome.endpoint.file, bytes)?;
+            }
+        }
+        append(&mut tar, &folder, "manifest.json", manifest.as_bytes())?;
+        append(&mut tar, &folder, "README.txt", readme.as_bytes())?;
+        tar.into_inner()?.finish()?.flush()
+    })();
+    written.map_err(|e| format!("{}: {e}", output.display()))?;
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| {
+            o.result
+                .as_ref()
+                .err()
+                .map(|e| format!("  {}: {e}", o.endpoint.file))
+        })
+        .collect();
+    let mut line = format!(
+        "wrote {} ({} of {} endpoints answered, from {base})\n",
+        output.display(),
+        served.len(),
+        outcomes.len()
+    );
+    if !failed.is_empty() {
+        line.push_str(&format!(
+            "not collected (see manifest.json):\n{}\n",
+            failed.join("\n")
+        ));
+    }
+    Ok(line)
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    folder: &str,
+    name: &str,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(unix_seconds(SystemTime::now()));
+    header.set_cksum();
+    tar.append_data(&mut header, format!("{folder}/{name}"), data)
+}
+
+fn manifest(base: &str, started: SystemTime, mode: &str, outcomes: &[Outcome]) -> String {
+    let files: Vec<Value> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let bytes = o.result.as_ref().ok()?;
+            Some(json!({
+                "file": o.endpoint.file,
+                "endpoint": o.endpoint.path,
+                "what": o.endpoint.what,
+                "fetched_at": rfc3339(o.started),
+                "seconds_taken": (o.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                "bytes": bytes.len(),
+            }))
+        })
+        .collect();
+    let failed: Vec<Value> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let error = o.result.as_ref().err()?;
+            Some(json!({
+                "file": o.endpoint.file,
+                "endpoint": o.endpoint.path,
+                "what": o.endpoint.what,
+                "error": error,
+            }))
+        })
+        .collect();
+    let command_line: Option<Vec<String>> = outcomes
+        .iter()
+        .find(|o| o.endpoint.file == "cmdline.txt")
+        .and_then(|o| o.result.as_ref().ok())
+        .map(|b| {
+            String::from_utf8_lossy(b)
+                .split('\0')
+                .map(str::to_string)
+                .collect()
+        });
+    let server = outcomes.iter().find_map(|o| o.server.clone());
+    let manifest = json!({
+        "target": base,
+        "mode": mode,
+        "collected_by": format!("pprofd-cli {}", env!("CARGO_PKG_VERSION")),
+        "server": server,
+        "service_command_line": command_line,
+        "started": rfc3339(started),
+        "finished": rfc3339(SystemTime::now()),
+        "files": files,
+        "failed": failed,
+    });
+    serde_json::to_string_pretty(&manifest).expect("a json! value always serializes") + "\n"
+}
+
+fn readme(base: &str, mode: &str, outcomes: &[Outcome]) -> String {
+    let mut text = format!(
+        "Profiles collected from {base} by pprofd-cli {} ({mode}).\n\n\
+         Files (manifest.json lists each with its endpoint and time, and what could not be collected and why):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for o in outcomes.iter().filter(|o| o.result.is_ok()) {
+        text.push_str(&format!("  {:<22} {}\n", o.endpoint.file, o.endpoint.what));
+    }
+    text.push_str(
+        "\nReading them:\n\
+         - With Go installed: go tool pprof -http 127.0.0.1:8079 cpu.pb.gz   (or -top, or any .pb.gz here)\n\
+         - Without Go: pprofd top cpu.pb.gz, pprofd flame heap.pb.gz -o heap.svg,\n\
+           pprofd top THIS-ARCHIVE.tar.gz:heap (reads straight from the archive)\n\
+         - Growth between two heap profiles: pprofd diff OLD.pb.gz NEW.pb.gz\n\
+           (or go tool pprof -top -base OLD.pb.gz NEW.pb.gz)\n\
+         - goroutine-debug2.txt is plain text: every thread, its state and its stack.\n",
+    );
+    text
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 10m or 1h"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?} is not a duration like 30s, 10m or 1h")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+fn describe_duration(d: Duration) -> String {
+    match d.as_secs() {
+        0 => format!("{} ms", d.as_millis()),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Year, month, day, hour, minute, second (UTC) of `t`.
+fn civil(t: SystemTime) -> (i64, u32, u32, u64, u64, u64) {
+    let secs = unix_seconds(t);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `2026-11-27T00:15:32Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = civil(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// `20261127-001532`, for file names.
+pub fn compact_timestamp(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = civil(t);
+    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_timestamps() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("ten minutes").is_err());
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_739_732);
+        assert_eq!(rfc3339(t), "2026-11-27T00:35:32Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(compact_timestamp(t), "20261127-003532");
+    }
+
+    #[test]
+    fn targets_become_base_urls() {
+        assert_eq!(base_url("127.0.0.1:6060").unwrap(), "http://127.0.0.1:6060");
+        assert_eq!(base_url("http://h:1/debug/pprof/").unwrap(), "http://h:1");
+        assert!(base_url("https://h:1").is_err());
+    }
+}

@@ -1,0 +1,39 @@
+//! `pprofd flame`: a flame graph SVG (inferno) from a profile.
+
+use clap::Args;
+
+use crate::analysis::View;
+use crate::input;
+
+/// Arguments of `pprofd flame`.
+#[derive(Args)]
+pub struct FlameArgs {
+    /// Profile to draw: FILE.pb.gz, FILE.pb, ARCHIVE.tar.gz[:NAME] or an http:// URL.
+    pub profile: String,
+    /// Where to write the SVG (open it in a browser: it is interactive).
+    #[arg(short, long, default_value = "flame.svg")]
+    pub output: String,
+    /// Which value sets the widths, e.g. cpu, inuse_space, delay. Defaults as in `top`.
+    #[arg(long, value_name = "NAME")]
+    pub sample_index: Option<String>,
+}
+
+/// Runs `pprofd flame` and returns the line to print.
+pub fn run(args: &FlameArgs) -> Result<String, String> {
+    let loaded = input::load(&args.profile)?;
+    let view = View::new(&loaded.profile);
+    let index = view.sample_index(args.sample_index.as_deref())?;
+    let svg = render(&view, index, &loaded.origin)?;
+    std::fs::write(&args.output, svg).map_err(|e| format!("{}: {e}", args.output))?;
+    Ok(format!(
+        "wrote {} (flame graph of {})\n",
+        args.output, loaded.origin
+    ))
+}
+
+/// Renders sample type `index` of the profile as an SVG flame graph (the same renderer the
+/// server uses for browsers).
+pub fn render(view: &View, index: usize, origin: &str) -> Result<Vec<u8>, String> {
+    pprofd::server::flame_graph_svg(view.profile(), index, origin)
+        .map_err(|e| format!("{origin}: {e}"))
+}

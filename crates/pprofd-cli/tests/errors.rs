@@ -1,0 +1,117 @@
+//! Every CLI error is one line on stderr and exit status 1, never a panic.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+
+use common::pprofd;
+
+/// Asserts that `pprofd args` failed with status 1 and one line mentioning `expected`.
+fn assert_one_line_error(args: &[&str], expected: &str) {
+    let output = pprofd(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?} printed more than one line: {stderr}"
+    );
+    assert!(stderr.starts_with("pprofd: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in {stderr}"
+    );
+}
+
+fn closed_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn small_profile_gz() -> Vec<u8> {
+    let mut builder = pprofd::profile::ProfileBuilder::new(
+        &[("samples", "count")],
+        ("cpu", "nanoseconds"),
+        10_000_000,
+    );
+    builder.add_sample(
+        vec![pprofd::profile::Frame::Synthetic("main".into())],
+        vec![3],
+        vec![],
+    );
+    pprofd::profile::encode_gzip(&builder.build(&pprofd::profile::NoSymbols))
+}
+
+#[test]
+fn unreachable_url_is_one_line_and_exit_1() {
+    let base = closed_port_url();
+    assert_one_line_error(
+        &["top", &format!("{base}/debug/pprof/heap")],
+        "connection refused",
+    );
+    assert_one_line_error(&["collect", &base, "--seconds", "1"], "nothing collected");
+}
+
+#[test]
+fn non_profile_file_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "these are meeting notes, not a profile\n").unwrap();
+    let path = path.to_str().unwrap();
+    assert_one_line_error(&["top", path], "profile");
+    assert_one_line_error(&["flame", path, "-o", "/dev/null"], "profile");
+    assert_one_line_error(&["top", "/nonexistent/cpu.pb.gz"], "No such file");
+}
+
+#[test]
+fn truncated_gzip_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = small_profile_gz();
+    let path = dir.path().join("cut.pb.gz");
+    std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+    let path = path.to_str().unwrap();
+    assert_one_line_error(&["top", path], "truncated gzip");
+    let good = dir.path().join("good.pb.gz");
+    std::fs::write(&good, &whole).unwrap();
+    assert_one_line_error(&["diff", good.to_str().unwrap(), path], "truncated gzip");
+    // The intact file reads, so the failure above is the truncation.
+    assert!(pprofd(&["top", good.to_str().unwrap()]).status.success());
+}
+
+#[test]
+fn empty_archive_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.tar.gz");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::default(),
+    ));
+    tar.finish().unwrap();
+    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    assert_one_line_error(
+        &["top", path.to_str().unwrap()],
+        "archive holds no profiles",
+    );
+
+    let only_readme = dir.path().join("readme-only.tar.gz");
+    let file = std::fs::File::create(&only_readme).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(5);
+    header.set_cksum();
+    tar.append_data(&mut header, "x/README.txt", &b"hello"[..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    assert_one_line_error(
+        &["flame", only_readme.to_str().unwrap()],
+        "archive holds no profiles",
+    );
+}
