@@ -99,7 +99,7 @@ mod hook {
     use crate::procfs;
     use crate::profile::Frame;
     use crate::unwind::ring::MAX_DEPTH;
-    use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
+    use crate::unwind::{self, StackBounds, UnwindTables};
 
     type StartRoutine = extern "C" fn(*mut libc::c_void) -> *mut libc::c_void;
     type PthreadCreate = unsafe extern "C" fn(
@@ -223,7 +223,7 @@ mod hook {
     /// The calling thread's stack, leaf first, without pprofd's own frames.
     #[inline(never)]
     fn creator_stack() -> CreatorStack {
-        let regs = here();
+        let regs = unwind::current_regs();
         let Some(tables) = current_tables() else {
             return (Vec::new(), true);
         };
@@ -235,48 +235,6 @@ mod hook {
         frames.truncate(unwound.depth);
         frames.drain(..OWN_FRAMES.min(frames.len()));
         (frames, unwound.truncated)
-    }
-
-    /// The registers of the calling function's frame, at this point of it.
-    #[inline(always)]
-    fn here() -> InterruptedRegs {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (pc, sp, fp): (u64, u64, u64);
-            // SAFETY: reads the instruction pointer, stack pointer and frame pointer; writes
-            // nothing but the three outputs.
-            unsafe {
-                std::arch::asm!(
-                    "lea {pc}, [rip]",
-                    "mov {sp}, rsp",
-                    "mov {fp}, rbp",
-                    pc = out(reg) pc,
-                    sp = out(reg) sp,
-                    fp = out(reg) fp,
-                    options(nomem, nostack, preserves_flags),
-                )
-            };
-            InterruptedRegs { pc, sp, fp }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            let (pc, sp, fp, lr): (u64, u64, u64, u64);
-            // SAFETY: reads pc, sp, x29 and x30; writes nothing but the four outputs.
-            unsafe {
-                std::arch::asm!(
-                    "adr {pc}, .",
-                    "mov {sp}, sp",
-                    "mov {fp}, x29",
-                    "mov {lr}, x30",
-                    pc = out(reg) pc,
-                    sp = out(reg) sp,
-                    fp = out(reg) fp,
-                    lr = out(reg) lr,
-                    options(nomem, nostack, preserves_flags),
-                )
-            };
-            InterruptedRegs { pc, sp, fp, lr }
-        }
     }
 
     /// Unwind tables for the loaded objects, reloaded after `dlopen`/`dlclose`.

@@ -255,7 +255,7 @@ pub(crate) fn unwind_current_thread(
 /// The program counter, stack pointer and frame pointer at the point of the call, read by
 /// one asm block so they describe the same instruction (what the unwind tables expect).
 #[inline(always)]
-fn current_regs() -> InterruptedRegs {
+pub(crate) fn current_regs() -> InterruptedRegs {
     #[cfg(target_arch = "x86_64")]
     {
         let (pc, sp, fp): (u64, u64, u64);
