@@ -38,6 +38,8 @@ mod unwind;
 pub use error::Error;
 pub use heap::Allocator;
 pub use server::{Config, Server};
+#[cfg(feature = "tokio-tasks")]
+pub use threads::watch_tokio_runtime;
 
 /// The environment variable holding the listen address (`127.0.0.1:6060`, `:6060`, ...).
 pub const ADDR_ENV: &str = "PPROF_ADDR";

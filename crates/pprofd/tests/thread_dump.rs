@@ -17,9 +17,10 @@ struct Block {
     body: String,
 }
 
+/// The thread blocks of a `debug=2` dump (task blocks and `#` notes follow them).
 fn blocks(dump: &str) -> Vec<Block> {
     dump.split("\n\n")
-        .filter(|b| !b.trim().is_empty())
+        .filter(|b| !b.trim().is_empty() && !b.starts_with("# ") && !b.starts_with("task "))
         .map(|b| {
             let (header, body) = b.split_once('\n').unwrap_or((b, ""));
             let rest = header
@@ -336,7 +337,33 @@ fn dumps_and_a_cpu_profile_run_side_by_side() {
 #[test]
 fn a_goroutine_delta_shows_the_threads_that_appeared() {
     let workload = Workload::start("thread_workload", &["--late-threads", "3"]);
-    let delta = workload.profile("/debug/pprof/goroutine?seconds=2");
+    let (delta, created) = std::thread::scope(|s| {
+        let created = s.spawn(|| workload.profile("/debug/pprof/threadcreate?seconds=2"));
+        let delta = workload.profile("/debug/pprof/goroutine?seconds=2");
+        (delta, created.join().unwrap())
+    });
+    // threadcreate's delta: the three new threads, each created by the spawner's closure
+    // (pprofd's own blocking-pool threads may appear too: the dumps start them).
+    let late_samples: Vec<_> = created
+        .sample
+        .iter()
+        .filter(|s| label(&created, s, "thread").is_some_and(|n| n.starts_with("late-")))
+        .collect();
+    let mut new_threads: Vec<(&str, i64)> = late_samples
+        .iter()
+        .map(|s| (label(&created, s, "thread").unwrap(), s.value[0]))
+        .collect();
+    new_threads.sort();
+    assert_eq!(new_threads, [("late-0", 1), ("late-1", 1), ("late-2", 1)]);
+    for sample in late_samples {
+        let stack = function_names(&created, sample);
+        assert!(
+            stack
+                .iter()
+                .any(|f| f.starts_with("thread_workload::main::")),
+            "created from the workload's late-spawner closure: {stack:?}"
+        );
+    }
     let mut late: Vec<(&str, i64)> = delta
         .sample
         .iter()

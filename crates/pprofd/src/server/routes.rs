@@ -13,7 +13,7 @@ use super::query::Query;
 use crate::cpu::{self, CpuProfile, CpuProfileError};
 use crate::heap::{self, HeapSnapshot, ProfileKind};
 use crate::offcpu::{self, BlockProfile, BlockProfileError, OffCpuSamples, View};
-use crate::threads::{self, ThreadDump};
+use crate::threads::{self, ThreadCreations, ThreadDump};
 
 /// Server-wide settings the handlers read.
 pub(super) struct Settings {
@@ -128,7 +128,7 @@ pub(super) async fn handle(
         "heap" => heap_profile(ProfileKind::Heap, &query, &settings).await,
         "allocs" => heap_profile(ProfileKind::Allocs, &query, &settings).await,
         "goroutine" => goroutine(&query, &settings).await,
-        "threadcreate" => threadcreate(&query).await,
+        "threadcreate" => threadcreate(&query, &settings).await,
         "block" => off_cpu(&query, &settings, View::Block).await,
         "mutex" => off_cpu(&query, &settings, View::Mutex).await,
         "trace" => error(
@@ -363,49 +363,34 @@ async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
                 "seconds and debug params are incompatible",
             );
         }
-        let earlier =
-            match tokio::task::spawn_blocking(|| ThreadDump::capture(threads::DEFAULT_DEADLINE))
-                .await
-            {
-                Ok(Ok(dump)) => dump,
-                Ok(Err(e)) => {
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        &format!("could not dump threads: {e}"),
-                    )
-                }
-                Err(e) => {
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        &format!("building the thread dump failed: {e}"),
-                    )
-                }
-            };
+        let earlier = match ThreadDump::capture_with_tasks(threads::DEFAULT_DEADLINE).await {
+            Ok(dump) => dump,
+            Err(e) => return dump_failed(e),
+        };
         tokio::time::sleep(Duration::from_secs(seconds)).await;
-        tokio::task::spawn_blocking(move || {
-            let later = ThreadDump::capture(threads::DEFAULT_DEADLINE)?;
-            Ok(Rendered::Profile(crate::symbolize_and_encode(
-                later.profile_since(&earlier),
-            )))
-        })
-        .await
+        match ThreadDump::capture_with_tasks(threads::DEFAULT_DEADLINE).await {
+            Ok(later) => {
+                tokio::task::spawn_blocking(move || {
+                    Rendered::Profile(crate::symbolize_and_encode(later.profile_since(&earlier)))
+                })
+                .await
+            }
+            Err(e) => return dump_failed(e),
+        }
     } else {
-        tokio::task::spawn_blocking(move || {
-            let dump = ThreadDump::capture(threads::DEFAULT_DEADLINE)?;
-            Ok::<_, std::io::Error>(match debug {
-                0 => Rendered::Profile(crate::symbolize_and_encode(dump.profile())),
-                1 => Rendered::Text(dump.grouped_text()),
-                _ => Rendered::Text(dump.full_text()),
-            })
+        let dump = match ThreadDump::capture_with_tasks(threads::DEFAULT_DEADLINE).await {
+            Ok(dump) => dump,
+            Err(e) => return dump_failed(e),
+        };
+        tokio::task::spawn_blocking(move || match debug {
+            0 => Rendered::Profile(crate::symbolize_and_encode(dump.profile())),
+            1 => Rendered::Text(dump.grouped_text()),
+            _ => Rendered::Text(dump.full_text()),
         })
         .await
     };
     match built {
-        Ok(Ok(rendered)) => rendered.into_response("goroutine"),
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("could not dump threads: {e}"),
-        ),
+        Ok(rendered) => rendered.into_response("goroutine"),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("building the thread dump failed: {e}"),
@@ -413,20 +398,49 @@ async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
     }
 }
 
-/// The stack that created each live thread: pprof (`debug=0`) or grouped text (`debug=1`).
-async fn threadcreate(query: &Query) -> Response<Body> {
+fn dump_failed(e: std::io::Error) -> Response<Body> {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &format!("could not dump threads: {e}"),
+    )
+}
+
+/// The stack that created each live thread: pprof (`debug=0`) or grouped text (`debug=1`);
+/// with `seconds=N`, Go's delta profile of the threads that appeared or ended in that time.
+async fn threadcreate(query: &Query, settings: &Settings) -> Response<Body> {
     let debug = match query.int_in("debug", 0, 0..=2) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let built = tokio::task::spawn_blocking(move || {
-        if debug == 0 {
-            Rendered::Profile(crate::symbolize_and_encode(threads::threadcreate_profile()))
-        } else {
-            Rendered::Text(threads::threadcreate_text())
+    let built = if query.get("seconds").is_some_and(|s| !s.is_empty()) {
+        let seconds = match query.int_in("seconds", 0, 1..=settings.max_profile_seconds) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        if debug != 0 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "seconds and debug params are incompatible",
+            );
         }
-    })
-    .await;
+        let earlier = ThreadCreations::capture();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        tokio::task::spawn_blocking(move || {
+            let later = ThreadCreations::capture();
+            Rendered::Profile(crate::symbolize_and_encode(later.profile_since(&earlier)))
+        })
+        .await
+    } else {
+        tokio::task::spawn_blocking(move || {
+            let creations = ThreadCreations::capture();
+            if debug == 0 {
+                Rendered::Profile(crate::symbolize_and_encode(creations.profile()))
+            } else {
+                Rendered::Text(creations.text())
+            }
+        })
+        .await
+    };
     match built {
         Ok(rendered) => rendered.into_response("threadcreate"),
         Err(e) => error(

@@ -34,7 +34,8 @@ impl Creations {
         self.threads
             .iter()
             .map(|(tid, name, stack)| Entry {
-                tid: *tid,
+                member: "thread",
+                id: tid.to_string(),
                 name,
                 state: None,
                 stack: stack.clone(),

@@ -26,6 +26,10 @@ pub(crate) use create::start_recording;
 pub(crate) mod procinfo;
 mod render;
 pub(crate) mod signal;
+mod tasks;
+
+#[cfg(feature = "tokio-tasks")]
+pub use tasks::watch_tokio_runtime;
 
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -34,6 +38,7 @@ use crate::procfs;
 use crate::profile::{Frame, ProfileBuilder};
 use procinfo::{ProcThread, WaitClock};
 use signal::{Answer, Captured};
+use tasks::TaskDump;
 
 /// How long a dump waits for threads to answer.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
@@ -46,6 +51,7 @@ pub struct ThreadDump {
     taken: SystemTime,
     deadline: Duration,
     threads: Vec<DumpedThread>,
+    tasks: TaskDump,
 }
 
 struct DumpedThread {
@@ -88,7 +94,19 @@ impl ThreadDump {
             taken,
             deadline,
             threads,
+            tasks: TaskDump::default(),
         })
+    }
+
+    /// Like [`Self::capture`], plus the tasks of the tokio runtimes registered with
+    /// `watch_tokio_runtime` (feature `tokio-tasks`), dumped at the same time. Runs the thread
+    /// dump on tokio's blocking pool; each runtime's task dump is bounded by `deadline` too.
+    pub async fn capture_with_tasks(deadline: Duration) -> std::io::Result<ThreadDump> {
+        let threads = tokio::task::spawn_blocking(move || ThreadDump::capture(deadline));
+        let (threads, tasks) = tokio::join!(threads, TaskDump::capture(deadline));
+        let mut dump = threads.map_err(std::io::Error::other)??;
+        dump.tasks = tasks;
+        Ok(dump)
     }
 
     /// Number of threads listed.
@@ -112,7 +130,11 @@ impl ThreadDump {
 
     /// Go's `debug=1` form: identical stacks grouped, with their count and threads.
     pub fn grouped_text(&self) -> String {
-        render::grouped_text("goroutine", &self.entries())
+        let mut text = render::grouped_text("goroutine", &self.entries());
+        for note in self.tasks.notes() {
+            text.push_str(&format!("# {note}\n"));
+        }
+        text
     }
 
     /// The dump as a `goroutine/count` profile: one sample per distinct stack, thread name
@@ -130,6 +152,9 @@ impl ThreadDump {
                 self.unanswered(),
                 self.no_stack_reason()
             ));
+        }
+        for note in self.tasks.notes() {
+            builder.add_comment(note);
         }
         builder
     }
@@ -153,16 +178,21 @@ impl ThreadDump {
         builder
     }
 
+    /// Threads, then tasks.
     fn entries(&self) -> Vec<render::Entry<'_>> {
-        self.threads
+        let mut entries: Vec<render::Entry<'_>> = self
+            .threads
             .iter()
             .map(|t| render::Entry {
-                tid: t.proc.tid,
+                member: "thread",
+                id: t.proc.tid.to_string(),
                 name: &t.proc.name,
                 state: Some(t.proc.activity()),
                 stack: self.frames(t),
             })
-            .collect()
+            .collect();
+        entries.extend(self.tasks.entries());
+        entries
     }
 
     fn frames(&self, thread: &DumpedThread) -> Vec<Frame> {
@@ -200,21 +230,54 @@ fn captured_frames(captured: &Captured) -> Vec<Frame> {
     frames
 }
 
-/// The stack that created each live thread, as a `threadcreate/count` profile.
-pub fn threadcreate_profile() -> ProfileBuilder {
-    let entries = create::entries();
-    let mut builder = render::count_profile("threadcreate", &entries.borrowed());
-    builder.set_time(SystemTime::now(), Duration::ZERO);
-    builder.add_comment(entries.comment());
-    builder
+/// The live threads and the stacks that created them, at one moment: the data of
+/// `/debug/pprof/threadcreate`.
+pub struct ThreadCreations {
+    taken: SystemTime,
+    creations: create::Creations,
 }
 
-/// Go's `debug=1` text of the threadcreate profile.
-pub fn threadcreate_text() -> String {
-    let entries = create::entries();
-    let mut text = render::grouped_text("threadcreate", &entries.borrowed());
-    text.push_str(&format!("# {}\n", entries.comment()));
-    text
+impl ThreadCreations {
+    /// Lists the live threads with their recorded creation stacks.
+    pub fn capture() -> ThreadCreations {
+        ThreadCreations {
+            taken: SystemTime::now(),
+            creations: create::entries(),
+        }
+    }
+
+    /// A `threadcreate/count` profile: one sample per creation stack and thread name.
+    /// Symbolize with [`crate::symbolize_and_encode`].
+    pub fn profile(&self) -> ProfileBuilder {
+        let mut builder = render::count_profile("threadcreate", &self.creations.borrowed());
+        builder.set_time(self.taken, Duration::ZERO);
+        builder.add_comment(self.creations.comment());
+        builder
+    }
+
+    /// Go's `seconds=N` delta: per creation stack and thread name, how many more (or fewer)
+    /// live threads there are than in `earlier`.
+    pub fn profile_since(&self, earlier: &ThreadCreations) -> ProfileBuilder {
+        let mut builder = render::count_delta_profile(
+            "threadcreate",
+            &earlier.creations.borrowed(),
+            &self.creations.borrowed(),
+        );
+        let elapsed = self
+            .taken
+            .duration_since(earlier.taken)
+            .unwrap_or(Duration::ZERO);
+        builder.set_time(earlier.taken, elapsed);
+        builder.add_comment(self.creations.comment());
+        builder
+    }
+
+    /// Go's `debug=1` text.
+    pub fn text(&self) -> String {
+        let mut text = render::grouped_text("threadcreate", &self.creations.borrowed());
+        text.push_str(&format!("# {}\n", self.creations.comment()));
+        text
+    }
 }
 
 #[cfg(test)]

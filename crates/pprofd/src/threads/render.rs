@@ -8,9 +8,12 @@ use super::ThreadDump;
 use crate::profile::{Frame, Label, ProfileBuilder, Resolver, SourceFrame};
 use crate::symbolize::ProcessSymbols;
 
-/// One thread as the grouped forms see it.
+/// One thread (or async task) as the grouped forms see it.
 pub(super) struct Entry<'a> {
-    pub tid: i32,
+    /// `thread` or `task`: the word the text forms use and the profile's label key.
+    pub member: &'static str,
+    /// Thread or task id.
+    pub id: String,
     pub name: &'a str,
     /// What the thread is doing (`futex wait`, ...), where the profile has that.
     pub state: Option<String>,
@@ -52,10 +55,16 @@ fn source_line(f: &SourceFrame) -> String {
     }
 }
 
-/// `thread 4242 "name" [futex wait, 12 s]:` blocks, innermost frame first.
+/// `thread 4242 "name" [futex wait, 12 s]:` blocks, innermost frame first, then the tasks.
 pub(super) fn full_text(dump: &ThreadDump) -> String {
     let stacks: Vec<Vec<Frame>> = dump.threads.iter().map(|t| dump.frames(t)).collect();
-    let symbols = symbols_for(stacks.iter().map(Vec::as_slice));
+    let task_entries = dump.tasks.entries();
+    let symbols = symbols_for(
+        stacks
+            .iter()
+            .chain(task_entries.iter().map(|e| &e.stack))
+            .map(Vec::as_slice),
+    );
     let mut out = String::new();
     for (thread, stack) in dump.threads.iter().zip(&stacks) {
         let p = &thread.proc;
@@ -64,50 +73,62 @@ pub(super) fn full_text(dump: &ThreadDump) -> String {
             let _ = write!(state, ", {seconds} s");
         }
         let _ = writeln!(out, "thread {} {:?} [{state}]:", p.tid, p.name);
-        for frame in stack {
-            match frame {
-                Frame::Address(address) => {
-                    let source = symbols.frames(*address);
-                    if source.is_empty() {
-                        let _ =
-                            writeln!(out, "{address:#x}\n\t{}", object_offset(&symbols, *address));
-                    }
-                    for f in source {
-                        let _ = writeln!(out, "{}\n\t{}", f.function, source_line(f));
-                    }
+        write_stack(&mut out, &symbols, stack, &p.wchan);
+        out.push('\n');
+    }
+    out.push_str(
+        &dump
+            .tasks
+            .full_text(&|out, stack| write_stack(out, &symbols, stack, "")),
+    );
+    out
+}
+
+/// `function` / `\tfile:line` pairs, innermost first; `wchan` explains a stackless thread.
+fn write_stack(out: &mut String, symbols: &ProcessSymbols, stack: &[Frame], wchan: &str) {
+    for frame in stack {
+        match frame {
+            Frame::Address(address) => {
+                let source = symbols.frames(*address);
+                if source.is_empty() {
+                    let _ = writeln!(out, "{address:#x}\n\t{}", object_offset(symbols, *address));
                 }
-                Frame::Synthetic(name) if name == "[truncated]" => {
-                    out.push_str("...additional frames elided (the unwinder stopped here)...\n");
+                for f in source {
+                    let _ = writeln!(out, "{}\n\t{}", f.function, source_line(f));
                 }
-                Frame::Synthetic(name) => {
-                    out.push_str(name);
-                    out.push('\n');
-                    if !p.wchan.is_empty() {
-                        let _ = writeln!(out, "\tin the kernel at {}", p.wchan);
-                    }
+            }
+            Frame::Synthetic(name) if name == "[truncated]" => {
+                out.push_str("...additional frames elided (the unwinder stopped here)...\n");
+            }
+            Frame::Synthetic(name) => {
+                out.push_str(name);
+                out.push('\n');
+                if !wchan.is_empty() {
+                    let _ = writeln!(out, "\tin the kernel at {wchan}");
                 }
             }
         }
-        out.push('\n');
     }
-    out
 }
 
 /// Go's `debug=1` text: `N @ addr addr ...`, the threads, then one `#` line per frame.
 pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
     let symbols = symbols_for(entries.iter().map(|e| e.stack.as_slice()));
-    let mut groups: Vec<(&[Frame], Vec<&Entry<'_>>)> = Vec::new();
-    let mut index: HashMap<&[Frame], usize> = HashMap::new();
+    // Keyed by member kind and stack: threads and tasks never share a group.
+    type Group<'e, 'a> = ((&'e str, &'e [Frame]), Vec<&'e Entry<'a>>);
+    let mut groups: Vec<Group<'_, '_>> = Vec::new();
+    let mut index: HashMap<(&str, &[Frame]), usize> = HashMap::new();
     for entry in entries {
-        let i = *index.entry(&entry.stack).or_insert_with(|| {
-            groups.push((&entry.stack, Vec::new()));
+        let key = (entry.member, entry.stack.as_slice());
+        let i = *index.entry(key).or_insert_with(|| {
+            groups.push((key, Vec::new()));
             groups.len() - 1
         });
         groups[i].1.push(entry);
     }
     groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
     let mut out = format!("{kind} profile: total {}\n", entries.len());
-    for (stack, members) in groups {
+    for ((member, stack), members) in groups {
         let addresses: Vec<String> = stack
             .iter()
             .filter_map(|f| match f {
@@ -119,11 +140,11 @@ pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
         let threads: Vec<String> = members
             .iter()
             .map(|e| match &e.state {
-                Some(state) => format!("{} {:?} [{state}]", e.tid, e.name),
-                None => format!("{} {:?}", e.tid, e.name),
+                Some(state) => format!("{} {:?} [{state}]", e.id, e.name),
+                None => format!("{} {:?}", e.id, e.name),
             })
             .collect();
-        let _ = writeln!(out, "# threads: {}", threads.join(", "));
+        let _ = writeln!(out, "# {member}s: {}", threads.join(", "));
         for frame in stack {
             match frame {
                 Frame::Address(address) => {
@@ -163,11 +184,13 @@ pub(super) fn count_delta_profile(
     later: &[Entry<'_>],
 ) -> ProfileBuilder {
     let mut builder = ProfileBuilder::new(&[(kind, "count")], (kind, "count"), 1);
-    let mut counts: HashMap<(&[Frame], &str, Option<&str>), i64> = HashMap::new();
+    // Stack, member kind, name and state.
+    type Key<'e> = (&'e [Frame], &'e str, &'e str, Option<&'e str>);
+    let mut counts: HashMap<Key<'_>, i64> = HashMap::new();
     let mut order = Vec::new();
     for (entries, sign) in [(later, 1), (earlier, -1)] {
         for e in entries {
-            let key = (e.stack.as_slice(), e.name, e.state.as_deref());
+            let key = (e.stack.as_slice(), e.member, e.name, e.state.as_deref());
             let count = counts.entry(key).or_insert_with(|| {
                 order.push(key);
                 0
@@ -175,11 +198,11 @@ pub(super) fn count_delta_profile(
             *count += sign;
         }
     }
-    for key @ (stack, name, state) in order {
+    for key @ (stack, member, name, state) in order {
         if counts[&key] == 0 {
             continue;
         }
-        let mut labels = vec![Label::str("thread", name)];
+        let mut labels = vec![Label::str(member, name)];
         if let Some(state) = state {
             labels.push(Label::str("state", state));
         }
@@ -195,17 +218,19 @@ mod tests {
     #[test]
     fn groups_identical_stacks_and_counts_them() {
         let stack = vec![Frame::Address(0x10), Frame::Synthetic("[truncated]".into())];
-        let entry = |tid, name, state: &str| Entry {
-            tid,
+        let entry = |id: &str, name, state: &str| Entry {
+            member: "thread",
+            id: id.into(),
             name,
             state: Some(state.into()),
             stack: stack.clone(),
         };
         let entries = [
-            entry(1, "a", "futex wait"),
-            entry(2, "b", "futex wait"),
+            entry("1", "a", "futex wait"),
+            entry("2", "b", "futex wait"),
             Entry {
-                tid: 3,
+                member: "thread",
+                id: "3".into(),
                 name: "c",
                 state: None,
                 stack: vec![Frame::Address(0x20)],

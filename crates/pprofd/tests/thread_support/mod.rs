@@ -98,6 +98,20 @@ impl Workload {
         decode(&body).expect("a valid pprof profile")
     }
 
+    /// Writes `command` and a newline to the workload's stdin.
+    pub fn send(&mut self, command: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin is open");
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line the workload prints, without its newline.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
     /// Closes stdin and returns what the workload printed until it exited.
     pub fn finish(mut self) -> String {
         drop(self.child.stdin.take());

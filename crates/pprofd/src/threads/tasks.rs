@@ -1,0 +1,333 @@
+//! Async tasks in goroutine dumps: tokio's task dumps for the runtimes the service registered
+//! with [`watch_tokio_runtime`].
+//!
+//! tokio traces a task by re-polling it in a tracing mode, on the runtime's own workers, and
+//! records one backtrace per tokio leaf future the task is awaiting (its await points). The
+//! tracing runs outside any signal handler and unwinds with the `backtrace` crate, which is
+//! fine there; pprofd only turns the frames' addresses into its own stacks.
+//!
+//! A runtime's dump completes only when every one of its workers comes back to the
+//! scheduler, so it never completes while a worker is blocked: the very hang a goroutine dump
+//! is asked for. Each runtime's dump is bounded by the dump deadline and a runtime that did
+//! not answer is reported as timed out, with why. The pending dump is left to finish on its
+//! own (tokio gives no way to cancel it), and no second one is started for that runtime until
+//! it has, so a wedged runtime costs one parked dump, not one per request.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use super::render::Entry;
+use crate::profile::Frame;
+
+#[cfg(feature = "tokio-tasks")]
+pub use watch::watch_tokio_runtime;
+
+#[cfg(all(feature = "tokio-tasks", not(tokio_unstable)))]
+compile_error!(
+    "pprofd's `tokio-tasks` feature uses tokio's unstable task dumps: build with \
+     RUSTFLAGS=\"--cfg tokio_unstable\" (or `rustflags` in .cargo/config.toml)"
+);
+
+/// The tasks of every watched runtime at one moment.
+#[derive(Default)]
+pub(crate) struct TaskDump {
+    /// False for dumps made without asking for tasks (in-process thread dumps).
+    requested: bool,
+    runtimes: Vec<RuntimeTasks>,
+}
+
+struct RuntimeTasks {
+    /// `tokio runtime N`, N being tokio's runtime id.
+    description: String,
+    /// `2 workers` or `current-thread`.
+    flavor: String,
+    outcome: Outcome,
+}
+
+// Only the `tokio-tasks` feature dumps runtimes; without it every dump has none.
+#[cfg_attr(not(feature = "tokio-tasks"), allow(dead_code))]
+enum Outcome {
+    Tasks(Vec<DumpedTask>),
+    /// No dump: the reason, as a sentence.
+    Missing(String),
+}
+
+struct DumpedTask {
+    id: String,
+    /// One stack per await point, innermost frame first.
+    await_points: Vec<Vec<Frame>>,
+}
+
+impl TaskDump {
+    /// Dumps every watched runtime, waiting at most `deadline` for each (they run at once).
+    pub async fn capture(deadline: Duration) -> TaskDump {
+        TaskDump {
+            requested: true,
+            #[cfg(feature = "tokio-tasks")]
+            runtimes: watch::dump_all(deadline).await,
+            #[cfg(not(feature = "tokio-tasks"))]
+            runtimes: {
+                let _ = deadline;
+                Vec::new()
+            },
+        }
+    }
+
+    /// The tasks as entries of the grouped forms and the count profile: the task id as the
+    /// id, `tokio runtime N` as the name, one entry per await point.
+    pub fn entries(&self) -> Vec<Entry<'_>> {
+        let mut entries = Vec::new();
+        for runtime in &self.runtimes {
+            let Outcome::Tasks(tasks) = &runtime.outcome else {
+                continue;
+            };
+            for task in tasks {
+                for stack in task_stacks(task) {
+                    entries.push(Entry {
+                        member: "task",
+                        id: task.id.clone(),
+                        name: &runtime.description,
+                        state: None,
+                        stack,
+                    });
+                }
+            }
+        }
+        entries
+    }
+
+    /// `#` lines for what is not in [`Self::entries`]: runtimes that did not answer, or how to
+    /// get tasks at all.
+    pub fn notes(&self) -> Vec<String> {
+        if !self.requested {
+            return Vec::new();
+        }
+        if !cfg!(feature = "tokio-tasks") {
+            return vec![
+                "async tasks: not listed; build pprofd with its `tokio-tasks` feature and \
+                 RUSTFLAGS=\"--cfg tokio_unstable\", then call \
+                 pprofd::watch_tokio_runtime(&tokio::runtime::Handle::current())"
+                    .into(),
+            ];
+        }
+        if self.runtimes.is_empty() {
+            return vec!["async tasks: no tokio runtime is watched; call \
+                 pprofd::watch_tokio_runtime(&tokio::runtime::Handle::current()) in the service"
+                .into()];
+        }
+        self.runtimes
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Tasks(_) => None,
+                Outcome::Missing(why) => Some(format!("async tasks of {}: {why}", r.description)),
+            })
+            .collect()
+    }
+
+    /// Go's `debug=2` blocks for the tasks: `task 42 [tokio runtime 1, await point 1 of 2]:`
+    /// then the frames; `render` turns frames into `function` / `\tfile:line` lines.
+    pub fn full_text(&self, render: &dyn Fn(&mut String, &[Frame])) -> String {
+        let mut out = String::new();
+        for runtime in &self.runtimes {
+            let tasks = match &runtime.outcome {
+                Outcome::Tasks(tasks) => tasks,
+                Outcome::Missing(why) => {
+                    let _ = writeln!(out, "# async tasks of {}: {why}\n", runtime.description);
+                    continue;
+                }
+            };
+            let _ = writeln!(
+                out,
+                "# {} tasks of {} ({})\n",
+                tasks.len(),
+                runtime.description,
+                runtime.flavor
+            );
+            for task in tasks {
+                let stacks = task_stacks(task);
+                let count = stacks.len();
+                for (i, stack) in stacks.iter().enumerate() {
+                    let place = if count > 1 {
+                        format!(", await point {} of {count}", i + 1)
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(out, "task {} [{}{place}]:", task.id, runtime.description);
+                    render(&mut out, stack);
+                    out.push('\n');
+                }
+            }
+        }
+        if self.runtimes.is_empty() {
+            for note in self.notes() {
+                let _ = writeln!(out, "# {note}");
+            }
+        }
+        out
+    }
+}
+
+/// A task's stacks, or one saying why it has none.
+fn task_stacks(task: &DumpedTask) -> Vec<Vec<Frame>> {
+    if task.await_points.is_empty() {
+        // Running, or waiting on a future outside tokio (which tokio cannot trace).
+        vec![vec![Frame::Synthetic(
+            "[no tokio await point: running, or waiting on a non-tokio future]".into(),
+        )]]
+    } else {
+        task.await_points.clone()
+    }
+}
+
+/// The tokio side: registered runtimes and their dumps.
+#[cfg(feature = "tokio-tasks")]
+mod watch {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::runtime::{Handle, RuntimeFlavor};
+
+    use super::{DumpedTask, Outcome, RuntimeTasks};
+    use crate::profile::Frame;
+
+    /// A runtime whose tasks go into dumps.
+    struct Watched {
+        handle: Handle,
+        /// Set while a dump of this runtime is pending, including one left behind by a timeout.
+        dumping: Arc<AtomicBool>,
+    }
+
+    /// Runtimes registered with [`watch_tokio_runtime`]. Handles keep a dropped runtime's shared
+    /// state alive; services register their long-lived runtimes, so this stays a handful.
+    static WATCHED: Mutex<Vec<Watched>> = Mutex::new(Vec::new());
+
+    /// Lists the tasks of the tokio runtime behind `handle` in `/debug/pprof/goroutine` dumps,
+    /// after the threads, with the stack of every await point. Call it once per runtime, e.g.
+    /// `pprofd::watch_tokio_runtime(&tokio::runtime::Handle::current())` at the top of an async
+    /// `main`; registering the same runtime twice changes nothing.
+    ///
+    /// Needs the `tokio-tasks` feature and `RUSTFLAGS="--cfg tokio_unstable"`. A dump makes the
+    /// runtime pause its workers and re-poll every task in tracing mode, so it costs the service
+    /// a pause proportional to its task count; it is made only when a dump is requested.
+    ///
+    /// tokio's traces end below its root poll of the task, so code the compiler inlined into
+    /// that poll (typically the spawned `async` block itself) is not shown; what it awaits is.
+    /// Futures spawned boxed (`Box::pin(fut) as Pin<Box<dyn Future + Send>>`, as servers such
+    /// as hyper do per connection) keep their own frame.
+    pub fn watch_tokio_runtime(handle: &Handle) {
+        let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
+        if watched.iter().all(|w| w.handle.id() != handle.id()) {
+            watched.push(Watched {
+                handle: handle.clone(),
+                dumping: Arc::new(AtomicBool::new(false)),
+            });
+        }
+    }
+
+    /// Dumps every watched runtime at once, each bounded by `deadline`.
+    pub(super) async fn dump_all(deadline: Duration) -> Vec<RuntimeTasks> {
+        let watched: Vec<(Handle, Arc<AtomicBool>)> = WATCHED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|w| (w.handle.clone(), w.dumping.clone()))
+            .collect();
+        let pending: Vec<_> = watched
+            .into_iter()
+            .map(|(handle, dumping)| tokio::spawn(dump_runtime(handle, dumping, deadline)))
+            .collect();
+        let mut runtimes = Vec::with_capacity(pending.len());
+        for runtime in pending {
+            match runtime.await {
+                Ok(runtime) => runtimes.push(runtime),
+                Err(e) => log::warn!("pprofd: a tokio task dump failed: {e}"),
+            }
+        }
+        runtimes
+    }
+
+    async fn dump_runtime(
+        handle: Handle,
+        dumping: Arc<AtomicBool>,
+        deadline: Duration,
+    ) -> RuntimeTasks {
+        let flavor = match handle.runtime_flavor() {
+            RuntimeFlavor::CurrentThread => "current-thread".to_string(),
+            _ => format!("{} workers", handle.metrics().num_workers()),
+        };
+        let description = format!("tokio runtime {}", handle.id());
+        let outcome = if dumping.swap(true, Ordering::AcqRel) {
+            Outcome::Missing(format!(
+                "not dumped: the previous dump of this runtime ({flavor}) is still waiting for a \
+                 worker to come back to the scheduler, so one is blocked or busy in a long poll"
+            ))
+        } else {
+            // Spawned on pprofd's runtime so that a dump still pending at the deadline can finish
+            // later and clear the flag.
+            let pending = tokio::spawn(request_dump(handle, dumping));
+            match tokio::time::timeout(deadline, pending).await {
+                Ok(Ok(Ok(dump))) => {
+                    // Symbol resolution reads debug info: off the server's thread.
+                    match tokio::task::spawn_blocking(move || tasks_of(&dump)).await {
+                        Ok(tasks) => Outcome::Tasks(tasks),
+                        Err(e) => Outcome::Missing(format!("reading the task traces failed: {e}")),
+                    }
+                }
+                Ok(Ok(Err(why))) => Outcome::Missing(why),
+                Ok(Err(e)) => Outcome::Missing(format!("the dump failed: {e}")),
+                Err(_) => Outcome::Missing(format!(
+                    "timed out after {} ms: tokio dumps tasks only when every worker of the \
+                     runtime ({flavor}) comes back to the scheduler, so at least one is blocked or \
+                     busy in a long poll; its thread above shows where",
+                    deadline.as_millis()
+                )),
+            }
+        };
+        RuntimeTasks {
+            description,
+            flavor,
+            outcome,
+        }
+    }
+
+    /// Asks the runtime for a dump and clears `dumping` once it arrives.
+    async fn request_dump(
+        handle: Handle,
+        dumping: Arc<AtomicBool>,
+    ) -> Result<tokio::runtime::Dump, String> {
+        let dump = if handle.runtime_flavor() == RuntimeFlavor::CurrentThread {
+            // A current-thread runtime can only be dumped from within itself.
+            handle
+                .spawn(async { Handle::current().dump().await })
+                .await
+                .map_err(|e| format!("the runtime did not run the dump: {e}"))
+        } else {
+            Ok(handle.dump().await)
+        };
+        dumping.store(false, Ordering::Release);
+        dump
+    }
+
+    fn tasks_of(dump: &tokio::runtime::Dump) -> Vec<DumpedTask> {
+        dump.tasks()
+            .iter()
+            .map(|task| DumpedTask {
+                id: task.id().to_string(),
+                await_points: task
+                    .trace()
+                    .resolve_backtraces()
+                    .iter()
+                    .map(|backtrace| {
+                        backtrace
+                            .frames()
+                            // Every frame is a caller: its return address minus one points into
+                            // the call, as pprofd's stacks expect.
+                            .map(|frame| Frame::Address((frame.ip() as u64).saturating_sub(1)))
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}

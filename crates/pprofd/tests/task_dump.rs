@@ -1,0 +1,111 @@
+//! Async tasks in goroutine dumps (feature `tokio-tasks`): a healthy runtime's tasks appear
+//! with their await points; a wedged runtime does not hold the dump hostage.
+
+#[path = "thread_support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{function_names, go_binary, go_pprof, label, Workload};
+
+/// The `task …:` block of `text` whose frames include `function`.
+fn task_block<'a>(text: &'a str, function: &str) -> &'a str {
+    text.split("\n\n")
+        .map(|block| block.trim_start_matches('\n'))
+        .find(|block| block.starts_with("task ") && block.contains(&format!("{function}\n\t")))
+        .unwrap_or_else(|| panic!("no task block with {function}:\n{text}"))
+}
+
+#[test]
+fn tasks_show_where_they_await() {
+    let workload = Workload::start("task_workload", &[]);
+    let text = workload.text("/debug/pprof/goroutine?debug=2");
+    let waiter = task_block(&text, "task_workload::wait_for_orders_lock::{{closure}}");
+    assert!(
+        waiter.starts_with("task ") && waiter.contains("[tokio runtime "),
+        "{waiter}"
+    );
+    assert!(
+        waiter.contains("tokio::sync::mutex::Mutex<T>::lock"),
+        "the waiter awaits the orders lock:\n{waiter}"
+    );
+    assert!(waiter.contains("task_workload.rs:"), "{waiter}");
+    let holder = task_block(&text, "task_workload::hold_orders_lock::{{closure}}");
+    assert!(
+        holder.contains("tokio::time::sleep"),
+        "the holder sleeps:\n{holder}"
+    );
+    // Threads come first, as before.
+    assert!(text.starts_with("thread "), "{text}");
+
+    let grouped = workload.text("/debug/pprof/goroutine?debug=1");
+    assert!(grouped.contains("# tasks: "), "{grouped}");
+    assert!(grouped.contains("wait_for_orders_lock"), "{grouped}");
+
+    let (status, body) = workload.get("/debug/pprof/goroutine");
+    assert_eq!(status, 200);
+    let profile = pprofd::profile::decode(&body).unwrap();
+    let waiting = profile
+        .sample
+        .iter()
+        .find(|s| {
+            function_names(&profile, s)
+                .iter()
+                .any(|f| f.contains("wait_for_orders_lock"))
+        })
+        .expect("a sample for the waiting task");
+    assert!(
+        label(&profile, waiting, "task").is_some_and(|r| r.starts_with("tokio runtime ")),
+        "task samples are labelled with their runtime"
+    );
+    if let Some(go) = go_binary() {
+        let top = go_pprof(&go, "tasks", &body, &["-top", "-cum", "-nodecount=500"]);
+        assert!(top.contains("wait_for_orders_lock"), "{top}");
+    }
+    workload.finish();
+}
+
+#[test]
+fn a_wedged_runtime_times_out_and_the_threads_still_show() {
+    let mut workload = Workload::start("task_workload", &[]);
+    workload.send("wedge");
+    assert_eq!(workload.line(), "wedged");
+
+    let started = Instant::now();
+    let text = workload.text("/debug/pprof/goroutine?debug=2");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the dump waits for the runtime at most its deadline: {took:?}"
+    );
+    assert!(
+        text.contains("timed out after 1000 ms") && text.contains("2 workers"),
+        "{text}"
+    );
+    let blocked_workers = text
+        .split("\n\n")
+        .filter(|b| b.contains("task_workload::block_worker\n\t"))
+        .count();
+    assert_eq!(
+        blocked_workers, 2,
+        "both workers shown where they block:\n{text}"
+    );
+
+    // The first dump is still pending inside tokio: no second one is stacked on it.
+    let text = workload.text("/debug/pprof/goroutine?debug=1");
+    assert!(text.contains("the previous dump of this runtime"), "{text}");
+
+    workload.send("unwedge");
+    assert_eq!(workload.line(), "unwedged");
+    // The pending dump completes once the workers are back; then dumps work again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = workload.text("/debug/pprof/goroutine?debug=2");
+        if text.contains("wait_for_orders_lock") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tasks never came back:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    workload.finish();
+}
