@@ -31,6 +31,7 @@ pub mod offcpu;
 mod procfs;
 pub mod profile;
 pub mod server;
+mod sighandler;
 mod symbolize;
 pub mod threads;
 mod unwind;
@@ -90,6 +91,6 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
 
 /// Encodes a finished profile builder: symbolizes its addresses in this process and gzips it.
 pub fn symbolize_and_encode(builder: profile::ProfileBuilder) -> Vec<u8> {
-    let symbols = symbolize::ProcessSymbols::resolve(&builder.addresses());
+    let symbols = symbolize::ProcessSymbols::resolve(builder.addresses());
     profile::encode_gzip(&builder.build(&symbols))
 }

@@ -11,9 +11,7 @@
 //! - Each thread has its own `CLOCK_THREAD_CPUTIME_ID` timer delivering to that thread
 //!   (`SIGEV_THREAD_ID`), so samples are proportional to each thread's CPU time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-
+use crate::sighandler::ChainedHandler;
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::{StackRing, MAX_DEPTH};
 use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
@@ -33,31 +31,11 @@ pub(super) static STACK_BOUNDS: Published<StackBounds> = Published::new();
 const TIMER_COOKIE: usize = 0x7070_726f_6664; // "pprofd"
 const SI_TIMER: i32 = -2;
 
-static PREVIOUS_HANDLER: OnceLock<libc::sigaction> = OnceLock::new();
+static HANDLER: ChainedHandler = ChainedHandler::new();
 
 /// Installs the SIGPROF handler the first time it is called; later calls do nothing.
 pub(super) fn install_handler() -> std::io::Result<()> {
-    static INSTALLED: AtomicBool = AtomicBool::new(false);
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _serialize = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if INSTALLED.load(Ordering::Acquire) {
-        return Ok(());
-    }
-    // SAFETY: a zeroed sigaction is a valid starting point; every field we rely on is set.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = on_sigprof as *const () as usize;
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: `sa_mask` is a valid sigset_t to initialise.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // SAFETY: as above, a zeroed sigaction receives the previous disposition.
-    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the call; the handler is async-signal-safe.
-    if unsafe { libc::sigaction(libc::SIGPROF, &action, &mut previous) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let _ = PREVIOUS_HANDLER.set(previous);
-    INSTALLED.store(true, Ordering::Release);
-    Ok(())
+    HANDLER.install(libc::SIGPROF, on_sigprof)
 }
 
 extern "C" fn on_sigprof(
@@ -73,7 +51,7 @@ extern "C" fn on_sigprof(
         // SAFETY: `ucontext` is the kernel's context for this handler invocation.
         unsafe { record_sample(ucontext) };
     } else {
-        chain_previous(signo, info, ucontext);
+        HANDLER.chain(signo, info, ucontext);
     }
     // SAFETY: see above.
     unsafe { *libc::__errno_location() = errno };
@@ -110,27 +88,6 @@ unsafe fn record_sample(ucontext: *mut libc::c_void) {
     record.tid = crate::procfs::gettid();
     record.weight = 1;
     slot.commit();
-}
-
-fn chain_previous(signo: libc::c_int, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
-    let Some(previous) = PREVIOUS_HANDLER.get() else {
-        return;
-    };
-    let handler = previous.sa_sigaction;
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // The default action for SIGPROF terminates the process; a stray one is dropped instead.
-        return;
-    }
-    if previous.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: the previous owner installed this as an SA_SIGINFO handler.
-        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { std::mem::transmute(handler) };
-        f(signo, info, ucontext);
-    } else {
-        // SAFETY: the previous owner installed this as a plain handler.
-        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
-        f(signo);
-    }
 }
 
 /// A CPU-time timer that signals one thread.

@@ -220,7 +220,7 @@ impl HeapSnapshot {
             return Records {
                 list: Vec::new(),
                 symbols: AllocatorTrimmed {
-                    symbols: ProcessSymbols::resolve(&[]),
+                    symbols: ProcessSymbols::resolve([]),
                     skip_inline: HashMap::new(),
                 },
             };
@@ -235,14 +235,11 @@ impl HeapSnapshot {
             }
             raw.push((counts, stored_stack(tables, site, stack)));
         }
-        let mut addresses: Vec<u64> = raw
-            .iter()
-            .flat_map(|(_, (frames, _))| frames.iter().copied())
-            .collect();
-        addresses.sort_unstable();
-        addresses.dedup();
         let mut symbols = AllocatorTrimmed {
-            symbols: ProcessSymbols::resolve(&addresses),
+            symbols: ProcessSymbols::resolve(
+                raw.iter()
+                    .flat_map(|(_, (frames, _))| frames.iter().copied()),
+            ),
             skip_inline: HashMap::new(),
         };
         let list = raw

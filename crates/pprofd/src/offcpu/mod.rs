@@ -470,15 +470,12 @@ impl OffCpuSamples {
     }
 
     fn symbols(&self) -> ProcessSymbols {
-        let mut addresses: Vec<u64> = self
-            .gathered
-            .waits
-            .keys()
-            .flat_map(|(_, stack, _, _)| stack.iter().copied())
-            .collect();
-        addresses.sort_unstable();
-        addresses.dedup();
-        ProcessSymbols::resolve(&addresses)
+        ProcessSymbols::resolve(
+            self.gathered
+                .waits
+                .keys()
+                .flat_map(|(_, stack, _, _)| stack.iter().copied()),
+        )
     }
 
     fn sites<'a>(

@@ -25,6 +25,16 @@ pub enum Frame {
     Synthetic(String),
 }
 
+impl Frame {
+    /// The address of an [`Frame::Address`] frame.
+    pub fn address(&self) -> Option<u64> {
+        match self {
+            Frame::Address(a) => Some(*a),
+            Frame::Synthetic(_) => None,
+        }
+    }
+}
+
 /// The value of a sample label.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LabelValue {
@@ -186,10 +196,7 @@ impl ProfileBuilder {
             .samples
             .iter()
             .flat_map(|s| s.stack.iter())
-            .filter_map(|f| match f {
-                Frame::Address(a) => Some(*a),
-                Frame::Synthetic(_) => None,
-            })
+            .filter_map(Frame::address)
             .collect();
         addresses.sort_unstable();
         addresses.dedup();

@@ -272,6 +272,25 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
     }
 }
 
+/// Go's `debug` and delta `seconds` parameters of the named profiles: `debug` in
+/// `0..=max_debug`, `seconds` absent (or empty) or within the configured maximum, and not
+/// both, since a delta is always a pprof profile. The error is the 400's message.
+fn debug_and_delta(
+    query: &Query,
+    settings: &Settings,
+    max_debug: u64,
+) -> Result<(u64, Option<u64>), String> {
+    let debug = query.int_in("debug", 0, 0..=max_debug)?;
+    let seconds = match query.get("seconds").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(_) => Some(query.int_in("seconds", 0, 1..=settings.max_profile_seconds)?),
+    };
+    if seconds.is_some() && debug != 0 {
+        return Err("seconds and debug params are incompatible".into());
+    }
+    Ok((debug, seconds))
+}
+
 /// What `/heap` and `/allocs` answer when the service's global allocator is not pprofd's.
 const HEAP_NOT_INSTALLED: &str = "heap profiling is not enabled: pprofd samples allocations through its allocator wrapper. Add this line to the program's main.rs and rebuild:\n\n#[global_allocator]\nstatic ALLOC: pprofd::Allocator<std::alloc::System> = pprofd::Allocator::system();\n\n(or pprofd::Allocator::new(YourAllocator) to keep another allocator)";
 
@@ -281,23 +300,10 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
     if !heap::is_installed() {
         return error(StatusCode::NOT_FOUND, HEAP_NOT_INSTALLED);
     }
-    let debug = match query.int_in("debug", 0, 0..=u64::MAX) {
-        Ok(d) => d,
+    let (debug, seconds) = match debug_and_delta(query, settings, u64::MAX) {
+        Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let seconds = match query.get("seconds").filter(|s| !s.is_empty()) {
-        None => None,
-        Some(_) => match query.int_in("seconds", 0, 1..=settings.max_profile_seconds) {
-            Ok(s) => Some(s),
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-        },
-    };
-    if seconds.is_some() && debug != 0 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "seconds and debug params are incompatible",
-        );
-    }
     let name = match kind {
         ProfileKind::Heap => "heap",
         ProfileKind::Allocs => "allocs",
@@ -347,22 +353,12 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
 /// later. Dumps run on the blocking pool, so they answer while the service's own threads are
 /// wedged.
 async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
-    let debug = match query.int_in("debug", 0, 0..=2) {
-        Ok(d) => d,
+    let (debug, seconds) = match debug_and_delta(query, settings, 2) {
+        Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let built = if query.get("seconds").is_some_and(|s| !s.is_empty()) {
+    let built = if let Some(seconds) = seconds {
         // Go's delta profile: the change between a dump now and one `seconds` later.
-        let seconds = match query.int_in("seconds", 0, 1..=settings.max_profile_seconds) {
-            Ok(s) => s,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-        };
-        if debug != 0 {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "seconds and debug params are incompatible",
-            );
-        }
         let earlier = match ThreadDump::capture_with_tasks(threads::DEFAULT_DEADLINE).await {
             Ok(dump) => dump,
             Err(e) => return dump_failed(e),
@@ -408,21 +404,11 @@ fn dump_failed(e: std::io::Error) -> Response<Body> {
 /// The stack that created each live thread: pprof (`debug=0`) or grouped text (`debug=1`);
 /// with `seconds=N`, Go's delta profile of the threads that appeared or ended in that time.
 async fn threadcreate(query: &Query, settings: &Settings) -> Response<Body> {
-    let debug = match query.int_in("debug", 0, 0..=2) {
-        Ok(d) => d,
+    let (debug, seconds) = match debug_and_delta(query, settings, 2) {
+        Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let built = if query.get("seconds").is_some_and(|s| !s.is_empty()) {
-        let seconds = match query.int_in("seconds", 0, 1..=settings.max_profile_seconds) {
-            Ok(s) => s,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-        };
-        if debug != 0 {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "seconds and debug params are incompatible",
-            );
-        }
+    let built = if let Some(seconds) = seconds {
         let earlier = ThreadCreations::capture();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         tokio::task::spawn_blocking(move || {

@@ -21,8 +21,13 @@ pub(crate) struct ProcessSymbols {
 }
 
 impl ProcessSymbols {
-    /// Reads the mappings and symbolizes `addresses` (absolute, already normalised).
-    pub fn resolve(addresses: &[u64]) -> Self {
+    /// Reads the mappings and symbolizes `addresses` (absolute, already normalised; in any
+    /// order, repeats allowed).
+    pub fn resolve(addresses: impl IntoIterator<Item = u64>) -> Self {
+        let mut addresses: Vec<u64> = addresses.into_iter().collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        let addresses = addresses.as_slice();
         let mappings = executable_mappings();
         let mut frames = HashMap::with_capacity(addresses.len());
         let symbolizer = Symbolizer::builder()
@@ -36,7 +41,7 @@ impl ProcessSymbols {
         // own mount namespace.
         process.map_files = false;
         let source = Source::Process(process);
-        // blazesym wants sorted input for speed but answers in input order either way.
+        // Sorted input is blazesym's fast path.
         if let Ok(results) = symbolizer.symbolize(&source, Input::AbsAddr(addresses)) {
             for (&address, result) in addresses.iter().zip(results) {
                 if let Symbolized::Sym(sym) = result {
@@ -60,10 +65,7 @@ impl Resolver for ProcessSymbols {
 
 /// The function names at `addresses`, for the symbolz protocol (`/debug/pprof/symbol`).
 pub(crate) fn function_names(addresses: &[u64]) -> Vec<(u64, String)> {
-    let mut sorted = addresses.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let symbols = ProcessSymbols::resolve(&sorted);
+    let symbols = ProcessSymbols::resolve(addresses.iter().copied());
     addresses
         .iter()
         .filter_map(|&a| {
@@ -156,7 +158,7 @@ mod tests {
     #[test]
     fn resolves_a_function_with_file_and_line() {
         let address = a_function_with_a_known_name();
-        let symbols = ProcessSymbols::resolve(&[address]);
+        let symbols = ProcessSymbols::resolve([address]);
         let frames = symbols.frames(address);
         let outer = frames.last().expect("symbolized");
         assert!(

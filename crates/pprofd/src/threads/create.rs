@@ -290,19 +290,8 @@ mod tests {
     #[test]
     fn records_the_creators_stack() {
         let stack = spawn_and_report();
-        let addresses: Vec<u64> = stack
-            .iter()
-            .filter_map(|f| match f {
-                Frame::Address(a) => Some(*a),
-                Frame::Synthetic(_) => None,
-            })
-            .collect();
-        let symbols = crate::symbolize::ProcessSymbols::resolve(&{
-            let mut sorted = addresses.clone();
-            sorted.sort_unstable();
-            sorted.dedup();
-            sorted
-        });
+        let addresses: Vec<u64> = stack.iter().filter_map(Frame::address).collect();
+        let symbols = crate::symbolize::ProcessSymbols::resolve(addresses.iter().copied());
         use crate::profile::Resolver;
         let names: Vec<String> = addresses
             .iter()

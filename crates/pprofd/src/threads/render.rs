@@ -22,16 +22,7 @@ pub(super) struct Entry<'a> {
 }
 
 fn symbols_for<'a>(stacks: impl Iterator<Item = &'a [Frame]>) -> ProcessSymbols {
-    let mut addresses: Vec<u64> = stacks
-        .flatten()
-        .filter_map(|f| match f {
-            Frame::Address(a) => Some(*a),
-            Frame::Synthetic(_) => None,
-        })
-        .collect();
-    addresses.sort_unstable();
-    addresses.dedup();
-    ProcessSymbols::resolve(&addresses)
+    ProcessSymbols::resolve(stacks.flatten().filter_map(Frame::address))
 }
 
 /// Where an address without symbols lies: `object+0xoffset`, or the bare address.

@@ -28,10 +28,11 @@
 //! the dump's generation.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sighandler::ChainedHandler;
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::MAX_DEPTH;
 use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
@@ -87,31 +88,8 @@ struct DumpState {
 unsafe impl Sync for DumpState {}
 
 static DUMP: Published<DumpState> = Published::new();
-static PREVIOUS_HANDLER: OnceLock<libc::sigaction> = OnceLock::new();
+static HANDLER: ChainedHandler = ChainedHandler::new();
 static GENERATION: AtomicU32 = AtomicU32::new(0);
-
-/// Installs the dump handler the first time it is called; later calls do nothing.
-fn install_handler() -> std::io::Result<()> {
-    static INSTALLED: AtomicBool = AtomicBool::new(false);
-    if INSTALLED.load(Ordering::Acquire) {
-        return Ok(());
-    }
-    // SAFETY: a zeroed sigaction is a valid starting point; every field we rely on is set.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = on_dump_signal as *const () as usize;
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: `sa_mask` is a valid sigset_t to initialise.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // SAFETY: as above, a zeroed sigaction receives the previous disposition.
-    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the call; the handler is async-signal-safe.
-    if unsafe { libc::sigaction(dump_signal(), &action, &mut previous) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let _ = PREVIOUS_HANDLER.set(previous);
-    INSTALLED.store(true, Ordering::Release);
-    Ok(())
-}
 
 extern "C" fn on_dump_signal(
     signo: libc::c_int,
@@ -124,7 +102,7 @@ extern "C" fn on_dump_signal(
     match unsafe { our_generation(&*info) } {
         // SAFETY: `ucontext` is the kernel's context for this handler invocation.
         Some(generation) => unsafe { answer(generation, ucontext) },
-        None => chain_previous(signo, info, ucontext),
+        None => HANDLER.chain(signo, info, ucontext),
     }
     // SAFETY: see above.
     unsafe { *libc::__errno_location() = errno };
@@ -248,27 +226,6 @@ unsafe fn syscall_result(ucontext: *const libc::c_void) -> i64 {
     }
 }
 
-fn chain_previous(signo: libc::c_int, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
-    let Some(previous) = PREVIOUS_HANDLER.get() else {
-        return;
-    };
-    let handler = previous.sa_sigaction;
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // The default action of a real-time signal ends the process; a stray one is dropped.
-        return;
-    }
-    if previous.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: the previous owner installed this as an SA_SIGINFO handler.
-        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { std::mem::transmute(handler) };
-        f(signo, info, ucontext);
-    } else {
-        // SAFETY: the previous owner installed this as a plain handler.
-        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
-        f(signo);
-    }
-}
-
 /// The layout of `siginfo_t` for `SI_QUEUE` on 64-bit Linux (`_sifields._rt`), padded to the
 /// kernel's 128 bytes.
 #[repr(C)]
@@ -363,7 +320,7 @@ pub(crate) fn collect(
 ) -> std::io::Result<Vec<Answer>> {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _serialize = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    install_handler()?;
+    HANDLER.install(dump_signal(), on_dump_signal)?;
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
     let slots = tids
         .iter()

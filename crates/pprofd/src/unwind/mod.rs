@@ -395,7 +395,8 @@ mod tests {
         let mut out = [0u64; 64];
         let unwound = walk_from_here(&tables, &mut out);
         assert!(unwound.depth > 3, "{unwound:?}");
-        let symbols = crate::symbolize::ProcessSymbols::resolve(&out[..unwound.depth]);
+        let symbols =
+            crate::symbolize::ProcessSymbols::resolve(out[..unwound.depth].iter().copied());
         let names: Vec<String> = out[..unwound.depth]
             .iter()
             .flat_map(|&a| crate::profile::Resolver::frames(&symbols, a).to_vec())

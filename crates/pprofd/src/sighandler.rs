@@ -1,0 +1,132 @@
+//! Installing pprofd's signal handlers: once, for good, in front of whoever held the signal.
+//!
+//! Both handlers (SIGPROF for CPU samples, a real-time signal for thread dumps) are installed
+//! the first time they are needed and never removed or reset to `SIG_DFL`: a signal still in
+//! flight after a profile must find a handler, not kill the process. Signals that are not
+//! pprofd's (told apart by each handler from `siginfo`) go to the handler that was there
+//! before, so a host that uses the same signal keeps working.
+
+use std::sync::{Mutex, OnceLock};
+
+/// An `SA_SIGINFO` handler.
+pub(crate) type SigInfoHandler =
+    extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// One signal's handler slot: installed once, chaining the previous disposition.
+pub(crate) struct ChainedHandler {
+    /// The disposition found at installation; set once, then only read (also in handlers).
+    previous: OnceLock<libc::sigaction>,
+    install: Mutex<()>,
+}
+
+impl ChainedHandler {
+    pub const fn new() -> ChainedHandler {
+        ChainedHandler {
+            previous: OnceLock::new(),
+            install: Mutex::new(()),
+        }
+    }
+
+    /// Installs `handler` for `signo` (`SA_SIGINFO | SA_RESTART`, nothing masked) the first
+    /// time it is called; later calls do nothing. `handler` must be async-signal-safe.
+    pub fn install(&self, signo: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()> {
+        let _serialize = self.install.lock().unwrap_or_else(|e| e.into_inner());
+        if self.previous.get().is_some() {
+            return Ok(());
+        }
+        // SAFETY: a zeroed sigaction is a valid starting point; every field we rely on is set.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = handler as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SAFETY: `sa_mask` is a valid sigset_t to initialise.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: as above, a zeroed sigaction receives the previous disposition.
+        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid for the call; the caller vouches for the handler.
+        if unsafe { libc::sigaction(signo, &action, &mut previous) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let _ = self.previous.set(previous);
+        Ok(())
+    }
+
+    /// Hands a signal that is not pprofd's to the previous handler. Async-signal-safe: one
+    /// atomic read, then a call. A previous default or ignore disposition drops the signal
+    /// (the default of SIGPROF and of real-time signals ends the process).
+    pub fn chain(
+        &self,
+        signo: libc::c_int,
+        info: *mut libc::siginfo_t,
+        ucontext: *mut libc::c_void,
+    ) {
+        let Some(previous) = self.previous.get() else {
+            return;
+        };
+        let handler = previous.sa_sigaction;
+        if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+            return;
+        }
+        if previous.sa_flags & libc::SA_SIGINFO != 0 {
+            // SAFETY: the previous owner installed this as an SA_SIGINFO handler.
+            let f: SigInfoHandler = unsafe { std::mem::transmute(handler) };
+            f(signo, info, ucontext);
+        } else {
+            // SAFETY: the previous owner installed this as a plain handler.
+            let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+            f(signo);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static HOST_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static OURS_FIRST: ChainedHandler = ChainedHandler::new();
+    static OURS_ALONE: ChainedHandler = ChainedHandler::new();
+
+    extern "C" fn host(_: libc::c_int) {
+        HOST_CALLS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    extern "C" fn forward_first(
+        signo: libc::c_int,
+        info: *mut libc::siginfo_t,
+        uc: *mut libc::c_void,
+    ) {
+        OURS_FIRST.chain(signo, info, uc);
+    }
+
+    extern "C" fn forward_alone(
+        signo: libc::c_int,
+        info: *mut libc::siginfo_t,
+        uc: *mut libc::c_void,
+    ) {
+        OURS_ALONE.chain(signo, info, uc);
+    }
+
+    #[test]
+    fn a_signal_that_is_not_ours_reaches_the_host_handler_once() {
+        // Real-time signals the rest of the crate does not use.
+        let signo = libc::SIGRTMIN() + 11;
+        // SAFETY: installs a plain, async-signal-safe handler for an otherwise unused signal.
+        unsafe { libc::signal(signo, host as *const () as libc::sighandler_t) };
+        OURS_FIRST.install(signo, forward_first).unwrap();
+        OURS_FIRST.install(signo, forward_first).unwrap();
+        // SAFETY: raising a signal that has a handler.
+        unsafe { libc::raise(signo) };
+        assert_eq!(HOST_CALLS.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_default_disposition_is_not_called() {
+        let signo = libc::SIGRTMIN() + 12;
+        // SAFETY: resetting an otherwise unused signal to its default before installing.
+        unsafe { libc::signal(signo, libc::SIG_DFL) };
+        OURS_ALONE.install(signo, forward_alone).unwrap();
+        // SAFETY: raising a signal that has our handler; the default would end the process.
+        unsafe { libc::raise(signo) };
+    }
+}
