@@ -30,9 +30,10 @@ pub(crate) fn thread_name(tid: i32) -> String {
 
 static INTERNAL_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
-/// Marks the calling thread as pprofd's own, so profiles leave it out, until the returned
-/// guard drops.
+/// Marks the calling thread as pprofd's own, so profiles leave it out: CPU and off-CPU
+/// profiles until the returned guard drops, heap profiles for the rest of its life.
 pub(crate) fn register_internal_thread() -> InternalThread {
+    crate::heap::exclude_current_thread();
     let tid = gettid();
     INTERNAL_THREADS
         .lock()

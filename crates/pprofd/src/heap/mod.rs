@@ -72,6 +72,11 @@ pub fn sample_rate() -> usize {
     sampler::RATE.load(Ordering::Acquire)
 }
 
+/// Leaves the calling thread's allocations out of heap profiles: for pprofd's own threads.
+pub(crate) fn exclude_current_thread() {
+    sampler::exclude_current_thread();
+}
+
 /// Whether a pprofd [`Allocator`] is the global allocator.
 pub(crate) fn is_installed() -> bool {
     sampler::INSTALLED.load(Ordering::Relaxed)

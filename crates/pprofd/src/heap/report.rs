@@ -281,6 +281,10 @@ impl HeapSnapshot {
                 self.rate
             ));
         }
+        comments.push(
+            "pprofd: allocations by pprofd's own threads (its server, symbolization) are not sampled"
+                .into(),
+        );
         comments.push(format!(
             "pprofd: {} sampled blocks live",
             sampler::live_blocks()

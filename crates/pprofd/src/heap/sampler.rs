@@ -325,6 +325,13 @@ pub(super) fn live_blocks() -> usize {
     LIVE_BLOCKS.0.load(Acquire)
 }
 
+/// Turns sampling off for good on the calling thread, one of pprofd's own: its allocations
+/// (symbolizing, encoding: tens of MiB per request) would otherwise crowd the service's own
+/// sites out of `allocs`.
+pub(super) fn exclude_current_thread() {
+    THREAD.with(|t| t.busy.set(true));
+}
+
 /// Runs `f` with sampling off on the calling thread (the profiler's own work).
 pub(super) fn without_sampling<R>(f: impl FnOnce() -> R) -> R {
     let was_busy = THREAD.with(|t| t.busy.replace(true));

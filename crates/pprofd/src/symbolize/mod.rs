@@ -4,6 +4,11 @@
 //! build IDs of the loaded objects) and asks blazesym for the function, file, line and inline
 //! chain of each address. The blazesym symbolizer is created per call and dropped before it
 //! returns, so no symbol cache outlives a profile (DESIGN.md invariant 5).
+//!
+//! A symbolizer parses the binary's DWARF into tens of MiB of short-lived tables. glibc keeps
+//! such freed memory in the arena of the thread that freed it, so over many requests on
+//! pprofd's pool threads the service's RSS would creep up by tens of MiB; on glibc the freed
+//! memory is handed back with `malloc_trim` once the symbolizer is gone.
 
 use std::collections::HashMap;
 
@@ -49,6 +54,8 @@ impl ProcessSymbols {
                 }
             }
         }
+        drop(symbolizer);
+        release_freed_memory();
         ProcessSymbols { mappings, frames }
     }
 }
@@ -60,6 +67,18 @@ impl Resolver for ProcessSymbols {
 
     fn frames(&self, address: u64) -> &[SourceFrame] {
         self.frames.get(&address).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Returns free memory at the top of glibc's heaps and in whole free pages of its arenas to
+/// the kernel. Elsewhere (musl, or a global allocator other than the C library's) there is
+/// nothing to do: those allocators return memory by their own policy.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only takes glibc's arena locks, like any malloc call; pprofd calls
+    // it outside signal handlers, on its own threads.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
