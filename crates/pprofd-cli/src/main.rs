@@ -5,10 +5,11 @@ mod collect;
 mod demo;
 mod diff;
 mod dump;
-mod fetch;
 mod flame;
-mod input;
 mod top;
+
+// Reading files and fetching URLs live in the library so the fuzz targets run the same code.
+use pprofd_cli::{fetch, input};
 
 use std::io::Write;
 use std::process::ExitCode;
