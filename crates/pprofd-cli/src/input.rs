@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pprofd::profile::proto::Profile;
 
-use crate::fetch;
+use crate::fetch::{self, Token};
 
 /// How long to wait for a profile URL: long enough for a 30 s CPU profile and symbolization.
 const URL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -27,13 +27,13 @@ pub struct Loaded {
     pub profile: Profile,
 }
 
-/// Loads the profile `spec` names: `http://...` (fetched as given), `FILE.pb.gz`, `FILE.pb`,
-/// `ARCHIVE.tar.gz` (its CPU profile) or `ARCHIVE.tar.gz:NAME` (its member `NAME`, with or
-/// without the `.pb.gz` ending).
-pub fn load(spec: &str) -> Result<Loaded, String> {
+/// Loads the profile `spec` names: `http://...` (fetched as given, with `token` when there is
+/// one), `FILE.pb.gz`, `FILE.pb`, `ARCHIVE.tar.gz` (its CPU profile) or `ARCHIVE.tar.gz:NAME`
+/// (its member `NAME`, with or without the `.pb.gz` ending).
+pub fn load(spec: &str, token: Option<&Token>) -> Result<Loaded, String> {
     if spec.starts_with("http://") || spec.starts_with("https://") {
         let url = fetch::normalize_url(spec)?;
-        let fetched = fetch::get(&url, URL_TIMEOUT)?;
+        let fetched = fetch::get(&url, URL_TIMEOUT, token)?;
         return decode(&url, &fetched.body);
     }
     let (path, member) = split_member(spec);
