@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::fetch;
+use crate::fetch::{self, Token};
 
 /// Arguments of `pprofd collect`.
 #[derive(Args)]
@@ -117,12 +117,13 @@ pub struct Outcome {
     server: Option<String>,
 }
 
-/// Fetches one endpoint and checks that a `.pb.gz` answer is a profile.
-pub fn fetch_endpoint(base: &str, endpoint: Endpoint) -> Outcome {
+/// Fetches one endpoint (sending `token` when there is one) and checks that a `.pb.gz` answer
+/// is a profile.
+pub fn fetch_endpoint(base: &str, endpoint: Endpoint, token: Option<&Token>) -> Outcome {
     let started = SystemTime::now();
     let clock = Instant::now();
     let url = format!("{base}{}", endpoint.path);
-    let (result, server) = match fetch::get(&url, endpoint.timeout) {
+    let (result, server) = match fetch::get(&url, endpoint.timeout, token) {
         Ok(fetched) => {
             let checked = if endpoint.file.ends_with(".pb.gz") {
                 pprofd::profile::decode(&fetched.body)
@@ -151,8 +152,9 @@ impl Outcome {
     }
 }
 
-/// Runs `pprofd collect` and returns what to print.
-pub fn run(args: &CollectArgs) -> Result<String, String> {
+/// Runs `pprofd collect`, sending `token` with every request, and returns what to print.
+/// The token is never written into the archive.
+pub fn run(args: &CollectArgs, token: Option<&Token>) -> Result<String, String> {
     let bases = args
         .targets
         .iter()
@@ -187,8 +189,10 @@ pub fn run(args: &CollectArgs) -> Result<String, String> {
             .map(|(base, output)| {
                 let bars = &bars;
                 scope.spawn(move || match series {
-                    Some((every, count)) => collect_heap_series(base, output, every, count, bars),
-                    None => collect_all(base, output, args.seconds, bars),
+                    Some((every, count)) => {
+                        collect_heap_series(base, output, every, count, bars, token)
+                    }
+                    None => collect_all(base, output, args.seconds, bars, token),
                 })
             })
             .collect();
@@ -244,16 +248,19 @@ fn default_archive_name(base: &str) -> String {
     )
 }
 
-/// Collects every endpoint from `base` into `output`; the CPU profile runs beside the others.
+/// Collects every endpoint from `base` into `output`, sending `token`; the CPU profile runs
+/// beside the others.
 pub fn collect_all(
     base: &str,
     output: &Path,
     seconds: u64,
     bars: &MultiProgress,
+    token: Option<&Token>,
 ) -> Result<String, String> {
     let started = SystemTime::now();
-    // A quick request first, so an unreachable service fails now rather than after the CPU profile.
-    probe(base)?;
+    // A quick request first, so an unreachable service or a missing token fails now rather
+    // than after the CPU profile.
+    probe(base, token)?;
     let mut list = endpoints(seconds);
     let cpu = list.remove(0);
     let bar = bars.add(ProgressBar::new(seconds));
@@ -277,10 +284,10 @@ pub fn collect_all(
         });
         let others = scope.spawn(|| {
             list.into_iter()
-                .map(|e| fetch_endpoint(base, e))
+                .map(|e| fetch_endpoint(base, e, token))
                 .collect::<Vec<_>>()
         });
-        let cpu = fetch_endpoint(base, cpu);
+        let cpu = fetch_endpoint(base, cpu, token);
         done.store(true, Ordering::Relaxed);
         let _ = ticker.join();
         let mut outcomes = vec![cpu];
@@ -291,16 +298,17 @@ pub fn collect_all(
     write_archive(base, output, started, "full", &outcomes)
 }
 
-/// Takes `count` heap profiles `every` apart into `output`.
+/// Takes `count` heap profiles `every` apart into `output`, sending `token`.
 pub fn collect_heap_series(
     base: &str,
     output: &Path,
     every: Duration,
     count: u32,
     bars: &MultiProgress,
+    token: Option<&Token>,
 ) -> Result<String, String> {
     let started = SystemTime::now();
-    probe(base)?;
+    probe(base, token)?;
     let bar = bars.add(ProgressBar::new(count as u64));
     bar.set_style(
         ProgressStyle::with_template("{prefix} heap series [{bar:30}] {pos}/{len} {msg}")
@@ -319,6 +327,7 @@ pub fn collect_heap_series(
                 what: "heap profile of the series",
                 timeout: SNAPSHOT_TIMEOUT,
             },
+            token,
         ));
         bar.set_position(i as u64);
         if i < count {
@@ -334,6 +343,7 @@ pub fn collect_heap_series(
             what: "the service's command line, NUL-separated",
             timeout: SNAPSHOT_TIMEOUT,
         },
+        token,
     ));
     bar.finish_and_clear();
     if let Some(Err(reason)) = outcomes.iter().map(Outcome::result).find(|r| r.is_err()) {
@@ -348,12 +358,17 @@ pub fn collect_heap_series(
     write_archive(base, output, started, "heap series", &outcomes)
 }
 
-fn probe(base: &str) -> Result<(), String> {
+/// Fails when the service cannot be reached or refuses the token (every endpoint would fail
+/// the same way); other errors are left to the endpoints that have them.
+fn probe(base: &str, token: Option<&Token>) -> Result<(), String> {
     match fetch::get(
         &format!("{base}/debug/pprof/cmdline"),
         Duration::from_secs(10),
+        token,
     ) {
-        Err(e) if !e.server_answered => Err(format!("{base}: nothing collected: {}", e.message)),
+        Err(e) if matches!(e.status, None | Some(401)) => {
+            Err(format!("{base}: nothing collected: {}", e.message))
+        }
         _ => Ok(()),
     }
 }

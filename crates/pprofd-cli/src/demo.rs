@@ -12,6 +12,7 @@ use clap::Args;
 
 use crate::analysis::{by_function, format_value, percent, View};
 use crate::collect::{fetch_endpoint, write_archive, Endpoint, Outcome};
+use crate::fetch::{Token, TOKEN_ENV};
 use crate::{diff, dump, flame};
 
 /// Arguments of `pprofd demo`.
@@ -35,8 +36,9 @@ const DEMO_MEM_RATE: &str = "65536";
 /// How long a request may take before the demo calls the router unresponsive.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs the demo and returns the summary to print.
-pub fn run(args: &DemoArgs) -> Result<String, String> {
+/// Runs the demo and returns the summary to print. With a `token`, each demo router requires
+/// it (as a service started with `PPROF_TOKEN` does) and the demo sends it.
+pub fn run(args: &DemoArgs, token: Option<&Token>) -> Result<String, String> {
     let router = router_binary()?;
     std::fs::create_dir_all(&args.output).map_err(|e| format!("{}: {e}", args.output.display()))?;
     let started = SystemTime::now();
@@ -54,7 +56,7 @@ pub fn run(args: &DemoArgs) -> Result<String, String> {
             "[{}/4] demo-router --incident {incident}: driving load and profiling...\n",
             i + 1
         ));
-        let process = Router::start(&router, incident)?;
+        let process = Router::start(&router, incident, token)?;
         let found = find(&process, seconds, &args.output, &mut outcomes)?;
         crate::print_stdout(&found);
     }
@@ -98,11 +100,20 @@ struct Router {
     url: String,
     /// `http://127.0.0.1:PORT` of its pprof server.
     pprof: String,
+    /// The token its pprof server requires, if any.
+    token: Option<Token>,
 }
 
 impl Router {
-    fn start(binary: &Path, incident: &str) -> Result<Router, String> {
-        let mut child = Command::new(binary)
+    fn start(binary: &Path, incident: &str, token: Option<&Token>) -> Result<Router, String> {
+        let mut command = Command::new(binary);
+        // The router gets the demo's token, or none: a PPROF_TOKEN it inherited and the
+        // demo did not know of would make every profile request fail.
+        match token {
+            Some(token) => command.env(TOKEN_ENV, token.expose()),
+            None => command.env_remove(TOKEN_ENV),
+        };
+        let mut child = command
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -131,6 +142,7 @@ impl Router {
             child,
             url: String::new(),
             pprof: String::new(),
+            token: token.cloned(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while router.url.is_empty() || router.pprof.is_empty() {
@@ -261,7 +273,7 @@ fn capture(
     outcomes: &mut Vec<Outcome>,
 ) -> Result<Vec<u8>, String> {
     let (base, endpoint) = router.endpoint(file, path, what, timeout);
-    let outcome = fetch_endpoint(&base, endpoint);
+    let outcome = fetch_endpoint(&base, endpoint, router.token.as_ref());
     let result = outcome.result().clone();
     outcomes.push(outcome);
     result

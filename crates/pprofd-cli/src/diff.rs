@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use clap::Args;
 
 use crate::analysis::{by_call_site, format_value, View};
+use crate::fetch::Token;
 use crate::input;
 
 /// Arguments of `pprofd diff`.
@@ -54,10 +55,10 @@ pub struct Comparison {
     pub sites: Vec<Growth>,
 }
 
-/// Runs `pprofd diff` and returns the report.
-pub fn run(args: &DiffArgs) -> Result<String, String> {
-    let base = input::load(&args.base)?;
-    let new = input::load(&args.new)?;
+/// Runs `pprofd diff` and returns the report; `token` is sent for profiles given as URLs.
+pub fn run(args: &DiffArgs, token: Option<&Token>) -> Result<String, String> {
+    let base = input::load(&args.base, token)?;
+    let new = input::load(&args.new, token)?;
     let comparison = compare(&base.profile, &new.profile, args.sample_index.as_deref())?;
     Ok(report(&comparison, &base.origin, &new.origin, args.count))
 }

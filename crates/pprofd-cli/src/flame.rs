@@ -3,6 +3,7 @@
 use clap::Args;
 
 use crate::analysis::View;
+use crate::fetch::Token;
 use crate::input;
 
 /// Arguments of `pprofd flame`.
@@ -18,9 +19,9 @@ pub struct FlameArgs {
     pub sample_index: Option<String>,
 }
 
-/// Runs `pprofd flame` and returns the line to print.
-pub fn run(args: &FlameArgs) -> Result<String, String> {
-    let loaded = input::load(&args.profile)?;
+/// Runs `pprofd flame` and returns the line to print; `token` is sent when the profile is a URL.
+pub fn run(args: &FlameArgs, token: Option<&Token>) -> Result<String, String> {
+    let loaded = input::load(&args.profile, token)?;
     let view = View::new(&loaded.profile);
     let index = view.sample_index(args.sample_index.as_deref())?;
     let svg = render(&view, index, &loaded.origin)?;

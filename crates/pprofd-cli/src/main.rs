@@ -5,10 +5,11 @@ mod collect;
 mod demo;
 mod diff;
 mod dump;
-mod fetch;
 mod flame;
-mod input;
 mod top;
+
+// Reading files and fetching URLs live in the library so the fuzz targets run the same code.
+use pprofd_cli::{fetch, input};
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,11 +28,18 @@ use clap::{Parser, Subcommand};
 ///   pprofd demo                                     # see all of it on a demo service
 ///
 /// Every file written is a standard pprof profile: `go tool pprof -http :8079 FILE` reads it too.
+/// A service started with PPROF_TOKEN wants the same token: set it for pprofd too, or pass --token.
 #[derive(Parser)]
 #[command(name = "pprofd", version, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Bearer token for services started with PPROF_TOKEN, sent as `Authorization: Bearer
+    /// TOKEN` on every request. Prefer the environment variable: a command-line argument is
+    /// visible to other users in `ps`.
+    // `hide_env_values` keeps `--help` from printing the token when PPROF_TOKEN is set.
+    #[arg(long, global = true, env = fetch::TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -51,13 +59,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Collect(args) => collect::run(args),
-        Command::Top(args) => top::run(args),
-        Command::Flame(args) => flame::run(args),
-        Command::Diff(args) => diff::run(args),
-        Command::Demo(args) => demo::run(args),
-    };
+    let result = fetch::Token::new(cli.token.as_deref().unwrap_or("")).and_then(|token| {
+        let token = token.as_ref();
+        match &cli.command {
+            Command::Collect(args) => collect::run(args, token),
+            Command::Top(args) => top::run(args, token),
+            Command::Flame(args) => flame::run(args, token),
+            Command::Diff(args) => diff::run(args, token),
+            Command::Demo(args) => demo::run(args, token),
+        }
+    });
     match result {
         Ok(text) => {
             print_stdout(&text);

@@ -3,6 +3,7 @@
 use clap::Args;
 
 use crate::analysis::{by_function, format_value, percent, View};
+use crate::fetch::Token;
 use crate::input;
 
 /// Arguments of `pprofd top`.
@@ -22,9 +23,9 @@ pub struct TopArgs {
     pub cum: bool,
 }
 
-/// Runs `pprofd top` and returns the table.
-pub fn run(args: &TopArgs) -> Result<String, String> {
-    let loaded = input::load(&args.profile)?;
+/// Runs `pprofd top` and returns the table; `token` is sent when the profile is a URL.
+pub fn run(args: &TopArgs, token: Option<&Token>) -> Result<String, String> {
+    let loaded = input::load(&args.profile, token)?;
     let view = View::new(&loaded.profile);
     let index = view.sample_index(args.sample_index.as_deref())?;
     Ok(table(&view, index, args.count, args.cum, &loaded.origin))

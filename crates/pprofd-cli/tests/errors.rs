@@ -115,3 +115,20 @@ fn empty_archive_is_one_line_and_exit_1() {
         "archive holds no profiles",
     );
 }
+
+#[test]
+fn a_profile_that_would_exhaust_memory_is_one_line_and_exit_1() {
+    // 64 MiB of empty samples, gzipped to about 64 KiB: decoding them would take 2.4 GB.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.pb.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::default(),
+    );
+    gz.write_all(&[0x12u8, 0x00].repeat(32 << 20)).unwrap();
+    gz.finish().unwrap();
+    assert_one_line_error(
+        &["top", path.to_str().unwrap()],
+        "bytes of memory once decoded",
+    );
+}

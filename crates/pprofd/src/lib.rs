@@ -36,6 +36,11 @@ mod symbolize;
 pub mod threads;
 mod unwind;
 
+/// The server's request parsing for the fuzz targets in `fuzz/`; only with `--cfg fuzzing`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use server::fuzzing;
+
 pub use error::Error;
 pub use heap::Allocator;
 pub use server::{Config, Server};

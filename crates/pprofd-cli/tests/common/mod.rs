@@ -23,6 +23,17 @@ pub fn pprofd(args: &[&str]) -> Output {
         .expect("pprofd runs")
 }
 
+/// Runs `pprofd ARGS` to completion with `PPROF_TOKEN` set to `token`, or unset for `None`
+/// whatever the test's own environment holds.
+pub fn pprofd_with_token_env(args: &[&str], token: Option<&str>) -> Output {
+    let mut command = Command::new(pprofd_binary());
+    match token {
+        Some(token) => command.env("PPROF_TOKEN", token),
+        None => command.env_remove("PPROF_TOKEN"),
+    };
+    command.args(args).output().expect("pprofd runs")
+}
+
 /// The `demo-router` binary, which `cargo test --workspace` builds beside `pprofd` (its own
 /// integration tests make cargo build it).
 pub fn demo_router_binary() -> PathBuf {
@@ -48,7 +59,17 @@ impl RouterProcess {
     /// Starts `demo-router` with `--incident` for each of `incidents` and heap sampling every
     /// 64 KiB on average.
     pub fn start(incidents: &[&str]) -> RouterProcess {
+        Self::start_with_token(incidents, None)
+    }
+
+    /// As [`RouterProcess::start`], with the pprof server requiring `token` (`PPROF_TOKEN`)
+    /// when one is given, and open otherwise whatever the test's own environment holds.
+    pub fn start_with_token(incidents: &[&str], token: Option<&str>) -> RouterProcess {
         let mut command = Command::new(demo_router_binary());
+        match token {
+            Some(token) => command.env("PPROF_TOKEN", token),
+            None => command.env_remove("PPROF_TOKEN"),
+        };
         command.args(["--listen", "127.0.0.1:0", "--exit-on-stdin-close"]);
         for incident in incidents {
             command.args(["--incident", incident]);

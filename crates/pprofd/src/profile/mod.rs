@@ -6,6 +6,7 @@
 //! [`Resolver`] for symbols. The result is the [`proto::Profile`] message, which
 //! [`encode_gzip`] turns into the bytes `go tool pprof` reads and [`decode`] reads back.
 
+mod budget;
 pub mod proto;
 
 use std::collections::HashMap;
@@ -419,6 +420,12 @@ pub fn encode_gzip(profile: &proto::Profile) -> Vec<u8> {
 /// Largest decompressed profile [`decode`] accepts, so a small hostile file cannot exhaust memory.
 pub const MAX_DECODED_SIZE: u64 = 1 << 30;
 
+/// Most memory [`decode`] lets a profile's tables (samples, locations, functions, strings...)
+/// take, counted from the wire format before decoding. Protobuf is compact: a 1 GiB profile of
+/// empty samples would decode to 36 GiB, so the decompressed size alone is no bound. The
+/// profiles pprofd serves take about twice their decompressed size.
+pub const MAX_DECODED_MEMORY: u64 = 2 << 30;
+
 /// Why bytes could not be read as a profile.
 #[derive(Debug)]
 pub enum DecodeError {
@@ -426,6 +433,8 @@ pub enum DecodeError {
     Gzip(std::io::Error),
     /// The decompressed data exceeds [`MAX_DECODED_SIZE`].
     TooLarge,
+    /// Decoding would build tables of this many bytes, more than [`MAX_DECODED_MEMORY`].
+    TooMuchMemory(u64),
     /// The bytes are not a pprof protobuf message.
     Protobuf(prost::DecodeError),
     /// The message decodes but refers to strings, locations or functions that do not exist.
@@ -440,6 +449,10 @@ impl std::fmt::Display for DecodeError {
                 f,
                 "profile larger than {MAX_DECODED_SIZE} bytes once decompressed"
             ),
+            DecodeError::TooMuchMemory(bytes) => write!(
+                f,
+                "profile would take {bytes} bytes of memory once decoded, more than the {MAX_DECODED_MEMORY} allowed"
+            ),
             DecodeError::Protobuf(e) => write!(f, "not a pprof profile: {e}"),
             DecodeError::Inconsistent(what) => write!(f, "malformed pprof profile: {what}"),
         }
@@ -449,7 +462,8 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// Decodes a profile from gzipped or plain protobuf bytes and checks that its tables are
-/// consistent, so readers can index them without panicking.
+/// consistent, so readers can index them without panicking. Memory stays bounded whatever the
+/// bytes: at most [`MAX_DECODED_SIZE`] decompressed and [`MAX_DECODED_MEMORY`] of tables.
 pub fn decode(bytes: &[u8]) -> Result<proto::Profile, DecodeError> {
     let plain;
     let data = if bytes.starts_with(&[0x1f, 0x8b]) {
@@ -466,6 +480,10 @@ pub fn decode(bytes: &[u8]) -> Result<proto::Profile, DecodeError> {
     } else {
         bytes
     };
+    let needed = budget::decoded_size(data);
+    if needed > MAX_DECODED_MEMORY {
+        return Err(DecodeError::TooMuchMemory(needed));
+    }
     let profile = proto::Profile::decode(data).map_err(DecodeError::Protobuf)?;
     validate(&profile).map_err(DecodeError::Inconsistent)?;
     Ok(profile)

@@ -118,3 +118,24 @@ fn rejects_garbage_truncation_and_dangling_references() {
     ));
     assert!(matches!(decode(&[]), Err(DecodeError::Inconsistent(_))));
 }
+
+/// Regression: 64 KiB of gzip holding 64 MiB of empty samples decoded to 2.4 GB of `Sample`
+/// structs (36 times the decompressed size; the CLI's `top` on it peaked at 2.4 GB RSS). Such a
+/// profile is now refused before anything is allocated for it.
+#[test]
+fn a_profile_that_would_exhaust_memory_is_refused_before_decoding() {
+    let empty_samples = [0x12u8, 0x00].repeat(32 << 20);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&empty_samples).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 1 << 20, "{} bytes", gz.len());
+    match decode(&gz) {
+        Err(DecodeError::TooMuchMemory(bytes)) => assert!(bytes > MAX_DECODED_MEMORY),
+        other => panic!("expected TooMuchMemory, got {other:?}"),
+    }
+    let message = decode(&gz).unwrap_err().to_string();
+    assert!(
+        message.contains("bytes of memory once decoded"),
+        "{message}"
+    );
+}

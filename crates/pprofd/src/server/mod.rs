@@ -5,6 +5,11 @@
 //! invariant 7). Long work (symbolization, encoding) runs on the runtime's blocking pool.
 
 mod flame;
+/// Query parsing and the routes' parameter checks without HTTP, for the fuzz targets in
+/// `fuzz/` (`cargo fuzz` builds with `--cfg fuzzing`) and this crate's tests; not an API.
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod query;
 mod routes;
 

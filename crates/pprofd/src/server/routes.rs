@@ -211,8 +211,13 @@ fn profile_bytes(name: &str, bytes: Vec<u8>) -> Response<Body> {
     response
 }
 
+/// Whether the index is asked for as plain text: any `debug` but `0`, as in Go.
+pub(super) fn index_as_text(query: &Query) -> bool {
+    query.get("debug").is_some_and(|d| d != "0")
+}
+
 fn index(query: &Query) -> Response<Body> {
-    if query.get("debug").is_some_and(|d| d != "0") {
+    if index_as_text(query) {
         let mut body = String::from("/debug/pprof/\n\n");
         for (name, description) in INDEX {
             body.push_str(&format!("{PREFIX}{name}\t{description}\n"));
@@ -242,13 +247,38 @@ fn cmdline() -> Response<Body> {
     text("text/plain; charset=utf-8", args.join("\0"))
 }
 
+/// How long `/profile` samples when `seconds` is not given, as in Go.
+const DEFAULT_CPU_SECONDS: u64 = 30;
+
+/// What `/profile` was asked for.
+#[derive(Debug)]
+pub struct CpuParams {
+    /// How long to sample: 1 to the server's maximum, default 30 (or the maximum if lower).
+    pub seconds: u64,
+    /// Samples a second: 1 to [`cpu::MAX_HZ`], default [`cpu::DEFAULT_HZ`].
+    pub hz: u32,
+}
+
+/// Checks `/profile`'s `seconds` and `hz`; the error is the 400's message.
+pub(super) fn cpu_params(query: &Query, max_seconds: u64) -> Result<CpuParams, String> {
+    // The default obeys the maximum too: a server configured for at most 10 s must not
+    // sample 30 s because the client left `seconds` out.
+    let seconds = query.int_in(
+        "seconds",
+        DEFAULT_CPU_SECONDS.min(max_seconds),
+        1..=max_seconds,
+    )?;
+    let hz = query.int_in("hz", cpu::DEFAULT_HZ as u64, 1..=cpu::MAX_HZ as u64)?;
+    Ok(CpuParams {
+        seconds,
+        // In range, so it fits: MAX_HZ is a u32.
+        hz: hz as u32,
+    })
+}
+
 async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
-    let seconds = match query.int_in("seconds", 30, 1..=settings.max_profile_seconds) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
-    let hz = match query.int_in("hz", cpu::DEFAULT_HZ as u64, 1..=cpu::MAX_HZ as u64) {
-        Ok(hz) => hz as u32,
+    let CpuParams { seconds, hz } = match cpu_params(query, settings.max_profile_seconds) {
+        Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let profile = match CpuProfile::start(hz) {
@@ -272,23 +302,66 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
     }
 }
 
-/// Go's `debug` and delta `seconds` parameters of the named profiles: `debug` in
-/// `0..=max_debug`, `seconds` absent (or empty) or within the configured maximum, and not
-/// both, since a delta is always a pprof profile. The error is the 400's message.
-fn debug_and_delta(
+/// What `/heap`, `/allocs`, `/goroutine` and `/threadcreate` were asked for.
+#[derive(Debug)]
+pub struct SnapshotParams {
+    /// Text (`debug` above 0) or protobuf (0, the default).
+    pub debug: u64,
+    /// `seconds=N` asks for the difference over N seconds instead of a snapshot (1 to the
+    /// server's maximum); never with a `debug` above 0.
+    pub seconds: Option<u64>,
+}
+
+/// Checks `debug` (0 to `max_debug`) and `seconds` (absent or empty for a snapshot) of a
+/// snapshot endpoint; the error is the 400's message.
+pub(super) fn snapshot_params(
     query: &Query,
-    settings: &Settings,
     max_debug: u64,
-) -> Result<(u64, Option<u64>), String> {
+    max_seconds: u64,
+) -> Result<SnapshotParams, String> {
     let debug = query.int_in("debug", 0, 0..=max_debug)?;
     let seconds = match query.get("seconds").filter(|s| !s.is_empty()) {
         None => None,
-        Some(_) => Some(query.int_in("seconds", 0, 1..=settings.max_profile_seconds)?),
+        Some(_) => Some(query.int_in("seconds", 0, 1..=max_seconds)?),
     };
     if seconds.is_some() && debug != 0 {
         return Err("seconds and debug params are incompatible".into());
     }
-    Ok((debug, seconds))
+    Ok(SnapshotParams { debug, seconds })
+}
+
+/// What `/block` and `/mutex` were asked for.
+#[derive(Debug)]
+pub struct OffCpuParams {
+    /// How long to sample: 1 to the server's maximum, default [`offcpu::DEFAULT_SECONDS`] (or
+    /// the maximum if lower).
+    pub seconds: u64,
+    /// Whether `seconds` was given: with continuous sampling it asks for the difference over
+    /// that time instead of everything since start.
+    pub seconds_given: bool,
+    /// Text (1 or 2) or protobuf (0, the default).
+    pub debug: u64,
+    /// `idle=1` adds idle, I/O and sleep waits.
+    pub idle: bool,
+}
+
+/// Checks `/block`'s and `/mutex`'s `seconds`, `debug` (0 to 2) and `idle` (0 or 1); the
+/// error is the 400's message.
+pub(super) fn off_cpu_params(query: &Query, max_seconds: u64) -> Result<OffCpuParams, String> {
+    // As for `/profile`, the default obeys the maximum.
+    let seconds = query.int_in(
+        "seconds",
+        offcpu::DEFAULT_SECONDS.min(max_seconds),
+        1..=max_seconds,
+    )?;
+    let debug = query.int_in("debug", 0, 0..=2)?;
+    let idle = query.int_in("idle", 0, 0..=1)? == 1;
+    Ok(OffCpuParams {
+        seconds,
+        seconds_given: query.get("seconds").is_some_and(|s| !s.is_empty()),
+        debug,
+        idle,
+    })
 }
 
 /// What `/heap` and `/allocs` answer when the service's global allocator is not pprofd's.
@@ -300,10 +373,12 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
     if !heap::is_installed() {
         return error(StatusCode::NOT_FOUND, HEAP_NOT_INSTALLED);
     }
-    let (debug, seconds) = match debug_and_delta(query, settings, u64::MAX) {
-        Ok(params) => params,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
+    // Go accepts any `debug` for the heap and answers text for every value but 0.
+    let SnapshotParams { debug, seconds } =
+        match snapshot_params(query, u64::MAX, settings.max_profile_seconds) {
+            Ok(params) => params,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
     let name = match kind {
         ProfileKind::Heap => "heap",
         ProfileKind::Allocs => "allocs",
@@ -353,10 +428,11 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
 /// later. Dumps run on the blocking pool, so they answer while the service's own threads are
 /// wedged.
 async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
-    let (debug, seconds) = match debug_and_delta(query, settings, 2) {
-        Ok(params) => params,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
+    let SnapshotParams { debug, seconds } =
+        match snapshot_params(query, 2, settings.max_profile_seconds) {
+            Ok(params) => params,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
     let built = if let Some(seconds) = seconds {
         // Go's delta profile: the change between a dump now and one `seconds` later.
         let earlier = match ThreadDump::capture_with_tasks(threads::DEFAULT_DEADLINE).await {
@@ -404,10 +480,11 @@ fn dump_failed(e: std::io::Error) -> Response<Body> {
 /// The stack that created each live thread: pprof (`debug=0`) or grouped text (`debug=1`);
 /// with `seconds=N`, Go's delta profile of the threads that appeared or ended in that time.
 async fn threadcreate(query: &Query, settings: &Settings) -> Response<Body> {
-    let (debug, seconds) = match debug_and_delta(query, settings, 2) {
-        Ok(params) => params,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
+    let SnapshotParams { debug, seconds } =
+        match snapshot_params(query, 2, settings.max_profile_seconds) {
+            Ok(params) => params,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
     let built = if let Some(seconds) = seconds {
         let earlier = ThreadCreations::capture();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -442,25 +519,19 @@ async fn threadcreate(query: &Query, settings: &Settings) -> Response<Body> {
 /// (`PPROF_BLOCK_RATE`), answers at once with the profile since start, or with `seconds=N`
 /// the difference over the next N seconds; requests then never conflict.
 async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Body> {
-    let seconds = match query.int_in(
-        "seconds",
-        offcpu::DEFAULT_SECONDS,
-        1..=settings.max_profile_seconds,
-    ) {
-        Ok(s) => s,
+    let OffCpuParams {
+        seconds,
+        seconds_given,
+        debug,
+        idle,
+    } = match off_cpu_params(query, settings.max_profile_seconds) {
+        Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
-    let (debug, idle) = match (
-        query.int_in("debug", 0, 0..=2),
-        query.int_in("idle", 0, 0..=1),
-    ) {
-        (Ok(debug), Ok(idle)) => (debug, idle == 1),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let samples = if let Some(continuous) = offcpu::continuous() {
         // Continuous sampling runs: everything since start, or the difference over `seconds`.
         let earlier = continuous.snapshot();
-        if query.get("seconds").is_some_and(|s| !s.is_empty()) {
+        if seconds_given {
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             Sampled::Since(earlier)
         } else {
@@ -555,7 +626,7 @@ async fn symbol(req: Request<Incoming>) -> Response<Body> {
     } else {
         req.uri().query().unwrap_or("").to_string()
     };
-    let addresses: Vec<u64> = input.split('+').filter_map(parse_address).collect();
+    let addresses = symbol_addresses(&input);
     let names = if addresses.is_empty() {
         Vec::new()
     } else {
@@ -568,6 +639,11 @@ async fn symbol(req: Request<Incoming>) -> Response<Body> {
         body.push_str(&format!("{address:#x} {name}\n"));
     }
     text("text/plain; charset=utf-8", body)
+}
+
+/// The addresses in a `/symbol` request: words separated by `+`, malformed ones skipped.
+pub(super) fn symbol_addresses(input: &str) -> Vec<u64> {
+    input.split('+').filter_map(parse_address).collect()
 }
 
 /// Parses an address as Go's `strconv.ParseUint(s, 0, 64)` does; malformed words are skipped.
