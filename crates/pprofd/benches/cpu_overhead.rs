@@ -9,10 +9,14 @@
 //!
 //! Run: `cargo bench -p pprofd --bench cpu_overhead`
 
+#[path = "../examples/support/spin.rs"]
+mod spin;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use pprofd::cpu::CpuProfile;
+use spin::spin;
 
 #[inline(never)]
 fn hot_seventy(x: u64) -> u64 {
@@ -22,17 +26,6 @@ fn hot_seventy(x: u64) -> u64 {
 #[inline(never)]
 fn hot_thirty(x: u64) -> u64 {
     spin(x, 3 * 20_000)
-}
-
-#[inline(always)]
-fn spin(mut x: u64, rounds: u64) -> u64 {
-    for _ in 0..rounds {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = black_box(x);
-    }
-    x
 }
 
 /// Two threads doing `rounds` of the 70/30 loop each.

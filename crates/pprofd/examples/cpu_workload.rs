@@ -8,11 +8,16 @@
 //! allocations made while SIGPROF is blocked, which on these threads means "inside the
 //! SIGPROF handler". Prints `listening <addr>` once serving, and stops when stdin closes.
 
+#[path = "support/spin.rs"]
+mod spin;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use spin::spin;
 
 struct CountingAllocator;
 
@@ -55,17 +60,6 @@ fn hot_seventy(seed: u64) -> u64 {
 #[inline(never)]
 fn hot_thirty(seed: u64) -> u64 {
     spin(seed, 3 * UNIT)
-}
-
-#[inline(always)]
-fn spin(mut x: u64, rounds: u64) -> u64 {
-    for _ in 0..rounds {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = black_box(x);
-    }
-    x
 }
 
 /// Runs the 70/30 loop until `stop`, returning the rounds done.

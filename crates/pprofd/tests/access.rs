@@ -57,7 +57,7 @@ fn a_token_guards_every_endpoint_without_leaking_it() {
 
 #[test]
 fn malformed_parameters_are_4xx_with_a_reason_never_5xx() {
-    let workload = Workload::start("cpu_workload", &[], true);
+    let workload = Workload::start("cpu_workload", &[]);
     let addr = workload.addr();
     let long = "9".repeat(5000);
     let cases = [
@@ -100,7 +100,7 @@ fn malformed_parameters_are_4xx_with_a_reason_never_5xx() {
 
 #[test]
 fn idle_and_slow_clients_do_not_starve_the_endpoints() {
-    let workload = Workload::start("cpu_workload", &[], true);
+    let workload = Workload::start("cpu_workload", &[]);
     let addr = workload.addr();
     // More idle connections than the server serves at once, some sending half a request.
     let mut idle: Vec<TcpStream> = (0..200)
@@ -130,7 +130,7 @@ fn idle_and_slow_clients_do_not_starve_the_endpoints() {
 
 #[test]
 fn fifty_concurrent_clients_all_get_answers() {
-    let workload = Workload::start("cpu_workload", &[], true);
+    let workload = Workload::start("cpu_workload", &[]);
     let addr = workload.addr();
     let clients: Vec<_> = (0..50)
         .map(|i| {

@@ -1,7 +1,6 @@
 //! `/debug/pprof/block` and `/debug/pprof/mutex` against separate workload processes
 //! (`examples/block_workload.rs`, `examples/thread_workload.rs`), over real HTTP.
 
-#[path = "thread_support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
@@ -9,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pprofd::profile::proto;
-use support::{example_binary, go_binary, go_pprof, label, Workload};
+use support::{example_binary, go_tool_pprof_bytes, label, Workload};
 
 /// `block_workload.rs:LINE` of the line holding `marker`.
 fn site(marker: &str) -> (String, i64) {
@@ -180,18 +179,18 @@ fn a_second_request_while_one_samples_is_refused_with_409() {
     std::thread::scope(|s| {
         let first = s.spawn(|| workload.get("/debug/pprof/block?seconds=3"));
         std::thread::sleep(Duration::from_millis(1000));
-        let (status, body) = workload.get("/debug/pprof/mutex?seconds=1");
-        assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
-        assert!(String::from_utf8_lossy(&body).contains("already in use"));
-        assert_eq!(first.join().unwrap().0, 200);
+        let second = workload.get("/debug/pprof/mutex?seconds=1");
+        assert_eq!(second.status, 409, "{}", second.text());
+        assert!(second.text().contains("already in use"));
+        assert_eq!(first.join().unwrap().status, 200);
     });
-    let (status, _) = workload.get("/debug/pprof/mutex?seconds=1");
+    let again = workload.get("/debug/pprof/mutex?seconds=1");
     assert_eq!(
-        status, 200,
+        again.status, 200,
         "sampling is free again once the first profile ends"
     );
-    let (status, body) = workload.get("/debug/pprof/block?seconds=0");
-    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let zero = workload.get("/debug/pprof/block?seconds=0");
+    assert_eq!(zero.status, 400, "{}", zero.text());
     workload.finish();
 }
 
@@ -200,7 +199,7 @@ fn continuous_sampling_answers_at_once_and_never_conflicts() {
     let workload = Workload::start_with_env(
         "block_workload",
         &["--mutex", "std"],
-        &[("PPROF_BLOCK_RATE", "50")],
+        &[("PPROF_ADDR", "127.0.0.1:0"), ("PPROF_BLOCK_RATE", "50")],
     );
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
@@ -283,14 +282,14 @@ fn threads_keep_correct_results_under_thirty_seconds_of_sampling() {
 
 #[test]
 fn go_tool_pprof_reads_block_and_mutex_profiles() {
-    let Some(go) = go_binary() else {
+    let Some(go) = support::go() else {
         return;
     };
     let workload = Workload::start("block_workload", &["--mutex", "std"]);
     for name in ["block", "mutex"] {
-        let (status, body) = workload.get(&format!("/debug/pprof/{name}?seconds=1"));
-        assert_eq!(status, 200);
-        let top = go_pprof(&go, name, &body, &["-top", "-sample_index=delay"]);
+        let response = workload.get(&format!("/debug/pprof/{name}?seconds=1"));
+        assert_eq!(response.status, 200);
+        let top = go_tool_pprof_bytes(&go, &["-top", "-sample_index=delay"], &response.body);
         assert!(top.contains("Type: delay"), "{top}");
         assert!(top.contains("futex"), "{top}");
     }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{get, request, stack_functions, Workload};
+use support::{function_names, get, request, Workload};
 
 fn share_of(profile: &pprofd::profile::proto::Profile, function_suffix: &str) -> f64 {
     let total: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
@@ -15,7 +15,7 @@ fn share_of(profile: &pprofd::profile::proto::Profile, function_suffix: &str) ->
         .sample
         .iter()
         .filter(|s| {
-            stack_functions(profile, s)
+            function_names(profile, s)
                 .iter()
                 .any(|f| f.ends_with(function_suffix))
         })
@@ -26,7 +26,7 @@ fn share_of(profile: &pprofd::profile::proto::Profile, function_suffix: &str) ->
 
 #[test]
 fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {
-    let workload = Workload::start("cpu_workload", &[], true);
+    let workload = Workload::start("cpu_workload", &[]);
     let profile = get(workload.addr(), "/debug/pprof/profile?seconds=4").profile();
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     assert!(
@@ -59,7 +59,7 @@ fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {
         .sample
         .iter()
         .filter(|s| {
-            stack_functions(&profile, s)
+            function_names(&profile, s)
                 .last()
                 .is_some_and(|root| entries.contains(&root.as_str()))
         })
@@ -111,7 +111,7 @@ fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {
 
 #[test]
 fn go_status_codes_and_headers() {
-    let workload = Workload::start("cpu_workload", &[], true);
+    let workload = Workload::start("cpu_workload", &[]);
     let addr = workload.addr();
     for bad in [
         "seconds=abc",
@@ -205,7 +205,7 @@ fn go_status_codes_and_headers() {
 
 #[test]
 fn a_second_cpu_profile_is_refused_without_disturbing_the_first() {
-    let workload = Workload::start("cpu_workload", &[], true);
+    let workload = Workload::start("cpu_workload", &[]);
     let addr = workload.addr();
     let first = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=3"));
     std::thread::sleep(Duration::from_millis(700));
@@ -225,7 +225,7 @@ fn a_second_cpu_profile_is_refused_without_disturbing_the_first() {
 
 #[test]
 fn a_client_that_disconnects_frees_the_profiler() {
-    let workload = Workload::start("cpu_workload", &[], true);
+    let workload = Workload::start("cpu_workload", &[]);
     let addr = workload.addr();
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
@@ -253,7 +253,7 @@ fn a_client_that_disconnects_frees_the_profiler() {
 #[test]
 fn go_tool_pprof_reads_the_profile_over_http() {
     let Some(go) = support::go() else { return };
-    let workload = Workload::start("cpu_workload", &[], true);
+    let workload = Workload::start("cpu_workload", &[]);
     let url = format!("http://{}/debug/pprof/profile?seconds=2", workload.addr());
     let top = support::go_tool_pprof(&go, &["-top", &url]);
     assert!(top.contains("Type: cpu"), "{top}");
@@ -281,8 +281,8 @@ fn go_tool_pprof_reads_the_profile_over_http() {
 
 #[test]
 fn unset_pprof_addr_starts_nothing() {
-    let workload = Workload::start("cpu_workload", &[], false);
-    let pid = workload.child.id();
+    let workload = Workload::start_with_env("cpu_workload", &[], &[]);
+    let pid = workload.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
         status
@@ -305,13 +305,13 @@ fn unset_pprof_addr_starts_nothing() {
 
 #[test]
 fn a_library_loaded_during_the_profile_is_unwound() {
-    let workload = Workload::start("cpu_workload", &["--late-zlib"], true);
+    let workload = Workload::start("cpu_workload", &["--late-zlib"]);
     // The profile starts before zlib is loaded (the workload loads it after one second).
     let profile = get(workload.addr(), "/debug/pprof/profile?seconds=4").profile();
     let in_zlib: Vec<Vec<String>> = profile
         .sample
         .iter()
-        .map(|s| stack_functions(&profile, s))
+        .map(|s| function_names(&profile, s))
         .filter(|stack| stack.iter().any(|f| f.contains("late_zlib")))
         .collect();
     assert!(

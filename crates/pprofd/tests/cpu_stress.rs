@@ -6,11 +6,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{get, stack_functions, Workload};
+use support::{function_names, get, Workload};
 
 #[test]
 fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler() {
-    let workload = Workload::start("cpu_workload", &["--churn"], true);
+    let workload = Workload::start("cpu_workload", &["--churn"]);
     let addr = workload.addr();
     let started = Instant::now();
     let mut total_samples = 0i64;
@@ -21,7 +21,7 @@ fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler
         let profile = response.profile();
         total_samples += profile.sample.iter().map(|s| s.value[0]).sum::<i64>();
         churn_seen |= profile.sample.iter().any(|s| {
-            stack_functions(&profile, s)
+            function_names(&profile, s)
                 .iter()
                 .any(|f| f.contains("churn"))
         });

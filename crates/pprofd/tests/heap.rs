@@ -2,126 +2,15 @@
 //! pprofd's allocator, and their `/debug/pprof/heap` and `/allocs` are fetched over HTTP and
 //! read with pprofd's decoder and with `go tool pprof`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pprofd::profile::proto::Profile;
-
-/// A workload process; killed if the test ends early.
-struct Workload {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    addr: String,
-}
-
-impl Workload {
-    fn start(example: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
-        let mut child = Command::new(example_path(example))
-            .args(args)
-            .env("PPROF_ADDR", "127.0.0.1:0")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start example {example}: {e} (cargo test builds examples)")
-            });
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut workload = Workload {
-            child,
-            stdin,
-            stdout,
-            addr: String::new(),
-        };
-        let line = workload.line();
-        workload.addr = line
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        workload
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("workload stdout");
-        assert!(!line.is_empty(), "workload exited early");
-        line.trim_end().to_string()
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("workload stdin");
-        stdin.flush().unwrap();
-    }
-
-    fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        http_get(&self.addr, path)
-    }
-
-    fn profile(&self, path: &str) -> (Vec<u8>, Profile) {
-        let (status, body) = self.get(path);
-        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
-        let profile = pprofd::profile::decode(&body).expect("profile decodes");
-        (body, profile)
-    }
-
-    /// Closes stdin and waits for a clean exit.
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "workload failed: {status}");
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        if self.stdin.is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Examples are built next to the test binary: target/<profile>/examples/NAME.
-fn example_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(name)
-}
-
-/// A plain HTTP/1.1 GET; the server answers with a Content-Length body.
-fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read response");
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, response[split + 4..].to_vec())
-}
+use support::{
+    example_binary, function_names, get, go_tool_pprof, go_tool_pprof_bytes, ScratchDir, Workload,
+};
 
 /// The index of a sample type by name.
 fn sample_index(profile: &Profile, name: &str) -> usize {
@@ -138,17 +27,9 @@ fn sample_has_function(
     sample: &pprofd::profile::proto::Sample,
     name: &str,
 ) -> bool {
-    sample.location_id.iter().any(|id| {
-        let location = profile.location.iter().find(|l| l.id == *id).unwrap();
-        location.line.iter().any(|line| {
-            let function = profile
-                .function
-                .iter()
-                .find(|f| f.id == line.function_id)
-                .unwrap();
-            profile.string_table[function.name as usize].contains(name)
-        })
-    })
+    function_names(profile, sample)
+        .iter()
+        .any(|function| function.contains(name))
 }
 
 /// Sum of one sample type over the samples whose stack holds `function` (all when `None`).
@@ -172,34 +53,6 @@ fn assert_within(what: &str, measured: f64, expected: f64, tolerance: f64) {
     );
 }
 
-/// `go tool pprof` with `args`, or `None` (with a message) when Go is missing outside CI.
-fn go_pprof(args: &[&str]) -> Option<String> {
-    let found = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("go is required in CI (apt-get install golang-go)");
-        }
-        eprintln!("skipping the go tool pprof check: go is not installed");
-        return None;
-    }
-    let output = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .env("PPROF_TMPDIR", std::env::temp_dir())
-        .output()
-        .expect("run go tool pprof");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "go tool pprof {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(stdout)
-}
-
 /// The `cum` value in bytes of the first `-top` row naming `function`.
 fn top_cum_bytes(top: &str, function: &str) -> f64 {
     let row = top
@@ -221,12 +74,6 @@ fn top_cum_bytes(top: &str, function: &str) -> f64 {
     number.parse::<f64>().expect("number") * scale
 }
 
-fn write_temp(name: &str, bytes: &[u8]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("pprofd-heap-{}-{name}", std::process::id()));
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
 /// Reads `allocated <bytes> kept <bytes>` from an accuracy workload.
 fn accuracy_figures(workload: &mut Workload) -> (f64, f64) {
     let line = workload.line();
@@ -238,9 +85,10 @@ fn accuracy_figures(workload: &mut Workload) -> (f64, f64) {
 /// Checks the kept site's in-use bytes and the total allocated bytes against what the
 /// workload says it did, with pprofd's decoder and with `go tool pprof`.
 fn check_accuracy(example: &str) {
-    let mut workload = Workload::start(example, &["accuracy"], &[]);
+    let mut workload = Workload::start(example, &["accuracy"]);
     let (allocated, kept) = accuracy_figures(&mut workload);
-    let (bytes, heap) = workload.profile("/debug/pprof/heap");
+    let response = workload.get("/debug/pprof/heap");
+    let heap = response.profile();
 
     let types: Vec<&str> = heap
         .sample_type
@@ -293,14 +141,14 @@ fn check_accuracy(example: &str) {
         "the allocator's own frames are left out of stacks"
     );
 
-    let (_, allocs) = workload.profile("/debug/pprof/allocs");
+    let allocs = workload.profile("/debug/pprof/allocs");
     assert_eq!(
         allocs.string_table[allocs.default_sample_type as usize],
         "alloc_space"
     );
 
-    let file = write_temp(&format!("{example}.pb.gz"), &bytes);
-    if let Some(top) = go_pprof(&["-top", "-sample_index=inuse_space", file.to_str().unwrap()]) {
+    if let Some(go) = support::go() {
+        let top = go_tool_pprof_bytes(&go, &["-top", "-sample_index=inuse_space"], &response.body);
         assert_within(
             "go tool pprof cum of kept_site",
             top_cum_bytes(&top, "kept_site"),
@@ -308,7 +156,6 @@ fn check_accuracy(example: &str) {
             0.10,
         );
     }
-    std::fs::remove_file(file).unwrap();
     workload.finish();
 }
 
@@ -325,25 +172,31 @@ fn works_around_mimalloc() {
 #[test]
 fn base_diff_names_the_leak_and_its_size() {
     const LEAK: usize = 50_000_000;
-    let mut workload = Workload::start("heap_workload", &["leak"], &[]);
-    let (before_bytes, before) = workload.profile("/debug/pprof/heap");
+    let mut workload = Workload::start("heap_workload", &["leak"]);
+    let before_response = workload.get("/debug/pprof/heap");
+    let before = before_response.profile();
     workload.send(&format!("leak {LEAK}"));
     assert_eq!(workload.line(), "leaked");
-    let (after_bytes, after) = workload.profile("/debug/pprof/heap");
+    let after_response = workload.get("/debug/pprof/heap");
+    let after = after_response.profile();
     let leaked = total(&after, "inuse_space", Some("leak_site"))
         - total(&before, "inuse_space", Some("leak_site"));
     assert_within("leak_site growth", leaked as f64, LEAK as f64, 0.10);
 
-    let base = write_temp("base.pb.gz", &before_bytes);
-    let new = write_temp("new.pb.gz", &after_bytes);
-    let diff = go_pprof(&[
-        "-top",
-        "-sample_index=inuse_space",
-        "-base",
-        base.to_str().unwrap(),
-        new.to_str().unwrap(),
-    ]);
-    if let Some(top) = diff {
+    if let Some(go) = support::go() {
+        let scratch = ScratchDir::create();
+        let base = scratch.write("base.pb.gz", &before_response.body);
+        let new = scratch.write("new.pb.gz", &after_response.body);
+        let top = go_tool_pprof(
+            &go,
+            &[
+                "-top",
+                "-sample_index=inuse_space",
+                "-base",
+                base.to_str().unwrap(),
+                new.to_str().unwrap(),
+            ],
+        );
         assert_within(
             "go tool pprof -base cum of leak_site",
             top_cum_bytes(&top, "leak_site"),
@@ -351,23 +204,21 @@ fn base_diff_names_the_leak_and_its_size() {
             0.10,
         );
     }
-    std::fs::remove_file(base).unwrap();
-    std::fs::remove_file(new).unwrap();
     workload.finish();
 }
 
 #[test]
 fn delta_text_and_parameters_behave_as_go() {
     const LEAK: usize = 20_000_000;
-    let mut workload = Workload::start("heap_workload", &["leak"], &[]);
-    let addr = workload.addr.clone();
-    let delta = std::thread::spawn(move || http_get(&addr, "/debug/pprof/allocs?seconds=2"));
+    let mut workload = Workload::start("heap_workload", &["leak"]);
+    let addr = workload.addr();
+    let delta = std::thread::spawn(move || get(addr, "/debug/pprof/allocs?seconds=2"));
     std::thread::sleep(Duration::from_millis(500));
     workload.send(&format!("leak {LEAK}"));
     assert_eq!(workload.line(), "leaked");
-    let (status, body) = delta.join().unwrap();
-    assert_eq!(status, 200);
-    let delta = pprofd::profile::decode(&body).expect("delta decodes");
+    let delta = delta.join().unwrap();
+    assert_eq!(delta.status, 200);
+    let delta = pprofd::profile::decode(&delta.body).expect("delta decodes");
     assert_within(
         "alloc_space at leak_site during the delta",
         total(&delta, "alloc_space", Some("leak_site")) as f64,
@@ -376,9 +227,7 @@ fn delta_text_and_parameters_behave_as_go() {
     );
     assert!(delta.duration_nanos >= 2_000_000_000);
 
-    let (status, text) = workload.get("/debug/pprof/heap?debug=1&gc=1");
-    assert_eq!(status, 200);
-    let text = String::from_utf8(text).unwrap();
+    let text = workload.text("/debug/pprof/heap?debug=1&gc=1");
     let header = text.lines().next().unwrap();
     assert!(
         header.starts_with("heap profile: ") && header.ends_with(" @ heap/1048576"),
@@ -386,22 +235,20 @@ fn delta_text_and_parameters_behave_as_go() {
     );
     assert!(text.contains("leak_site"), "text form names functions");
 
-    let (status, body) = workload.get("/debug/pprof/heap?seconds=1&debug=1");
-    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
-    let (status, body) = workload.get("/debug/pprof/heap?seconds=x");
-    assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("seconds="));
+    let response = workload.get("/debug/pprof/heap?seconds=1&debug=1");
+    assert_eq!(response.status, 400, "{}", response.text());
+    let response = workload.get("/debug/pprof/heap?seconds=x");
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("seconds="));
 
     workload.send("rate 65536");
     assert_eq!(workload.line(), "rate 65536");
-    let (_, heap) = workload.profile("/debug/pprof/heap");
+    let heap = workload.profile("/debug/pprof/heap");
     assert_eq!(heap.period, 65536, "the rate set in code is the period");
     workload.send("rate 0");
     assert_eq!(workload.line(), "rate 0");
 
-    let (status, index) = workload.get("/debug/pprof/?debug=1");
-    assert_eq!(status, 200);
-    let index = String::from_utf8(index).unwrap();
+    let index = workload.text("/debug/pprof/?debug=1");
     assert!(index.contains("/debug/pprof/heap\tA sampling of memory allocations of live objects"));
     assert!(index.contains("/debug/pprof/allocs\tA sampling of all past memory allocations"));
     workload.finish();
@@ -410,11 +257,11 @@ fn delta_text_and_parameters_behave_as_go() {
 #[test]
 fn without_the_wrapper_heap_says_how_to_enable_it() {
     // cpu_workload has its own counting allocator, not pprofd's.
-    let workload = Workload::start("cpu_workload", &[], &[]);
+    let workload = Workload::start("cpu_workload", &[]);
     for path in ["/debug/pprof/heap", "/debug/pprof/allocs"] {
-        let (status, body) = workload.get(path);
-        assert_eq!(status, 404);
-        let body = String::from_utf8(body).unwrap();
+        let response = workload.get(path);
+        assert_eq!(response.status, 404);
+        let body = String::from_utf8(response.body).unwrap();
         assert!(
             body.contains(
                 "static ALLOC: pprofd::Allocator<std::alloc::System> = pprofd::Allocator::system();"
@@ -429,21 +276,21 @@ fn without_the_wrapper_heap_says_how_to_enable_it() {
 fn stress_across_threads_leaves_no_live_samples() {
     // A small rate samples one allocation in a few, so every path (realloc, cross-thread
     // free, large alignments) runs often.
-    let mut workload = Workload::start(
+    let mut workload = Workload::start_with_env(
         "heap_workload",
         &["stress", "8"],
-        &[("PPROF_MEM_RATE", "8192")],
+        &[("PPROF_ADDR", "127.0.0.1:0"), ("PPROF_MEM_RATE", "8192")],
     );
-    let addr = workload.addr.clone();
+    let addr = workload.addr();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fetcher = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut fetched = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (status, body) = http_get(&addr, "/debug/pprof/heap");
-                assert_eq!(status, 200);
-                pprofd::profile::decode(&body).expect("profile decodes under stress");
+                let response = get(addr, "/debug/pprof/heap");
+                assert_eq!(response.status, 200);
+                pprofd::profile::decode(&response.body).expect("profile decodes under stress");
                 fetched += 1;
             }
             fetched
@@ -460,7 +307,7 @@ fn stress_across_threads_leaves_no_live_samples() {
     );
     assert!(line.starts_with("done live_sampled_blocks "), "{line}");
 
-    let (_, heap) = workload.profile("/debug/pprof/heap");
+    let heap = workload.profile("/debug/pprof/heap");
     assert!(
         total(&heap, "alloc_objects", Some("stress_thread")) > 1000,
         "the stress allocations were sampled"
@@ -490,7 +337,7 @@ fn stress_across_threads_leaves_no_live_samples() {
 
 #[test]
 fn without_pprof_addr_the_wrapper_only_forwards() {
-    let output = Command::new(example_path("alloc_bench_pprofd"))
+    let output = Command::new(example_binary("alloc_bench_pprofd"))
         .args(["--iterations", "200000"])
         .env_remove("PPROF_ADDR")
         .env("PPROF_MEM_RATE", "1")

@@ -1,12 +1,11 @@
 //! Async tasks in goroutine dumps (feature `tokio-tasks`): a healthy runtime's tasks appear
 //! with their await points; a wedged runtime does not hold the dump hostage.
 
-#[path = "thread_support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{function_names, go_binary, go_pprof, label, Workload};
+use support::{function_names, go_tool_pprof_bytes, label, Workload};
 
 /// The `task …:` block of `text` whose frames include `function`.
 fn task_block<'a>(text: &'a str, function: &str) -> &'a str {
@@ -42,9 +41,9 @@ fn tasks_show_where_they_await() {
     assert!(grouped.contains("# tasks: "), "{grouped}");
     assert!(grouped.contains("wait_for_orders_lock"), "{grouped}");
 
-    let (status, body) = workload.get("/debug/pprof/goroutine");
-    assert_eq!(status, 200);
-    let profile = pprofd::profile::decode(&body).unwrap();
+    let response = workload.get("/debug/pprof/goroutine");
+    assert_eq!(response.status, 200);
+    let profile = pprofd::profile::decode(&response.body).unwrap();
     let waiting = profile
         .sample
         .iter()
@@ -58,8 +57,8 @@ fn tasks_show_where_they_await() {
         label(&profile, waiting, "task").is_some_and(|r| r.starts_with("tokio runtime ")),
         "task samples are labelled with their runtime"
     );
-    if let Some(go) = go_binary() {
-        let top = go_pprof(&go, "tasks", &body, &["-top", "-cum", "-nodecount=500"]);
+    if let Some(go) = support::go() {
+        let top = go_tool_pprof_bytes(&go, &["-top", "-cum", "-nodecount=500"], &response.body);
         assert!(top.contains("wait_for_orders_lock"), "{top}");
     }
     workload.finish();

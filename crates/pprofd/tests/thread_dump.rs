@@ -1,13 +1,12 @@
 //! `/debug/pprof/goroutine` and `/debug/pprof/threadcreate` against a separate workload
 //! process (`examples/thread_workload.rs`), over real HTTP.
 
-#[path = "thread_support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{function_names, go_binary, go_pprof, label, Workload};
+use support::{function_names, go_tool_pprof_bytes, label, Workload};
 
 /// One `thread TID "name" [state]:` block of a `debug=2` dump.
 struct Block {
@@ -292,7 +291,7 @@ fn threadcreate_names_the_function_that_spawned_a_thread() {
 
 #[test]
 fn go_tool_pprof_reads_goroutine_and_threadcreate_profiles() {
-    let Some(go) = go_binary() else {
+    let Some(go) = support::go() else {
         return;
     };
     let workload = Workload::start("thread_workload", &[]);
@@ -300,9 +299,9 @@ fn go_tool_pprof_reads_goroutine_and_threadcreate_profiles() {
         ("goroutine", "wait_for_shutdown"),
         ("threadcreate", "spawn_from_named_function"),
     ] {
-        let (status, body) = workload.get(&format!("/debug/pprof/{name}"));
-        assert_eq!(status, 200);
-        let top = go_pprof(&go, name, &body, &["-top", "-cum", "-nodecount=500"]);
+        let response = workload.get(&format!("/debug/pprof/{name}"));
+        assert_eq!(response.status, 200);
+        let top = go_tool_pprof_bytes(&go, &["-top", "-cum", "-nodecount=500"], &response.body);
         assert!(top.contains(&format!("Type: {name}")), "{top}");
         assert!(top.contains(function), "{top}");
     }
@@ -389,7 +388,7 @@ fn a_goroutine_delta_shows_the_threads_that_appeared() {
             .any(|s| label(&delta, s, "thread") == Some("made-by-spawner")),
         "a thread that did not change is not in the delta"
     );
-    let (status, body) = workload.get("/debug/pprof/goroutine?seconds=1&debug=1");
-    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let response = workload.get("/debug/pprof/goroutine?seconds=1&debug=1");
+    assert_eq!(response.status, 400, "{}", response.text());
     workload.finish();
 }

@@ -1,0 +1,90 @@
+//! `go tool pprof`, the reference reader of what pprofd serves, and the scratch files it reads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The `go` binary, on PATH or in /usr/local/go/bin. When it is missing the test prints that
+/// it skipped its go check and gets `None`; under `CI=true` a missing `go` fails the test.
+pub fn go() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("go"))
+            .find(|p| p.is_file())
+    });
+    let found =
+        on_path.or_else(|| Some(PathBuf::from("/usr/local/go/bin/go")).filter(|p| p.is_file()));
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "`go` is required under CI=true (apt-get install golang-go)"
+        );
+        eprintln!("SKIPPED the go tool pprof check: `go` not found (apt-get install golang-go)");
+    }
+    found
+}
+
+/// Runs `go tool pprof ARGS` and returns its standard output; fails the test on a non-zero
+/// exit. pprof's home (where it saves fetched profiles) is a scratch directory.
+pub fn go_tool_pprof(go: &Path, args: &[&str]) -> String {
+    let home = ScratchDir::create();
+    let output = Command::new(go)
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("HOME", home.path())
+        .env("PPROF_TMPDIR", home.path())
+        // Outside HOME, so that a Go that builds `pprof` on first use builds it once.
+        .env("GOCACHE", std::env::temp_dir().join("pprofd-test-gocache"))
+        .output()
+        .expect("go runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "go tool pprof {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// [`go_tool_pprof`] on a profile in memory: writes `profile` to a scratch file and runs
+/// `go tool pprof ARGS FILE`.
+pub fn go_tool_pprof_bytes(go: &Path, args: &[&str], profile: &[u8]) -> String {
+    let dir = ScratchDir::create();
+    let file = dir.write("profile.pb.gz", profile);
+    let mut args = args.to_vec();
+    args.push(file.to_str().unwrap());
+    go_tool_pprof(go, &args)
+}
+
+/// A fresh directory under the system's temp directory, removed with its files when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn create() -> ScratchDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "pprofd-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        ScratchDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `bytes` to file `name` in the directory and returns the file's path.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,27 @@
+//! Reading decoded profiles: the functions of a sample's stack, a sample's labels.
+
+use std::collections::HashMap;
+
+use pprofd::profile::proto::{Function, Location, Profile, Sample};
+
+/// The names of the functions on `sample`'s stack, leaf first, innermost inline frame first.
+pub fn function_names(profile: &Profile, sample: &Sample) -> Vec<String> {
+    let locations: HashMap<u64, &Location> = profile.location.iter().map(|l| (l.id, l)).collect();
+    let functions: HashMap<u64, &Function> = profile.function.iter().map(|f| (f.id, f)).collect();
+    sample
+        .location_id
+        .iter()
+        .flat_map(|id| locations[id].line.iter())
+        .map(|line| profile.string_table[functions[&line.function_id].name as usize].clone())
+        .collect()
+}
+
+/// The string value of `sample`'s label `key`.
+pub fn label<'a>(profile: &'a Profile, sample: &Sample, key: &str) -> Option<&'a str> {
+    let strings = &profile.string_table;
+    sample
+        .label
+        .iter()
+        .find(|l| strings[l.key as usize] == key)
+        .map(|l| strings[l.str as usize].as_str())
+}
