@@ -9,24 +9,19 @@ use support::{client, decode, get, report, Memory, ProfiledRouter};
 
 /// Profiles served in the run.
 const PROFILES: usize = 1_000;
-/// RSS is compared between this many profiles in and the end: by then every endpoint has run
-/// (each cheap one 5 times or more, and a CPU profile), so the one-time costs are paid: the
-/// binary's pages mapped in for symbolization, pprofd's blocking pool threads and their
-/// malloc arenas.
-const WARM: usize = 50;
-/// Largest RSS growth from profile 50 to profile 1,000. Each endpoint requested on its own
-/// 400 or 1,000 times grew the router by under 3 MiB after its 50th request (measured on the
-/// 2-core dev machine), so 16 MiB leaves room for noise while a leak of 17 KiB per profile
-/// would cross it.
-///
-/// The mix of endpoints this test runs measured +15.5 and +15.9 MiB here (67 MiB at
-/// profile 50, 83 MiB at 1,000), at the bound: the router's live heap stays near zero by its
-/// own heap profile, and the growth is memory glibc keeps after pprofd frees it. Every
-/// symbolizing endpoint builds a blazesym symbolizer that allocates tens of MiB of DWARF
-/// tables and frees them; once glibc has seen large blocks freed it raises its mmap
-/// threshold and serves the next ones from the blocking threads' arenas, where freed memory
-/// stays resident. This bound is the one a service owner would set; raising it to fit that
-/// growth would hide the problem the test exists to catch.
+/// RSS is compared between this many profiles in and every later checkpoint. By then every
+/// endpoint has run 25 times or more and a few CPU profiles have, so the one-time costs are
+/// paid: the binary's pages mapped in for symbolization, the debug info tokio's task dumps
+/// keep cached, pprofd's blocking pool threads and the malloc arenas they and tokio's dump
+/// threads use.
+const WARM: usize = 250;
+/// Largest RSS growth from profile 250 to any later checkpoint. Measured on the 2-core dev
+/// machine over 2,000 profiles: 18.5 MiB at 50, 29.2 MiB at 250, then between 27 and 39 MiB
+/// up and down to the end, with the live heap near zero throughout: glibc arena
+/// fragmentation that levels off (with `glibc.malloc.arena_max=1` it stays flat at 16 MiB).
+/// Before pprofd trimmed glibc's heaps after each symbolizer and stopped sampling its own
+/// threads, the same run reached 83 MiB. A leak of 22 KiB per profile (16 MiB over the 750
+/// profiles after warm-up) crosses this bound.
 const GROWTH_BOUND_KIB: u64 = 16 * 1024;
 /// A profile that has not answered in this time counts as a hang. The slowest request is a
 /// 1 s CPU profile; goroutine dumps of this router take ~50 ms.
@@ -138,10 +133,14 @@ fn a_thousand_profiles_in_a_row_all_answer_and_memory_levels_off() {
         ));
     }
     let (_, at_warm, live_at_warm) = checkpoints.iter().find(|(n, ..)| *n == WARM).unwrap();
-    let (_, at_end, live_at_end) = checkpoints.last().unwrap();
+    let (peak_at, at_end, live_at_end) = checkpoints
+        .iter()
+        .filter(|(n, ..)| *n >= WARM)
+        .max_by_key(|(_, memory, _)| memory.rss_kib)
+        .unwrap();
     let growth_kib = at_end.rss_kib as i64 - at_warm.rss_kib as i64;
     report(&format!(
-        "{PROFILES} profiles in {:.1} s (slowest {:.2} s, {}); RSS growth from profile {WARM} to {PROFILES}: {:+.1} MiB (bound {} MiB); threads {threads_at_start} at start, {threads_at_end} at the end",
+        "{PROFILES} profiles in {:.1} s (slowest {:.2} s, {}); RSS growth from profile {WARM} to the highest later checkpoint (profile {peak_at}): {:+.1} MiB (bound {} MiB); threads {threads_at_start} at start, {threads_at_end} at the end",
         elapsed.as_secs_f64(),
         slowest.0.as_secs_f64(),
         slowest.1,
@@ -151,7 +150,7 @@ fn a_thousand_profiles_in_a_row_all_answer_and_memory_levels_off() {
 
     assert!(
         growth_kib < GROWTH_BOUND_KIB as i64,
-        "the router's RSS grew by {:.1} MiB from profile {WARM} ({at_warm}) to profile {PROFILES} ({at_end}); the bound is {} MiB. Its live heap by the heap profile went from {:.1} to {:.1} MiB",
+        "the router's RSS grew by {:.1} MiB from profile {WARM} ({at_warm}) to profile {peak_at} ({at_end}); the bound is {} MiB. Its live heap by the heap profile went from {:.1} to {:.1} MiB",
         growth_kib as f64 / 1024.0,
         GROWTH_BOUND_KIB / 1024,
         *live_at_warm as f64 / 1024.0,

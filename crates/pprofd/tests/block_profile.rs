@@ -112,10 +112,17 @@ fn channel_receive_waits_are_charged_to_the_recv_call() {
         .iter()
         .any(|s| label(&profile, s, "wait") == Some("channel")
             && label(&profile, s, "thread") == Some("consumer")));
+    // A channel wait is not a lock acquisition. std's channel does hold a small internal
+    // mutex while it wakes the receiver; on a loaded machine a thread preempted inside it
+    // makes a real, brief lock wait, so the bound is a share, not zero.
     let mutex = workload.profile("/debug/pprof/mutex?seconds=1");
+    let delay = |p: &proto::Profile| p.sample.iter().map(|s| s.value[1]).sum::<i64>() as f64;
+    let block_per_second = delay(&profile) / 3.0;
     assert!(
-        mutex.sample.is_empty(),
-        "a channel wait is not a lock acquisition"
+        delay(&mutex) <= 0.05 * block_per_second,
+        "lock waits of {:.0} ns in a second against channel waits of {:.0} ns per second",
+        delay(&mutex),
+        block_per_second
     );
     workload.finish();
 }
