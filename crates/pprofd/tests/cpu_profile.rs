@@ -333,3 +333,33 @@ fn a_library_loaded_during_the_profile_is_unwound() {
         in_zlib.len()
     );
 }
+
+/// CPU time the process has used (user + system), from /proc/PID/stat.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised name; utime and stime are the 12th and 13th of them.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    Duration::from_secs_f64(ticks / ticks_per_second)
+}
+
+#[test]
+fn above_the_kernel_tick_rate_cpu_time_still_adds_up() {
+    // The kernel checks CPU-time timers once per tick (commonly 250 Hz), so at 1000 Hz it
+    // delivers about one signal per four periods; the profile's cpu values must still add
+    // up to the CPU time the workers used.
+    let workload = Workload::start("cpu_workload", &[]);
+    let before = process_cpu(workload.pid());
+    let profile = get(workload.addr(), "/debug/pprof/profile?seconds=3&hz=1000").profile();
+    let used = process_cpu(workload.pid()) - before;
+    let cpu_ns: i64 = profile.sample.iter().map(|s| s.value[1]).sum();
+    let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    let profiled = Duration::from_nanos(cpu_ns as u64);
+    let ratio = profiled.as_secs_f64() / used.as_secs_f64();
+    assert!(
+        (0.85..=1.05).contains(&ratio),
+        "the profile accounts for {profiled:?} of CPU in {samples} samples; the process used {used:?}"
+    );
+}

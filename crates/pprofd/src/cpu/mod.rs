@@ -6,6 +6,7 @@
 //! tables and stack bounds current. [`CpuProfile::stop`] turns the samples into a
 //! [`ProfileBuilder`]; dropping a running profile stops it and frees everything.
 
+mod cost;
 mod signal;
 
 use std::collections::HashMap;
@@ -18,6 +19,8 @@ use crate::procfs;
 use crate::profile::{Frame, Label, ProfileBuilder};
 use crate::unwind::ring::{StackRecord, StackRing};
 use crate::unwind::{StackBounds, UnwindTables};
+#[doc(hidden)]
+pub use cost::{measure_sample_cost, SampleCost};
 use signal::{SamplingState, ThreadTimer, SAMPLING, STACK_BOUNDS};
 
 /// Sampling frequency Go uses.
@@ -57,7 +60,14 @@ impl std::fmt::Display for CpuProfileError {
 impl std::error::Error for CpuProfileError {}
 
 /// Aggregated samples, keyed by thread, stack and truncation.
-type StackCounts = HashMap<(i32, bool, Vec<u64>), u64>;
+type StackCounts = HashMap<(i32, bool, Vec<u64>), Caught>;
+
+/// How often one stack was caught: signals taken, and the timer periods they stand for.
+#[derive(Default)]
+struct Caught {
+    signals: u64,
+    periods: u64,
+}
 
 /// What the collector thread hands back when it stops.
 struct Collected {
@@ -125,11 +135,13 @@ impl CpuProfile {
             period,
         );
         builder.set_time(self.started, self.started_at.elapsed());
-        let mut truncated = 0;
-        for ((tid, was_truncated, stack), count) in collected.counts {
+        let (mut truncated, mut signals, mut periods) = (0, 0, 0);
+        for ((tid, was_truncated, stack), caught) in collected.counts {
+            signals += caught.signals;
+            periods += caught.periods;
             let mut frames: Vec<Frame> = stack.into_iter().map(Frame::Address).collect();
             if was_truncated {
-                truncated += count;
+                truncated += caught.signals;
                 frames.push(Frame::Synthetic("[truncated]".into()));
             }
             let name = collected
@@ -141,7 +153,19 @@ impl CpuProfile {
                 Label::str("thread", name),
                 Label::num("thread_id", tid as i64, None),
             ];
-            builder.add_sample(frames, vec![count as i64, count as i64 * period], labels);
+            // `samples` counts the stacks caught; `cpu` every period they stand for.
+            builder.add_sample(
+                frames,
+                vec![caught.signals as i64, caught.periods as i64 * period],
+                labels,
+            );
+        }
+        if periods > signals {
+            builder.add_comment(format!(
+                "{signals} samples stand for {periods} timer periods of CPU time: the kernel \
+                 checks CPU timers once per scheduler tick, so above its tick rate a sample \
+                 carries the periods that elapsed since the last one (cpu values count them all)"
+            ));
         }
         if truncated > 0 {
             builder.add_comment(format!(
@@ -228,10 +252,12 @@ fn collect(hz: u32, stop: &AtomicBool) -> Collected {
 fn drain(ring: &StackRing, collected: &mut Collected) {
     ring.drain(|record: &StackRecord| {
         let stack = record.frames[..record.depth].to_vec();
-        *collected
+        let caught = collected
             .counts
             .entry((record.tid, record.truncated, stack))
-            .or_default() += record.weight;
+            .or_default();
+        caught.signals += 1;
+        caught.periods += record.weight;
     });
 }
 

@@ -47,26 +47,80 @@ extern "C" fn on_sigprof(
     // code's view of errno intact.
     let errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    if unsafe { is_our_timer(&*info) } {
+    match unsafe { our_timer_periods(info) } {
         // SAFETY: `ucontext` is the kernel's context for this handler invocation.
-        unsafe { record_sample(ucontext) };
-    } else {
-        HANDLER.chain(signo, info, ucontext);
+        Some(periods) => unsafe { record_sample(ucontext, periods) },
+        None => HANDLER.chain(signo, info, ucontext),
     }
     // SAFETY: see above.
     unsafe { *libc::__errno_location() = errno };
 }
 
+/// `siginfo_t` for a POSIX timer's signal on 64-bit Linux (`_sifields._timer`), padded to
+/// the kernel's 128 bytes.
+#[repr(C)]
+struct TimerSigInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    _pad: i32,
+    timer_id: i32,
+    /// Expirations beyond the one this signal reports.
+    overrun: i32,
+    value: usize,
+    _rest: [u64; 12],
+}
+
+/// Queues to the calling thread the SIGPROF one of our timers sends (`ours`), or one that
+/// is not ours, and lets the handler run before returning: for measuring what a sample
+/// costs. Not used while profiling.
+pub(super) fn raise_timer_signal(ours: bool) -> std::io::Result<()> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let info = TimerSigInfo {
+        signo: libc::SIGPROF,
+        errno: 0,
+        code: SI_TIMER,
+        _pad: 0,
+        timer_id: 0,
+        overrun: 0,
+        value: if ours { TIMER_COOKIE } else { !TIMER_COOKIE },
+        _rest: [0; 12],
+    };
+    // SAFETY: `info` is a 128-byte siginfo as the kernel reads it; a process may queue
+    // signals with a negative si_code (SI_TIMER) to its own threads. A signal sent to the
+    // calling thread is handled before the syscall returns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            pid,
+            crate::procfs::gettid(),
+            libc::SIGPROF,
+            &info as *const TimerSigInfo,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// For a signal from one of our timers, the timer periods it stands for: one, plus the
+/// expirations the kernel folded into it. CPU-time timers are checked once per scheduler
+/// tick (often 250 Hz), so at higher rates one signal covers several periods.
+///
 /// # Safety
 /// `info` must be the siginfo of a running handler.
-unsafe fn is_our_timer(info: &libc::siginfo_t) -> bool {
-    // SAFETY: for SI_TIMER signals the kernel fills the timer fields, which include sigval.
-    info.si_code == SI_TIMER && unsafe { info.si_value() }.sival_ptr as usize == TIMER_COOKIE
+unsafe fn our_timer_periods(info: *const libc::siginfo_t) -> Option<u64> {
+    // SAFETY: the caller passes the kernel's 128-byte siginfo; see `TimerSigInfo`.
+    let timer = unsafe { &*(info as *const TimerSigInfo) };
+    (timer.code == SI_TIMER && timer.value == TIMER_COOKIE).then(|| 1 + timer.overrun.max(0) as u64)
 }
 
 /// # Safety
 /// `ucontext` must be the context of a running handler.
-unsafe fn record_sample(ucontext: *mut libc::c_void) {
+unsafe fn record_sample(ucontext: *mut libc::c_void, periods: u64) {
     let guard = published::enter();
     let Some(state) = SAMPLING.get(&guard) else {
         return;
@@ -86,7 +140,7 @@ unsafe fn record_sample(ucontext: *mut libc::c_void) {
     record.depth = unwound.depth;
     record.truncated = unwound.truncated;
     record.tid = crate::procfs::gettid();
-    record.weight = 1;
+    record.weight = periods;
     slot.commit();
 }
 
