@@ -73,7 +73,7 @@ impl Resolver for ProcessSymbols {
 /// Returns free memory at the top of glibc's heaps and in whole free pages of its arenas to
 /// the kernel. Elsewhere (musl, or a global allocator other than the C library's) there is
 /// nothing to do: those allocators return memory by their own policy.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only takes glibc's arena locks, like any malloc call; pprofd calls
     // it outside signal handlers, on its own threads.

@@ -6,6 +6,10 @@
 //! tracing runs outside any signal handler and unwinds with the `backtrace` crate, which is
 //! fine there; pprofd only turns the frames' addresses into its own stacks.
 //!
+//! tokio resolves the traces with the `backtrace` crate, whose global cache of parsed debug
+//! info would stay resident for the life of the process (DESIGN.md invariant 5); pprofd
+//! clears it once the task dump is read, as it drops its own symbolizer after each profile.
+//!
 //! A runtime's dump completes only when every one of its workers comes back to the
 //! scheduler, so it never completes while a worker is blocked: the very hang a goroutine dump
 //! is asked for. Each runtime's dump is bounded by the dump deadline and a runtime that did
@@ -310,7 +314,8 @@ mod watch {
     }
 
     fn tasks_of(dump: &tokio::runtime::Dump) -> Vec<DumpedTask> {
-        dump.tasks()
+        let tasks = dump
+            .tasks()
             .iter()
             .map(|task| DumpedTask {
                 id: task.id().to_string(),
@@ -328,6 +333,11 @@ mod watch {
                     })
                     .collect(),
             })
-            .collect()
+            .collect();
+        // tokio's resolution filled the backtrace crate's cache: release it (and let glibc
+        // hand the freed pages back, as after pprofd's own symbolizer).
+        backtrace::clear_symbol_cache();
+        crate::symbolize::release_freed_memory();
+        tasks
     }
 }
