@@ -16,6 +16,8 @@
 //! sites; `PPROF_BLOCK_RATE=10` keeps sampling for the life of the process instead.
 //! `/threadcreate` shows the code that created each thread. Dumps and block sampling signal
 //! sleeping threads; [`threads`] and [`offcpu`] say what that means for system calls.
+//! With the `tokio-tasks` feature (and `--cfg tokio_unstable`), `watch_tokio_runtime` adds
+//! a runtime's async tasks to the dumps, each with the stacks of its await points.
 //!
 //! The crate is split by concern: [`server`] is the only module that knows HTTP; [`cpu`]
 //! samples; [`threads`] dumps every thread's stack and records thread creation; [`offcpu`]
