@@ -11,7 +11,7 @@ use crate::input;
 /// Arguments of `pprofd diff`.
 #[derive(Args)]
 pub struct DiffArgs {
-    /// The earlier profile (FILE, ARCHIVE[:NAME] or URL).
+    /// The earlier profile (FILE, ARCHIVE, ARCHIVE:NAME or URL).
     pub base: String,
     /// The later profile.
     pub new: String,

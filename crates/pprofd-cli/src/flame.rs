@@ -9,7 +9,7 @@ use crate::input;
 /// Arguments of `pprofd flame`.
 #[derive(Args)]
 pub struct FlameArgs {
-    /// Profile to draw: FILE.pb.gz, FILE.pb, ARCHIVE.tar.gz[:NAME] or an http:// URL.
+    /// Profile to draw: FILE.pb.gz, FILE.pb, ARCHIVE.tar.gz, ARCHIVE.tar.gz:NAME or an http:// URL.
     pub profile: String,
     /// Where to write the SVG (open it in a browser: it is interactive).
     #[arg(short, long, default_value = "flame.svg")]

@@ -9,7 +9,7 @@ use crate::input;
 /// Arguments of `pprofd top`.
 #[derive(Args)]
 pub struct TopArgs {
-    /// Profile to read: FILE.pb.gz, FILE.pb, ARCHIVE.tar.gz[:NAME] or an http:// URL.
+    /// Profile to read: FILE.pb.gz, FILE.pb, ARCHIVE.tar.gz, ARCHIVE.tar.gz:NAME or an http:// URL.
     pub profile: String,
     /// Which value to rank by, e.g. cpu, samples, inuse_space, alloc_space, delay, contentions.
     /// Defaults to the profile's own default (inuse_space for heap, cpu for CPU profiles).

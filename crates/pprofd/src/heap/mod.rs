@@ -10,16 +10,16 @@
 //!
 //! Invariants (DESIGN.md 9), kept by the code beside them:
 //! - One predictable branch when off: an allocation costs a thread-local subtraction and a
-//!   branch ([`sampler::countdown`]), a free a load and a branch ([`sampler::may_be_live`]).
+//!   branch (`sampler::countdown`), a free a load and a branch (`sampler::may_be_live`).
 //!   Without `PPROF_ADDR` sampling is never turned on and the wrapper only forwards.
 //! - Never recurses: a sampled allocation sets a thread-local flag, and nothing allocated
 //!   on a thread with the flag set is sampled. The profiler's tables come from the inner
 //!   allocator directly.
 //! - Never deadlocks, no allocation or lock inside unwinding: the sampled path unwinds with
-//!   tables published before sampling starts ([`crate::unwind::unwind_current_thread`]) and
-//!   records into lock-free bounded tables ([`tables`]); frees of unsampled blocks take no
+//!   tables published before sampling starts (`crate::unwind::unwind_current_thread`) and
+//!   records into lock-free bounded tables (`tables`); frees of unsampled blocks take no
 //!   lock either.
-//! - Bounded memory: [`tables::HeapTables`] is allocated once, with fixed capacities; what
+//! - Bounded memory: `tables::HeapTables` is allocated once, with fixed capacities; what
 //!   does not fit is counted and reported in the profile's comments.
 
 mod allocator;
