@@ -433,28 +433,20 @@ async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
             Ok(params) => params,
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
+    let deadline = threads::DEFAULT_DEADLINE;
     let built = if let Some(seconds) = seconds {
         // Go's delta profile: the change between a dump now and one `seconds` later.
-        let earlier = match ThreadDump::capture_with_tasks(threads::DEFAULT_DEADLINE).await {
+        let earlier = match ThreadDump::capture_with_tasks(deadline, |dump| dump).await {
             Ok(dump) => dump,
             Err(e) => return dump_failed(e),
         };
         tokio::time::sleep(Duration::from_secs(seconds)).await;
-        match ThreadDump::capture_with_tasks(threads::DEFAULT_DEADLINE).await {
-            Ok(later) => {
-                tokio::task::spawn_blocking(move || {
-                    Rendered::Profile(crate::symbolize_and_encode(later.profile_since(&earlier)))
-                })
-                .await
-            }
-            Err(e) => return dump_failed(e),
-        }
+        ThreadDump::capture_with_tasks(deadline, move |later| {
+            Rendered::Profile(crate::symbolize_and_encode(later.profile_since(&earlier)))
+        })
+        .await
     } else {
-        let dump = match ThreadDump::capture_with_tasks(threads::DEFAULT_DEADLINE).await {
-            Ok(dump) => dump,
-            Err(e) => return dump_failed(e),
-        };
-        tokio::task::spawn_blocking(move || match debug {
+        ThreadDump::capture_with_tasks(deadline, move |dump| match debug {
             0 => Rendered::Profile(crate::symbolize_and_encode(dump.profile())),
             1 => Rendered::Text(dump.grouped_text()),
             _ => Rendered::Text(dump.full_text()),
@@ -463,10 +455,7 @@ async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
     };
     match built {
         Ok(rendered) => rendered.into_response("goroutine"),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("building the thread dump failed: {e}"),
-        ),
+        Err(e) => dump_failed(e),
     }
 }
 

@@ -51,7 +51,8 @@ pub struct ThreadDump {
     taken: SystemTime,
     deadline: Duration,
     threads: Vec<DumpedThread>,
-    tasks: TaskDump,
+    /// Async tasks, when they were asked for ([`Self::capture_with_tasks`]).
+    tasks: Option<TaskDump>,
 }
 
 struct DumpedThread {
@@ -94,19 +95,27 @@ impl ThreadDump {
             taken,
             deadline,
             threads,
-            tasks: TaskDump::default(),
+            tasks: None,
         })
     }
 
     /// Like [`Self::capture`], plus the tasks of the tokio runtimes registered with
-    /// `watch_tokio_runtime` (feature `tokio-tasks`), dumped at the same time. Runs the thread
-    /// dump on tokio's blocking pool; each runtime's task dump is bounded by `deadline` too.
-    pub async fn capture_with_tasks(deadline: Duration) -> std::io::Result<ThreadDump> {
-        let threads = tokio::task::spawn_blocking(move || ThreadDump::capture(deadline));
-        let (threads, tasks) = tokio::join!(threads, TaskDump::capture(deadline));
-        let mut dump = threads.map_err(std::io::Error::other)??;
-        dump.tasks = tasks;
-        Ok(dump)
+    /// `watch_tokio_runtime` (feature `tokio-tasks`), dumped at the same time (each runtime's
+    /// task dump is bounded by `deadline` too), then handed to `render`. The thread dump and
+    /// `render` run in one call on tokio's blocking pool: a second call right after the first
+    /// would race the pool's bookkeeping and could start an extra thread per dump.
+    pub async fn capture_with_tasks<R: Send + 'static>(
+        deadline: Duration,
+        render: impl FnOnce(ThreadDump) -> R + Send + 'static,
+    ) -> std::io::Result<R> {
+        let (tasks_sent, tasks) = tokio::sync::oneshot::channel();
+        let threads = tokio::task::spawn_blocking(move || {
+            let mut dump = ThreadDump::capture(deadline)?;
+            dump.tasks = tasks.blocking_recv().ok();
+            Ok(render(dump))
+        });
+        let _ = tasks_sent.send(TaskDump::capture(deadline).await);
+        threads.await.map_err(std::io::Error::other)?
     }
 
     /// Number of threads listed.
@@ -131,7 +140,7 @@ impl ThreadDump {
     /// Go's `debug=1` form: identical stacks grouped, with their count and threads.
     pub fn grouped_text(&self) -> String {
         let mut text = render::grouped_text("goroutine", &self.entries());
-        for note in self.tasks.notes() {
+        for note in self.task_notes() {
             text.push_str(&format!("# {note}\n"));
         }
         text
@@ -153,7 +162,7 @@ impl ThreadDump {
                 self.no_stack_reason()
             ));
         }
-        for note in self.tasks.notes() {
+        for note in self.task_notes() {
             builder.add_comment(note);
         }
         builder
@@ -191,8 +200,13 @@ impl ThreadDump {
                 stack: self.frames(t),
             })
             .collect();
-        entries.extend(self.tasks.entries());
+        entries.extend(self.tasks.iter().flat_map(TaskDump::entries));
         entries
+    }
+
+    /// What the dump says about tasks it does not list.
+    fn task_notes(&self) -> Vec<String> {
+        self.tasks.as_ref().map(TaskDump::notes).unwrap_or_default()
     }
 
     fn frames(&self, thread: &DumpedThread) -> Vec<Frame> {

@@ -49,12 +49,11 @@ fn source_line(f: &SourceFrame) -> String {
 /// `thread 4242 "name" [futex wait, 12 s]:` blocks, innermost frame first, then the tasks.
 pub(super) fn full_text(dump: &ThreadDump) -> String {
     let stacks: Vec<Vec<Frame>> = dump.threads.iter().map(|t| dump.frames(t)).collect();
-    let task_entries = dump.tasks.entries();
     let symbols = symbols_for(
         stacks
             .iter()
-            .chain(task_entries.iter().map(|e| &e.stack))
-            .map(Vec::as_slice),
+            .map(Vec::as_slice)
+            .chain(dump.tasks.iter().flat_map(|tasks| tasks.stacks())),
     );
     let mut out = String::new();
     for (thread, stack) in dump.threads.iter().zip(&stacks) {
@@ -67,11 +66,9 @@ pub(super) fn full_text(dump: &ThreadDump) -> String {
         write_stack(&mut out, &symbols, stack, &p.wchan);
         out.push('\n');
     }
-    out.push_str(
-        &dump
-            .tasks
-            .full_text(&|out, stack| write_stack(out, &symbols, stack, "")),
-    );
+    if let Some(tasks) = &dump.tasks {
+        out.push_str(&tasks.full_text(&|out, stack| write_stack(out, &symbols, stack, "")));
+    }
     out
 }
 

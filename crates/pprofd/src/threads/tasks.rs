@@ -33,10 +33,7 @@ compile_error!(
 );
 
 /// The tasks of every watched runtime at one moment.
-#[derive(Default)]
 pub(crate) struct TaskDump {
-    /// False for dumps made without asking for tasks (in-process thread dumps).
-    requested: bool,
     runtimes: Vec<RuntimeTasks>,
 }
 
@@ -58,7 +55,8 @@ enum Outcome {
 
 struct DumpedTask {
     id: String,
-    /// One stack per await point, innermost frame first.
+    /// One stack per await point, innermost frame first; a task tokio could not trace has
+    /// one stack saying so.
     await_points: Vec<Vec<Frame>>,
 }
 
@@ -66,7 +64,6 @@ impl TaskDump {
     /// Dumps every watched runtime, waiting at most `deadline` for each (they run at once).
     pub async fn capture(deadline: Duration) -> TaskDump {
         TaskDump {
-            requested: true,
             #[cfg(feature = "tokio-tasks")]
             runtimes: watch::dump_all(deadline).await,
             #[cfg(not(feature = "tokio-tasks"))]
@@ -75,6 +72,18 @@ impl TaskDump {
                 Vec::new()
             },
         }
+    }
+
+    /// Every await point's stack, for symbolization.
+    pub fn stacks(&self) -> impl Iterator<Item = &[Frame]> {
+        self.runtimes
+            .iter()
+            .filter_map(|runtime| match &runtime.outcome {
+                Outcome::Tasks(tasks) => Some(tasks),
+                Outcome::Missing(_) => None,
+            })
+            .flatten()
+            .flat_map(|task| task.await_points.iter().map(Vec::as_slice))
     }
 
     /// The tasks as entries of the grouped forms and the count profile: the task id as the
@@ -86,13 +95,13 @@ impl TaskDump {
                 continue;
             };
             for task in tasks {
-                for stack in task_stacks(task) {
+                for stack in &task.await_points {
                     entries.push(Entry {
                         member: "task",
                         id: task.id.clone(),
                         name: &runtime.description,
                         state: None,
-                        stack,
+                        stack: stack.clone(),
                     });
                 }
             }
@@ -103,9 +112,6 @@ impl TaskDump {
     /// `#` lines for what is not in [`Self::entries`]: runtimes that did not answer, or how to
     /// get tasks at all.
     pub fn notes(&self) -> Vec<String> {
-        if !self.requested {
-            return Vec::new();
-        }
         if !cfg!(feature = "tokio-tasks") {
             return vec![
                 "async tasks: not listed; build pprofd with its `tokio-tasks` feature and \
@@ -129,16 +135,13 @@ impl TaskDump {
     }
 
     /// Go's `debug=2` blocks for the tasks: `task 42 [tokio runtime 1, await point 1 of 2]:`
-    /// then the frames; `render` turns frames into `function` / `\tfile:line` lines.
+    /// then the frames (`render` turns them into `function` / `\tfile:line` lines), then the
+    /// [`Self::notes`].
     pub fn full_text(&self, render: &dyn Fn(&mut String, &[Frame])) -> String {
         let mut out = String::new();
         for runtime in &self.runtimes {
-            let tasks = match &runtime.outcome {
-                Outcome::Tasks(tasks) => tasks,
-                Outcome::Missing(why) => {
-                    let _ = writeln!(out, "# async tasks of {}: {why}\n", runtime.description);
-                    continue;
-                }
+            let Outcome::Tasks(tasks) = &runtime.outcome else {
+                continue;
             };
             let _ = writeln!(
                 out,
@@ -148,9 +151,8 @@ impl TaskDump {
                 runtime.flavor
             );
             for task in tasks {
-                let stacks = task_stacks(task);
-                let count = stacks.len();
-                for (i, stack) in stacks.iter().enumerate() {
+                let count = task.await_points.len();
+                for (i, stack) in task.await_points.iter().enumerate() {
                     let place = if count > 1 {
                         format!(", await point {} of {count}", i + 1)
                     } else {
@@ -162,24 +164,10 @@ impl TaskDump {
                 }
             }
         }
-        if self.runtimes.is_empty() {
-            for note in self.notes() {
-                let _ = writeln!(out, "# {note}");
-            }
+        for note in self.notes() {
+            let _ = writeln!(out, "# {note}");
         }
         out
-    }
-}
-
-/// A task's stacks, or one saying why it has none.
-fn task_stacks(task: &DumpedTask) -> Vec<Vec<Frame>> {
-    if task.await_points.is_empty() {
-        // Running, or waiting on a future outside tokio (which tokio cannot trace).
-        vec![vec![Frame::Synthetic(
-            "[no tokio await point: running, or waiting on a non-tokio future]".into(),
-        )]]
-    } else {
-        task.await_points.clone()
     }
 }
 
@@ -317,9 +305,8 @@ mod watch {
         let tasks = dump
             .tasks()
             .iter()
-            .map(|task| DumpedTask {
-                id: task.id().to_string(),
-                await_points: task
+            .map(|task| {
+                let mut await_points: Vec<Vec<Frame>> = task
                     .trace()
                     .resolve_backtraces()
                     .iter()
@@ -331,7 +318,17 @@ mod watch {
                             .map(|frame| Frame::Address((frame.ip() as u64).saturating_sub(1)))
                             .collect()
                     })
-                    .collect(),
+                    .collect();
+                if await_points.is_empty() {
+                    // Running, or waiting on a future outside tokio (which tokio cannot trace).
+                    await_points.push(vec![Frame::Synthetic(
+                        "[no tokio await point: running, or waiting on a non-tokio future]".into(),
+                    )]);
+                }
+                DumpedTask {
+                    id: task.id().to_string(),
+                    await_points,
+                }
             })
             .collect();
         // tokio's resolution filled the backtrace crate's cache: release it (and let glibc
