@@ -1,10 +1,14 @@
-//! Installing pprofd's signal handlers: once, for good, in front of whoever held the signal.
+//! pprofd's signal plumbing: handlers installed once, for good, in front of whoever held the
+//! signal, and signals queued to its own threads.
 //!
 //! Both handlers (SIGPROF for CPU samples, a real-time signal for thread dumps) are installed
 //! the first time they are needed and never removed or reset to `SIG_DFL`: a signal still in
 //! flight after a profile must find a handler, not kill the process. Signals that are not
 //! pprofd's (told apart by each handler from `siginfo`) go to the handler that was there
 //! before, so a host that uses the same signal keeps working.
+//!
+//! [`queue_to_thread`] sends a thread of this process a signal with the `siginfo` pprofd
+//! chooses: dump requests, and the timer signals the CPU benchmark queues itself.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -75,6 +79,32 @@ impl ChainedHandler {
             let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
             f(signo);
         }
+    }
+}
+
+/// Queues `signo` with `info` to thread `tid` of this process (`rt_tgsigqueueinfo`). `T`
+/// is a `siginfo_t` layout of the kernel's 128 bytes; a process may send its own threads
+/// signals with a negative `si_code`, such as `SI_QUEUE` or `SI_TIMER`. A signal sent to the
+/// calling thread is handled before this returns.
+pub(crate) fn queue_to_thread<T>(tid: i32, signo: libc::c_int, info: &T) -> std::io::Result<()> {
+    const { assert!(std::mem::size_of::<T>() == 128, "siginfo_t is 128 bytes") };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    // SAFETY: `info` points to 128 readable bytes laid out as a siginfo_t (checked above and
+    // promised by the caller); the kernel copies them and keeps no pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            pid,
+            tid,
+            signo,
+            info as *const T,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

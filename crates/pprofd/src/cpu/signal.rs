@@ -11,7 +11,7 @@
 //! - Each thread has its own `CLOCK_THREAD_CPUTIME_ID` timer delivering to that thread
 //!   (`SIGEV_THREAD_ID`), so samples are proportional to each thread's CPU time.
 
-use crate::sighandler::ChainedHandler;
+use crate::sighandler::{self, ChainedHandler};
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::{StackRing, MAX_DEPTH};
 use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
@@ -75,8 +75,6 @@ struct TimerSigInfo {
 /// is not ours, and lets the handler run before returning: for measuring what a sample
 /// costs. Not used while profiling.
 pub(super) fn raise_timer_signal(ours: bool) -> std::io::Result<()> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
     let info = TimerSigInfo {
         signo: libc::SIGPROF,
         errno: 0,
@@ -87,23 +85,7 @@ pub(super) fn raise_timer_signal(ours: bool) -> std::io::Result<()> {
         value: if ours { TIMER_COOKIE } else { !TIMER_COOKIE },
         _rest: [0; 12],
     };
-    // SAFETY: `info` is a 128-byte siginfo as the kernel reads it; a process may queue
-    // signals with a negative si_code (SI_TIMER) to its own threads. A signal sent to the
-    // calling thread is handled before the syscall returns.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_rt_tgsigqueueinfo,
-            pid,
-            crate::procfs::gettid(),
-            libc::SIGPROF,
-            &info as *const TimerSigInfo,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    sighandler::queue_to_thread(crate::procfs::gettid(), libc::SIGPROF, &info)
 }
 
 /// For a signal from one of our timers, the timer periods it stands for: one, plus the

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::sighandler::ChainedHandler;
+use crate::sighandler::{self, ChainedHandler};
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::MAX_DEPTH;
 use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
@@ -255,24 +255,11 @@ fn send(tid: i32, value: u64) -> Sent {
         value,
         _rest: [0; 12],
     };
-    // SAFETY: `info` is a 128-byte siginfo laid out as the kernel reads it for SI_QUEUE; a
-    // process may queue signals with a negative si_code to its own threads.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_rt_tgsigqueueinfo,
-            pid,
-            tid,
-            signo,
-            &info as *const QueuedSigInfo,
-        )
-    };
-    if rc == 0 {
-        Sent::Queued
-    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-        Sent::Gone
-    } else {
+    match sighandler::queue_to_thread(tid, signo, &info) {
+        Ok(()) => Sent::Queued,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Sent::Gone,
         // EAGAIN: the user's queued-signal limit (RLIMIT_SIGPENDING) is reached.
-        Sent::Refused
+        Err(_) => Sent::Refused,
     }
 }
 
