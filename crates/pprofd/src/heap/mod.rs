@@ -32,6 +32,7 @@ use std::sync::Mutex;
 
 pub use allocator::Allocator;
 pub(crate) use report::{HeapSnapshot, ProfileKind};
+pub(crate) use sampler::exclude_current_thread;
 
 use crate::unwind::UnwindTables;
 
@@ -70,11 +71,6 @@ pub fn set_sample_rate(bytes: usize) {
 /// (as it is until the pprof server starts).
 pub fn sample_rate() -> usize {
     sampler::RATE.load(Ordering::Acquire)
-}
-
-/// Leaves the calling thread's allocations out of heap profiles: for pprofd's own threads.
-pub(crate) fn exclude_current_thread() {
-    sampler::exclude_current_thread();
 }
 
 /// Whether a pprofd [`Allocator`] is the global allocator.

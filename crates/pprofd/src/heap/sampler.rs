@@ -328,7 +328,7 @@ pub(super) fn live_blocks() -> usize {
 /// Turns sampling off for good on the calling thread, one of pprofd's own: its allocations
 /// (symbolizing, encoding: tens of MiB per request) would otherwise crowd the service's own
 /// sites out of `allocs`.
-pub(super) fn exclude_current_thread() {
+pub(crate) fn exclude_current_thread() {
     THREAD.with(|t| t.busy.set(true));
 }
 
