@@ -1,7 +1,8 @@
 //! The router as a service, started as a separate process: clean and fast with the incidents
 //! off, and the leak incident keeps what the clean router frees.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,15 +25,7 @@ impl Router {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("router prints its address").unwrap();
-            if let Some(url) = line.strip_prefix("router ") {
-                break url.to_string();
-            }
-        };
-        // Keep reading, so the router never writes into a closed pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let (url, _pprof_off) = support::read_addresses(&mut child);
         Router { child, url }
     }
 

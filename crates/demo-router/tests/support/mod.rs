@@ -23,6 +23,27 @@ pub struct ProfiledRouter {
     pub pprof: String,
 }
 
+/// Reads the router's two start-up lines from its piped stdout: its URL, and its pprof URL
+/// without `/debug/pprof/` (or `off (...)`). Then keeps draining stdout, so the router never
+/// writes into a closed pipe.
+pub fn read_addresses(router: &mut Child) -> (String, String) {
+    let mut lines = BufReader::new(router.stdout.take().expect("stdout is piped")).lines();
+    let (mut url, mut pprof) = (String::new(), String::new());
+    while url.is_empty() || pprof.is_empty() {
+        let line = lines
+            .next()
+            .expect("demo-router prints its addresses")
+            .unwrap();
+        if let Some(u) = line.strip_prefix("router ") {
+            url = u.to_string();
+        } else if let Some(u) = line.strip_prefix("pprof ") {
+            pprof = u.trim_end_matches("/debug/pprof/").to_string();
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    (url, pprof)
+}
+
 impl ProfiledRouter {
     pub fn start() -> ProfiledRouter {
         let mut child = Command::new(env!("CARGO_BIN_EXE_demo-router"))
@@ -37,21 +58,7 @@ impl ProfiledRouter {
             .stdout(Stdio::piped())
             .spawn()
             .expect("demo-router starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut url, mut pprof) = (String::new(), String::new());
-        while url.is_empty() || pprof.is_empty() {
-            let line = lines
-                .next()
-                .expect("demo-router prints its addresses")
-                .unwrap();
-            if let Some(u) = line.strip_prefix("router ") {
-                url = u.to_string();
-            } else if let Some(u) = line.strip_prefix("pprof ") {
-                pprof = u.trim_end_matches("/debug/pprof/").to_string();
-            }
-        }
-        // Keep reading, so the router never writes into a closed pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let (url, pprof) = read_addresses(&mut child);
         assert!(pprof.starts_with("http://"), "profiling is on: {pprof}");
         ProfiledRouter { child, url, pprof }
     }
