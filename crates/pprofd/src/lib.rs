@@ -27,6 +27,7 @@
 
 pub mod cpu;
 mod error;
+mod fork;
 pub mod heap;
 mod objects;
 pub mod offcpu;

@@ -10,23 +10,57 @@
 //! [`queue_to_thread`] sends a thread of this process a signal with the `siginfo` pprofd
 //! chooses: dump requests, and the timer signals the CPU benchmark queues itself.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Mutex;
 
 /// An `SA_SIGINFO` handler.
 pub(crate) type SigInfoHandler =
     extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
-/// One signal's handler slot: installed once, chaining the previous disposition.
+/// What held a signal before pprofd's handler was put (back) in front of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// `SIG_DFL`: pprofd's signals would end the process; others pprofd now drops.
+    Default,
+    /// `SIG_IGN`: pprofd's signals would be lost; others pprofd drops, as before.
+    Ignore,
+    /// Another handler, which pprofd now chains.
+    Handler,
+}
+
+impl Disposition {
+    fn of(action: &libc::sigaction) -> Disposition {
+        match action.sa_sigaction {
+            libc::SIG_DFL => Disposition::Default,
+            libc::SIG_IGN => Disposition::Ignore,
+            _ => Disposition::Handler,
+        }
+    }
+
+    /// How a profile comment names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Disposition::Default => "reset to SIG_DFL",
+            Disposition::Ignore => "set to SIG_IGN",
+            Disposition::Handler => "replaced by another handler",
+        }
+    }
+}
+
+/// One signal's handler slot: pprofd's handler in front, chaining what was there.
 pub(crate) struct ChainedHandler {
-    /// The disposition found at installation; set once, then only read (also in handlers).
-    previous: OnceLock<libc::sigaction>,
+    /// The disposition pprofd chains to: a `sigaction` leaked on purpose, swapped (and the
+    /// old one leaked too) when pprofd re-installs itself in front of a host's change.
+    /// Handlers read it with one atomic load; a handler running during the swap chains to
+    /// the old or the new one, both valid forever. Null until the first installation.
+    previous: AtomicPtr<libc::sigaction>,
     install: Mutex<()>,
 }
 
 impl ChainedHandler {
     pub const fn new() -> ChainedHandler {
         ChainedHandler {
-            previous: OnceLock::new(),
+            previous: AtomicPtr::new(std::ptr::null_mut()),
             install: Mutex::new(()),
         }
     }
@@ -35,9 +69,39 @@ impl ChainedHandler {
     /// time it is called; later calls do nothing. `handler` must be async-signal-safe.
     pub fn install(&self, signo: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()> {
         let _serialize = self.install.lock().unwrap_or_else(|e| e.into_inner());
-        if self.previous.get().is_some() {
+        if !self.previous.load(Ordering::Acquire).is_null() {
             return Ok(());
         }
+        self.put_in_front(signo, handler).map(drop)
+    }
+
+    /// Makes sure `handler` is the disposition of `signo`, installing it if needed. When the
+    /// host changed the disposition after pprofd installed its handler (re-installed its
+    /// own, or set `SIG_IGN` or `SIG_DFL`), pprofd's goes back in front, chaining what is
+    /// there now, and the host's change is returned. One `sigaction` query when nothing
+    /// changed.
+    pub fn ensure(
+        &self,
+        signo: libc::c_int,
+        handler: SigInfoHandler,
+    ) -> std::io::Result<Option<Disposition>> {
+        let _serialize = self.install.lock().unwrap_or_else(|e| e.into_inner());
+        if self.previous.load(Ordering::Acquire).is_null() {
+            return self.put_in_front(signo, handler).map(|_| None);
+        }
+        let current = query(signo)?;
+        if current.sa_sigaction == handler as *const () as usize {
+            return Ok(None);
+        }
+        self.put_in_front(signo, handler).map(Some)
+    }
+
+    /// Installs `handler`, keeping what it replaces as the disposition to chain.
+    fn put_in_front(
+        &self,
+        signo: libc::c_int,
+        handler: SigInfoHandler,
+    ) -> std::io::Result<Disposition> {
         // SAFETY: a zeroed sigaction is a valid starting point; every field we rely on is set.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = handler as *const () as usize;
@@ -50,8 +114,11 @@ impl ChainedHandler {
         if unsafe { libc::sigaction(signo, &action, &mut previous) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let _ = self.previous.set(previous);
-        Ok(())
+        let replaced = Disposition::of(&previous);
+        // Leaked: a handler may be reading the one it replaces (field doc).
+        self.previous
+            .store(Box::into_raw(Box::new(previous)), Ordering::Release);
+        Ok(replaced)
     }
 
     /// Hands a signal that is not pprofd's to the previous handler. Async-signal-safe: one
@@ -63,7 +130,8 @@ impl ChainedHandler {
         info: *mut libc::siginfo_t,
         ucontext: *mut libc::c_void,
     ) {
-        let Some(previous) = self.previous.get() else {
+        // SAFETY: a non-null pointer is a leaked sigaction, never freed (field doc).
+        let Some(previous) = (unsafe { self.previous.load(Ordering::Acquire).as_ref() }) else {
             return;
         };
         let handler = previous.sa_sigaction;
@@ -80,6 +148,17 @@ impl ChainedHandler {
             f(signo);
         }
     }
+}
+
+/// The current disposition of `signo`.
+fn query(signo: libc::c_int) -> std::io::Result<libc::sigaction> {
+    // SAFETY: a zeroed sigaction receives the disposition.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only queries; `current` is valid for writing.
+    if unsafe { libc::sigaction(signo, std::ptr::null(), &mut current) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(current)
 }
 
 /// Queues `signo` with `info` to thread `tid` of this process (`rt_tgsigqueueinfo`). `T`
@@ -156,7 +235,62 @@ mod tests {
         // SAFETY: resetting an otherwise unused signal to its default before installing.
         unsafe { libc::signal(signo, libc::SIG_DFL) };
         OURS_ALONE.install(signo, forward_alone).unwrap();
-        // SAFETY: raising a signal that has our handler; the default would end the process.
+        // The default action of a real-time signal ends the process: this test binary would
+        // die here if chaining called it.
+        // SAFETY: raising a signal that has our handler.
+        assert_eq!(unsafe { libc::raise(signo) }, 0);
+        assert_eq!(
+            query(signo).unwrap().sa_sigaction,
+            forward_alone as *const () as usize,
+            "pprofd's handler stays installed"
+        );
+    }
+
+    static OURS_AGAIN: ChainedHandler = ChainedHandler::new();
+    static LATE_HOST_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn late_host(_: libc::c_int) {
+        LATE_HOST_CALLS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    extern "C" fn forward_again(
+        signo: libc::c_int,
+        info: *mut libc::siginfo_t,
+        uc: *mut libc::c_void,
+    ) {
+        OURS_AGAIN.chain(signo, info, uc);
+    }
+
+    #[test]
+    fn a_host_change_after_installation_is_undone_and_chained() {
+        let signo = libc::SIGRTMIN() + 13;
+        assert_eq!(OURS_AGAIN.ensure(signo, forward_again).unwrap(), None);
+        assert_eq!(
+            OURS_AGAIN.ensure(signo, forward_again).unwrap(),
+            None,
+            "nothing changed"
+        );
+        // SAFETY: the host installs its own plain handler over pprofd's.
+        unsafe { libc::signal(signo, late_host as *const () as libc::sighandler_t) };
+        assert_eq!(
+            OURS_AGAIN.ensure(signo, forward_again).unwrap(),
+            Some(Disposition::Handler)
+        );
+        // SAFETY: raising a signal that has our handler in front of the host's.
         unsafe { libc::raise(signo) };
+        assert_eq!(
+            LATE_HOST_CALLS.load(Ordering::SeqCst),
+            1,
+            "the host's handler is chained"
+        );
+        // SAFETY: the host resets the signal to its default, which would end the process.
+        unsafe { libc::signal(signo, libc::SIG_DFL) };
+        assert_eq!(
+            OURS_AGAIN.ensure(signo, forward_again).unwrap(),
+            Some(Disposition::Default)
+        );
+        // SAFETY: raising a signal that has our handler again; chaining drops it.
+        assert_eq!(unsafe { libc::raise(signo) }, 0);
+        assert_eq!(LATE_HOST_CALLS.load(Ordering::SeqCst), 1);
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::procfs;
 use crate::profile::{Frame, Label, ProfileBuilder};
+use crate::sighandler::Disposition;
 use crate::unwind::ring::{StackRecord, StackRing};
 use crate::unwind::{StackBounds, UnwindTables};
 #[doc(hidden)]
@@ -29,6 +30,8 @@ pub const DEFAULT_HZ: u32 = 100;
 pub const MAX_HZ: u32 = 1000;
 /// How often the collector looks for new threads and drains samples.
 const COLLECT_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a running profile checks that the host left SIGPROF to pprofd's handler.
+const DISPOSITION_CHECK: Duration = Duration::from_millis(10);
 /// Ring slots; at 1000 Hz on 50 busy threads the collector drains 2,500 per tick.
 const RING_SLOTS: usize = 8192;
 
@@ -59,8 +62,19 @@ impl std::fmt::Display for CpuProfileError {
 
 impl std::error::Error for CpuProfileError {}
 
-/// Aggregated samples, keyed by thread, stack and truncation.
-type StackCounts = HashMap<(i32, bool, Vec<u64>), Caught>;
+/// How a sampled stack ends.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Ending {
+    /// At the thread's root.
+    Root,
+    /// Before the root (bad read, depth limit, no free unwinder cache).
+    Truncated,
+    /// Not walked: too little stack left below the handler (the leaf alone).
+    NoRoom,
+}
+
+/// Aggregated samples, keyed by thread, stack and how it ends.
+type StackCounts = HashMap<(i32, Ending, Vec<u64>), Caught>;
 
 /// How often one stack was caught: signals taken, and the timer periods they stand for.
 #[derive(Default)]
@@ -74,6 +88,8 @@ struct Collected {
     counts: StackCounts,
     thread_names: HashMap<i32, String>,
     lost: u64,
+    /// Changes of the SIGPROF disposition by the host that the collector undid.
+    displaced: Vec<Disposition>,
 }
 
 /// A running CPU profile. Stop it with [`CpuProfile::stop`]; dropping it stops it too.
@@ -98,7 +114,9 @@ impl CpuProfile {
             RUNNING.store(false, Ordering::Release);
             CpuProfileError::Setup(e)
         };
-        signal::install_handler().map_err(release)?;
+        // Checked before any timer is armed: a host may have changed SIGPROF since pprofd
+        // installed its handler (see `signal`).
+        let displaced = signal::ensure_handler().map_err(release)?;
         STACK_BOUNDS.replace(Some(Box::new(StackBounds::load())));
         SAMPLING.replace(Some(Box::new(SamplingState {
             ring: StackRing::new(RING_SLOTS),
@@ -109,7 +127,7 @@ impl CpuProfile {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("pprofd-cpu".into())
-                .spawn(move || collect(hz, &stop))
+                .spawn(move || collect(hz, &stop, displaced))
                 .map_err(|e| {
                     SAMPLING.replace(None);
                     STACK_BOUNDS.replace(None);
@@ -135,14 +153,21 @@ impl CpuProfile {
             period,
         );
         builder.set_time(self.started, self.started_at.elapsed());
-        let (mut truncated, mut signals, mut periods) = (0, 0, 0);
-        for ((tid, was_truncated, stack), caught) in collected.counts {
+        let (mut truncated, mut no_room, mut signals, mut periods) = (0, 0, 0, 0);
+        for ((tid, ending, stack), caught) in collected.counts {
             signals += caught.signals;
             periods += caught.periods;
             let mut frames: Vec<Frame> = stack.into_iter().map(Frame::Address).collect();
-            if was_truncated {
-                truncated += caught.signals;
-                frames.push(Frame::Synthetic("[truncated]".into()));
+            match ending {
+                Ending::Root => {}
+                Ending::Truncated => {
+                    truncated += caught.signals;
+                    frames.push(Frame::Synthetic("[truncated]".into()));
+                }
+                Ending::NoRoom => {
+                    no_room += caught.signals;
+                    frames.push(Frame::Synthetic("[lost: no stack room]".into()));
+                }
             }
             let name = collected
                 .thread_names
@@ -172,6 +197,29 @@ impl CpuProfile {
                 "{truncated} samples have truncated stacks (rooted at [truncated])"
             ));
         }
+        if no_room > 0 {
+            builder.add_comment(format!(
+                "{no_room} samples lost: no stack room (the thread had less than {} bytes of \
+                 stack left below the signal handler, so only its leaf is kept, under [lost: no \
+                 stack room])",
+                crate::unwind::WALK_STACK_NEED
+            ));
+        }
+        for disposition in &collected.displaced {
+            builder.add_comment(format!(
+                "the host's SIGPROF disposition was {} after pprofd installed its handler; \
+                 pprofd put its handler back in front (chaining what the host set) within \
+                 10 ms, and samples of that interval may be missing",
+                disposition.describe()
+            ));
+        }
+        if signals == 0 {
+            builder.add_comment(
+                "no samples: no thread of the process used CPU time it could be sampled in \
+                 while the profile ran"
+                    .to_string(),
+            );
+        }
         if collected.lost > 0 {
             builder.add_comment(format!(
                 "{} samples lost: sample buffer full",
@@ -191,6 +239,7 @@ impl CpuProfile {
                 counts: HashMap::new(),
                 thread_names: HashMap::new(),
                 lost: 0,
+                displaced: Vec::new(),
             });
         RUNNING.store(false, Ordering::Release);
         collected
@@ -207,7 +256,7 @@ impl Drop for CpuProfile {
 
 /// The collector thread: keeps timers, tables and bounds current and drains samples until
 /// told to stop, then tears sampling down and returns what it gathered.
-fn collect(hz: u32, stop: &AtomicBool) -> Collected {
+fn collect(hz: u32, stop: &AtomicBool, displaced: Option<Disposition>) -> Collected {
     let _internal = procfs::register_internal_thread();
     let period_ns = 1_000_000_000 / hz as u64;
     let mut timers: HashMap<i32, ThreadTimer> = HashMap::new();
@@ -215,6 +264,7 @@ fn collect(hz: u32, stop: &AtomicBool) -> Collected {
         counts: HashMap::new(),
         thread_names: HashMap::new(),
         lost: 0,
+        displaced: displaced.into_iter().collect(),
     };
     let mut bounds = StackBounds::load();
     loop {
@@ -234,7 +284,8 @@ fn collect(hz: u32, stop: &AtomicBool) -> Collected {
             bounds = fresh.clone();
             STACK_BOUNDS.replace(Some(Box::new(fresh)));
         }
-        if SAMPLING.with_owner(|s| s.is_some_and(|s| s.tables.is_stale())) {
+        // SAFETY: this collector is the only publisher of SAMPLING while its profile runs.
+        if unsafe { SAMPLING.with_owner(|s| s.is_some_and(|s| s.tables.is_stale())) } {
             // An object was loaded or unloaded: swap in fresh tables, then drain the old ring.
             let fresh = SamplingState {
                 ring: StackRing::new(RING_SLOTS),
@@ -244,8 +295,14 @@ fn collect(hz: u32, stop: &AtomicBool) -> Collected {
                 retire(&old.ring, &mut collected);
             }
         }
-        SAMPLING.with_owner(|s| s.map(|s| drain(&s.ring, &mut collected)));
-        std::thread::sleep(COLLECT_INTERVAL);
+        // SAFETY: as above.
+        unsafe { SAMPLING.with_owner(|s| s.map(|s| drain(&s.ring, &mut collected))) };
+        for _ in 0..COLLECT_INTERVAL.as_millis() / DISPOSITION_CHECK.as_millis() {
+            std::thread::sleep(DISPOSITION_CHECK);
+            if let Ok(Some(change)) = signal::ensure_handler() {
+                collected.displaced.push(change);
+            }
+        }
     }
 }
 
@@ -254,11 +311,27 @@ fn drain(ring: &StackRing, collected: &mut Collected) {
         let stack = record.frames[..record.depth].to_vec();
         let caught = collected
             .counts
-            .entry((record.tid, record.truncated, stack))
+            .entry((record.tid, ending(record), stack))
             .or_default();
         caught.signals += 1;
         caught.periods += record.weight;
     });
+}
+
+fn ending(record: &StackRecord) -> Ending {
+    match (record.no_room, record.truncated) {
+        (true, _) => Ending::NoRoom,
+        (false, true) => Ending::Truncated,
+        (false, false) => Ending::Root,
+    }
+}
+
+/// `pthread_atfork` child (see `crate::fork`): the child has no collector and no timers, so
+/// it drops the parent's profile without freeing it and may start one of its own.
+pub(crate) fn after_fork_in_child() {
+    SAMPLING.forget_in_child();
+    STACK_BOUNDS.forget_in_child();
+    RUNNING.store(false, Ordering::Release);
 }
 
 /// Drains a ring that handlers can no longer reach and counts what it lost.

@@ -8,10 +8,19 @@
 //! - The handler is installed once and never removed or reset to `SIG_DFL`: a SIGPROF that
 //!   arrives after a profile stops finds nothing published and returns. A SIGPROF that is
 //!   not from our timers goes to the handler that was installed before ours.
+//! - A host may change SIGPROF after pprofd installed its handler (its own handler, `SIG_IGN`,
+//!   `SIG_DFL`). Before any timer is armed, and every 10 ms while a profile runs, the
+//!   disposition is checked and pprofd's handler put back in front of whatever is there
+//!   (which it then chains); the profile says so in a comment. What remains: a host that
+//!   resets SIGPROF to `SIG_DFL` while a profile runs can still meet one of pprofd's
+//!   signals in the 10 ms before the check, and be ended by it.
+//! - Stack room: the walk runs only with `unwind::WALK_STACK_NEED` bytes of stack left below
+//!   the handler, on the thread's stack or the sigaltstack it is on; otherwise the sample is
+//!   recorded as "[lost: no stack room]" with its leaf address alone.
 //! - Each thread has its own `CLOCK_THREAD_CPUTIME_ID` timer delivering to that thread
 //!   (`SIGEV_THREAD_ID`), so samples are proportional to each thread's CPU time.
 
-use crate::sighandler::{self, ChainedHandler};
+use crate::sighandler::{self, ChainedHandler, Disposition};
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::{StackRing, MAX_DEPTH};
 use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
@@ -33,9 +42,10 @@ const SI_TIMER: i32 = -2;
 
 static HANDLER: ChainedHandler = ChainedHandler::new();
 
-/// Installs the SIGPROF handler the first time it is called; later calls do nothing.
-pub(super) fn install_handler() -> std::io::Result<()> {
-    HANDLER.install(libc::SIGPROF, on_sigprof)
+/// Installs the SIGPROF handler, or puts it back in front when the host changed SIGPROF
+/// since (and returns that change).
+pub(super) fn ensure_handler() -> std::io::Result<Option<Disposition>> {
+    HANDLER.ensure(libc::SIGPROF, on_sigprof)
 }
 
 extern "C" fn on_sigprof(
@@ -121,6 +131,7 @@ unsafe fn record_sample(ucontext: *mut libc::c_void, periods: u64) {
         unwind::unwind_signal_context(regs, &state.tables, bounds, &mut record.frames[..MAX_DEPTH]);
     record.depth = unwound.depth;
     record.truncated = unwound.truncated;
+    record.no_room = unwound.not_walked == Some(unwind::NoWalk::NoRoom);
     record.tid = crate::procfs::gettid();
     record.weight = periods;
     slot.commit();
@@ -173,5 +184,38 @@ impl Drop for ThreadTimer {
     fn drop(&mut self) {
         // SAFETY: the timer is live and owned by self; deleting it stops further signals.
         unsafe { libc::timer_delete(self.0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unwind::stack_use;
+
+    #[test]
+    fn a_sample_fits_in_the_stack_room_the_handler_checks_for() {
+        let mut profile = None;
+        let used = stack_use::measure(
+            || profile = Some(super::super::CpuProfile::start(1).expect("no other CPU profile")),
+            |()| raise_timer_signal(true).expect("queue SIGPROF to this thread"),
+        );
+        let mut profile = profile.expect("started");
+        let collected = profile.halt();
+        let deepest = collected
+            .counts
+            .keys()
+            .map(|(_, _, stack)| stack.len())
+            .max();
+        assert!(
+            deepest.is_some_and(|d| d > 2),
+            "the sample was walked: {deepest:?}"
+        );
+        println!("a SIGPROF sample used {used} bytes of the interrupted thread's stack, the kernel's signal frame included");
+        // The kernel's frame (up to about 3.5 KiB with AVX-512 state), the handler's own
+        // frames, then at most WALK_STACK_NEED for the walk, which is checked for.
+        assert!(
+            used as u64 <= unwind::WALK_STACK_NEED + 4096,
+            "{used} bytes"
+        );
     }
 }

@@ -32,9 +32,9 @@ use std::sync::Mutex;
 
 pub use allocator::Allocator;
 pub(crate) use report::{HeapSnapshot, ProfileKind};
-pub(crate) use sampler::exclude_current_thread;
+pub(crate) use sampler::{exclude_current_thread, set_thread_stack};
 
-use crate::unwind::UnwindTables;
+use crate::unwind::{StackBounds, UnwindTables};
 
 /// Go's default `MemProfileRate`: one sample per 512 KiB allocated, on average.
 pub const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
@@ -121,19 +121,36 @@ fn rate_from_env() -> usize {
 /// The caller holds [`CONTROL`].
 fn apply_rate(rate: usize) {
     let rate = rate.min(u32::MAX as usize);
-    if rate > 0 && sampler::UNWIND_TABLES.with_owner(|t| t.is_none()) {
+    // SAFETY: the caller holds CONTROL, which every publisher of these values holds.
+    if rate > 0 && unsafe { sampler::UNWIND_TABLES.with_owner(|t| t.is_none()) } {
         let tables = sampler::without_sampling(UnwindTables::load);
         sampler::UNWIND_TABLES.replace(Some(Box::new(tables)));
+        let maps = sampler::without_sampling(StackBounds::load);
+        sampler::STACK_MAPS.replace(Some(Box::new(maps)));
     }
     sampler::RATE.store(rate, Ordering::Release);
 }
 
-/// Reloads the unwind tables if objects were loaded or unloaded since they were read.
+/// Reloads the unwind tables if objects were loaded or unloaded since they were read, and
+/// the mappings where stacks are found (threads and switched stacks come and go).
 pub(crate) fn refresh_unwind_tables() {
     let _control = CONTROL.lock().unwrap_or_else(|e| e.into_inner());
-    if sampler::UNWIND_TABLES.with_owner(|t| t.is_some_and(UnwindTables::is_stale)) {
+    // SAFETY: CONTROL is held (see `apply_rate`).
+    if unsafe { sampler::UNWIND_TABLES.with_owner(|t| t.is_some_and(UnwindTables::is_stale)) } {
         let fresh = sampler::without_sampling(UnwindTables::load);
         let old = sampler::UNWIND_TABLES.replace(Some(Box::new(fresh)));
         sampler::without_sampling(|| drop(old));
     }
+    // SAFETY: as above.
+    if unsafe { sampler::STACK_MAPS.with_owner(|m| m.is_some()) } {
+        let fresh = sampler::without_sampling(StackBounds::load);
+        let old = sampler::STACK_MAPS.replace(Some(Box::new(fresh)));
+        sampler::without_sampling(|| drop(old));
+    }
+}
+
+/// `pthread_atfork` child (see `crate::fork`): heap sampling off. The child has no server to
+/// read the samples; it turns on again if the child starts one.
+pub(crate) fn after_fork_in_child() {
+    sampler::RATE.store(0, Ordering::Release);
 }

@@ -307,6 +307,18 @@ impl HeapSnapshot {
                     "pprofd: {full} samples recorded under [pprofd: tables full] (stack or site table full)"
                 ));
             }
+            let no_room = t.losses.no_stack_room.load(Relaxed);
+            if no_room > 0 {
+                comments.push(format!(
+                    "pprofd: {no_room} samples recorded under [truncated] without their stack: lost: no stack room (the allocating thread had too little stack left to walk it safely)"
+                ));
+            }
+            let unknown = t.losses.unknown_stack.load(Relaxed);
+            if unknown > 0 {
+                comments.push(format!(
+                    "pprofd: {unknown} samples recorded under [truncated] without their stack: it was on memory no known mapping held (a stack created since the last report)"
+                ));
+            }
             let live_full = t.losses.live_set_full.load(Relaxed);
             if live_full > 0 {
                 comments.push(format!(

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, AtomicUsize
 use super::tables::{size_class, HeapTables, LiveBlock, FIXED_ONE};
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::MAX_DEPTH;
-use crate::unwind::{self, UnwindTables};
+use crate::unwind::{self, NoWalk, StackBounds, StackRange, UnwindTables};
 
 /// Bytes a thread allocates between checks of the rate while sampling is off.
 pub(super) const OFF_RECHECK_BYTES: usize = 1 << 20;
@@ -34,6 +34,12 @@ pub(super) static RATE: AtomicUsize = AtomicUsize::new(0);
 pub(super) static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// Unwind tables for sampled allocations, published before sampling is turned on.
 pub(super) static UNWIND_TABLES: Published<UnwindTables> = Published::new();
+/// The process's writable mappings, published with the tables and refreshed with each heap
+/// report: where a thread that pprofd did not see created finds its stack.
+pub(super) static STACK_MAPS: Published<StackBounds> = Published::new();
+/// Stack room a sampled allocation needs below the sampler's entry: the walk, its frame
+/// array and the table updates (measured by `a_sampled_allocation_fits_in_its_stack_room`).
+pub(super) const SAMPLE_STACK_NEED: u64 = unwind::WALK_STACK_NEED + 2048;
 /// The heap tables, allocated on the first sampled allocation and never freed.
 static TABLES: AtomicPtr<HeapTables> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -67,8 +73,10 @@ struct ThreadSampler {
     rng: Cell<u64>,
     /// Set while the thread is inside the sampler or the profiler: no sampling then.
     busy: Cell<bool>,
-    /// One past the top of this thread's stack; 0 until looked up, 1 when unknown.
-    stack_top: Cell<u64>,
+    /// This thread's stack (`floor..end`), set when pprofd saw the thread created; `0..0`
+    /// when unknown.
+    stack_floor: Cell<u64>,
+    stack_end: Cell<u64>,
 }
 
 thread_local! {
@@ -78,7 +86,8 @@ thread_local! {
             armed_rate: Cell::new(0),
             rng: Cell::new(0),
             busy: Cell::new(false),
-            stack_top: Cell::new(0),
+            stack_floor: Cell::new(0),
+            stack_end: Cell::new(0),
         }
     };
 }
@@ -195,7 +204,13 @@ fn tables_or_allocate<A: GlobalAlloc>(inner: &A) -> Option<&'static HeapTables> 
 }
 
 /// Records a sampled allocation of `size` bytes at `ptr`: its stack, its site's counters
-/// and its entry in the live set. No global allocation, no lock.
+/// and its entry in the live set. No global allocation, no lock, no system call but one
+/// `sigaltstack` query when the stack is not the thread's own.
+///
+/// Stack use: this function is small; it finds the mapping holding the stack pointer and
+/// checks [`SAMPLE_STACK_NEED`] bytes of room below it before [`record_with_stack`] (whose
+/// frame holds the frame array) runs. Without room, or on a stack no published mapping holds,
+/// the allocation is recorded without its stack and counted (`Losses`).
 #[inline(never)]
 pub(super) fn record_allocation<A: GlobalAlloc>(inner: &A, ptr: *mut u8, size: usize, rate: usize) {
     THREAD.with(|t| {
@@ -203,52 +218,92 @@ pub(super) fn record_allocation<A: GlobalAlloc>(inner: &A, ptr: *mut u8, size: u
             return;
         }
         if let Some(tables) = tables_or_allocate(inner) {
-            let mut frames = [0u64; MAX_DEPTH];
-            let (depth, truncated) = unwind_here(t, &mut frames);
-            let stack = tables.intern_stack(&frames[..depth], truncated, inner);
-            let site = tables.site(stack, size_class(size));
+            let here = unwind::current_regs().sp;
+            let stack = own_stack(t, here);
+            let room = stack.is_some_and(|s| here.saturating_sub(s.floor) >= SAMPLE_STACK_NEED);
             let rate = rate.min(u32::MAX as usize) as u32;
-            count(tables, site, size, rate, Event::Alloc);
-            track_live(tables, ptr as usize, LiveBlock { site, rate }, size);
+            if room {
+                record_with_stack(tables, stack, inner, ptr, size, rate);
+            } else {
+                let lost = match stack {
+                    None => &tables.losses.unknown_stack,
+                    Some(_) => &tables.losses.no_stack_room,
+                };
+                lost.fetch_add(1, Relaxed);
+                record_at(tables, None, inner, ptr, size, rate);
+            }
         }
         t.busy.set(false);
     })
 }
 
-/// Unwinds the calling thread into `frames`, returning the depth and whether it is cut.
-fn unwind_here(t: &ThreadSampler, frames: &mut [u64]) -> (usize, bool) {
-    let guard = published::enter();
-    let Some(unwind_tables) = UNWIND_TABLES.get(&guard) else {
-        return (0, true);
+/// The stack a sampled allocation runs on: the thread's own when its stack pointer is in it,
+/// else the sigaltstack it runs on, else the published mapping holding the stack pointer (a
+/// stack the program switched to, or a thread created where pprofd could not see it).
+fn own_stack(t: &ThreadSampler, sp: u64) -> Option<StackRange> {
+    let own = StackRange {
+        floor: t.stack_floor.get(),
+        end: t.stack_end.get(),
     };
-    let unwound = unwind::unwind_current_thread(unwind_tables, stack_top(t), frames);
-    (unwound.depth, unwound.truncated)
-}
-
-/// One past the top of the calling thread's stack, looked up once per thread.
-fn stack_top(t: &ThreadSampler) -> u64 {
-    if t.stack_top.get() == 0 {
-        t.stack_top.set(thread_stack_top().unwrap_or(1));
+    if own.holds(sp) {
+        return Some(own);
     }
-    t.stack_top.get()
+    if let Some(alt) = unwind::current_alt_stack().filter(|alt| alt.holds(sp)) {
+        return Some(alt);
+    }
+    let guard = published::enter();
+    STACK_MAPS.get(&guard)?.holding(sp)
 }
 
-/// Asks the C library where the calling thread's stack ends. Takes the thread's descriptor
-/// lock (and for the main thread reads /proc/self/maps with the C library's malloc, not the
-/// Rust global allocator), so it runs once per thread and never inside the unwinder.
-fn thread_stack_top() -> Option<u64> {
-    // SAFETY: `attr` is initialised by pthread_getattr_np before use and destroyed after.
-    unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return None;
+#[inline(never)]
+fn record_with_stack<A: GlobalAlloc>(
+    tables: &HeapTables,
+    stack: Option<StackRange>,
+    inner: &A,
+    ptr: *mut u8,
+    size: usize,
+    rate: u32,
+) {
+    let mut frames = [0u64; MAX_DEPTH];
+    let guard = published::enter();
+    let (depth, truncated) = match UNWIND_TABLES.get(&guard) {
+        Some(unwind_tables) => {
+            let unwound = unwind::unwind_current_thread(unwind_tables, stack, &mut frames);
+            if unwound.not_walked == Some(NoWalk::NoRoom) {
+                tables.losses.no_stack_room.fetch_add(1, Relaxed);
+            }
+            (unwound.depth, unwound.truncated)
         }
-        let mut addr: *mut libc::c_void = std::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
-        libc::pthread_attr_destroy(&mut attr);
-        ok.then(|| addr as u64 + size as u64)
-    }
+        None => (0, true),
+    };
+    drop(guard);
+    let stack = tables.intern_stack(&frames[..depth], truncated, inner);
+    record_at(tables, Some(stack), inner, ptr, size, rate);
+}
+
+/// Counts the allocation at its site and enters it in the live set. `stack` is `None` for an
+/// allocation recorded without its stack, `Some(None)` when the stack table was full.
+fn record_at<A: GlobalAlloc>(
+    tables: &HeapTables,
+    stack: Option<Option<usize>>,
+    inner: &A,
+    ptr: *mut u8,
+    size: usize,
+    rate: u32,
+) {
+    let stack = stack.unwrap_or_else(|| tables.intern_stack(&[], true, inner));
+    let site = tables.site(stack, size_class(size));
+    count(tables, site, size, rate, Event::Alloc);
+    track_live(tables, ptr as usize, LiveBlock { site, rate }, size);
+}
+
+/// Tells the sampler where the calling thread's stack is (from thread creation, outside the
+/// allocator), so its sampled allocations are walked without a lookup.
+pub(crate) fn set_thread_stack(range: StackRange) {
+    THREAD.with(|t| {
+        t.stack_floor.set(range.floor);
+        t.stack_end.set(range.end);
+    });
 }
 
 /// Adds `ptr` to the live set, or counts it freed at once when the set is full (so in-use
@@ -351,7 +406,8 @@ mod tests {
             armed_rate: Cell::new(0),
             rng: Cell::new(0),
             busy: Cell::new(false),
-            stack_top: Cell::new(0),
+            stack_floor: Cell::new(0),
+            stack_end: Cell::new(0),
         };
         let n = 200_000;
         let draws: Vec<f64> = (0..n).map(|_| next_interval(&t, 4096) as f64).collect();
@@ -368,5 +424,37 @@ mod tests {
         assert!((weight(100 << 20, 1 << 19) - 1.0).abs() < 1e-9);
         let half = weight(1 << 19, 1 << 19);
         assert!((half - 1.0 / (1.0 - (-1f64).exp())).abs() < 1e-9);
+    }
+}
+
+#[cfg(test)]
+mod stack_room_tests {
+    use super::*;
+    use crate::unwind::stack_use;
+    use std::alloc::System;
+
+    #[test]
+    fn a_sampled_allocation_fits_in_its_stack_room() {
+        UNWIND_TABLES.replace(Some(Box::new(UnwindTables::load())));
+        let block = Box::into_raw(Box::new([0u8; 64]));
+        let address = block as usize;
+        let used = stack_use::measure(
+            || STACK_MAPS.replace(Some(Box::new(StackBounds::load()))),
+            |_| record_allocation(&System, address as *mut u8, 64, 1),
+        );
+        let tables = tables().expect("the sample allocated the tables");
+        let walked = tables
+            .sites()
+            .filter_map(|(_, stack)| tables.stack(stack?))
+            .any(|s| s.frames.len() > 2);
+        assert!(walked, "the allocation was recorded with its stack");
+        println!("a sampled allocation used {used} bytes of stack");
+        assert!(
+            used as u64 <= SAMPLE_STACK_NEED,
+            "{used} bytes > {SAMPLE_STACK_NEED}"
+        );
+        take_live(block as *mut u8);
+        // SAFETY: `block` came from Box::into_raw above and is freed once.
+        drop(unsafe { Box::from_raw(block) });
     }
 }

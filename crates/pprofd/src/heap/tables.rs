@@ -98,6 +98,10 @@ pub(super) struct Losses {
     pub table_full: AtomicU64,
     /// Sampled blocks counted freed at once because the live set was full.
     pub live_set_full: AtomicU64,
+    /// Samples recorded without their stack: too little stack left to walk it.
+    pub no_stack_room: AtomicU64,
+    /// Samples recorded without their stack: it was on memory no known mapping holds.
+    pub unknown_stack: AtomicU64,
 }
 
 /// Every table of the heap profiler. All-zero bytes are a valid, empty value.
@@ -155,6 +159,11 @@ impl HeapTables {
         inner: &A,
     ) {
         let depth = frames.len();
+        if depth == 0 {
+            // Nothing to store (a full arena would otherwise hand out a chunk past its end).
+            entry.location.store(1, Release);
+            return;
+        }
         let Some(start) = self.reserve_frames(depth) else {
             // Arena full: publish an empty, truncated stack so the report shows the site as
             // "[truncated]" rather than dropping its bytes.
@@ -200,12 +209,12 @@ impl HeapTables {
 
     /// Arena chunk `index`, allocated through `inner` by the first thread that needs it.
     fn chunk<A: GlobalAlloc>(&self, index: usize, inner: &A) -> Option<*mut u64> {
-        let slot = &self.chunks[index];
+        let slot = self.chunks.get(index)?;
         let chunk = slot.load(Acquire);
         if !chunk.is_null() {
             return Some(chunk);
         }
-        let layout = chunk_layout();
+        let layout = CHUNK_LAYOUT;
         // SAFETY: the layout has a non-zero size.
         let fresh = unsafe { inner.alloc(layout) } as *mut u64;
         if fresh.is_null() {
@@ -340,7 +349,7 @@ impl HeapTables {
     /// Bytes of arena chunks allocated so far.
     pub fn chunk_bytes(&self) -> usize {
         let chunks = self.chunks.iter().filter(|c| !c.load(Relaxed).is_null());
-        chunks.count() * chunk_layout().size()
+        chunks.count() * CHUNK_LAYOUT.size()
     }
 
     /// Frames used in the arena and distinct stacks and sites held, for the report.
@@ -363,9 +372,8 @@ impl HeapTables {
     }
 }
 
-fn chunk_layout() -> Layout {
-    Layout::array::<u64>(CHUNK_FRAMES).expect("a chunk fits in memory")
-}
+/// One arena chunk; a constant, so no allocator path computes (or unwraps) a layout.
+const CHUNK_LAYOUT: Layout = Layout::new::<[u64; CHUNK_FRAMES]>();
 
 /// The two candidate lines of a block address.
 fn live_lines(addr: usize) -> (usize, usize) {

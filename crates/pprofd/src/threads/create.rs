@@ -84,23 +84,45 @@ fn recorded(_tid: i32) -> Option<Vec<Frame>> {
 #[cfg(feature = "threadcreate")]
 use hook::recorded;
 #[cfg(feature = "threadcreate")]
-pub(crate) use hook::start_recording;
+pub(crate) use hook::{after_fork_in_child, after_fork_in_parent, before_fork, start_recording};
 
 /// Without the feature there is nothing to record.
 #[cfg(not(feature = "threadcreate"))]
 pub(crate) fn start_recording() {}
+/// Without the feature nothing is held across fork.
+#[cfg(not(feature = "threadcreate"))]
+pub(crate) fn before_fork() {}
+/// Without the feature nothing is held across fork.
+#[cfg(not(feature = "threadcreate"))]
+pub(crate) fn after_fork_in_parent() {}
+/// Without the feature nothing is held across fork.
+#[cfg(not(feature = "threadcreate"))]
+pub(crate) fn after_fork_in_child() {}
 
 #[cfg(feature = "threadcreate")]
 mod hook {
-    use std::cell::Cell;
+    //! Invariants, which every change here must keep:
+    //! - With recording off (before the server starts, and in a forked child) the hook takes
+    //!   no lock and allocates nothing: one atomic load of the resolved C library function,
+    //!   one of the recording flag, then the call.
+    //! - The hook always creates the thread when the C library can: the real
+    //!   `pthread_create` is found with `dlsym(RTLD_NEXT)` in dynamic executables and by its
+    //!   internal name (glibc's `__pthread_create_2_1`, musl's `__pthread_create`, linked
+    //!   directly) in static ones, where `dlsym` finds nothing.
+    //! - Fork: the two locks of the recording path are taken by a `pthread_atfork` prepare
+    //!   handler and released after the fork in parent and child, so a child forked while
+    //!   another thread records never finds them held; the child starts with recording off
+    //!   and an empty table (its parent's threads are not its own).
+
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex, OnceLock};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, MutexGuard};
 
     use crate::procfs;
     use crate::profile::Frame;
     use crate::unwind::ring::MAX_DEPTH;
-    use crate::unwind::{self, StackBounds, UnwindTables};
+    use crate::unwind::{self, StackRange, UnwindTables};
 
     type StartRoutine = extern "C" fn(*mut libc::c_void) -> *mut libc::c_void;
     type PthreadCreate = unsafe extern "C" fn(
@@ -116,22 +138,53 @@ mod hook {
 
     /// A creator's stack, leaf first, and whether the unwinder stopped before its root.
     type CreatorStack = (Vec<u64>, bool);
+    type Stacks = Option<HashMap<i32, CreatorStack>>;
+    type Tables = Option<Arc<UnwindTables>>;
 
     /// Set once the pprof server starts; until then the hook only forwards.
     static RECORDING: AtomicBool = AtomicBool::new(false);
 
     /// Starts recording creation stacks (from the server's start on).
     pub(crate) fn start_recording() {
+        crate::fork::register_handlers();
         RECORDING.store(true, Ordering::Relaxed);
     }
 
     /// Creation stacks of live threads by thread id.
-    static STACKS: Mutex<Option<HashMap<i32, CreatorStack>>> = Mutex::new(None);
-    static TABLES: Mutex<Option<Arc<UnwindTables>>> = Mutex::new(None);
+    static STACKS: Mutex<Stacks> = Mutex::new(None);
+    static TABLES: Mutex<Tables> = Mutex::new(None);
 
     thread_local! {
         /// Set on threads whose stack is in `STACKS`; its drop at thread exit removes it.
         static FORGET_AT_EXIT: Cell<Option<Forget>> = const { Cell::new(None) };
+        /// The recording path's locks, held by the forking thread across `fork`.
+        static HELD_ACROSS_FORK: RefCell<Option<(MutexGuard<'static, Tables>, MutexGuard<'static, Stacks>)>> =
+            const { RefCell::new(None) };
+    }
+
+    /// `pthread_atfork` prepare: takes both locks (neither is held for long, and no thread
+    /// holding one waits for anything the forking thread holds).
+    pub(crate) fn before_fork() {
+        let tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+        let stacks = STACKS.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = HELD_ACROSS_FORK.try_with(|held| *held.borrow_mut() = Some((tables, stacks)));
+    }
+
+    /// `pthread_atfork` parent: releases the locks.
+    pub(crate) fn after_fork_in_parent() {
+        let _ = HELD_ACROSS_FORK.try_with(|held| held.borrow_mut().take());
+    }
+
+    /// `pthread_atfork` child: recording off, the parent's threads forgotten (their map is
+    /// leaked rather than freed in the child), the locks released.
+    pub(crate) fn after_fork_in_child() {
+        RECORDING.store(false, Ordering::Relaxed);
+        let _ = HELD_ACROSS_FORK.try_with(|held| {
+            if let Some((_tables, mut stacks)) = held.borrow_mut().take() {
+                std::mem::forget(stacks.take());
+            }
+        });
+        let _ = FORGET_AT_EXIT.try_with(|forget| std::mem::forget(forget.take()));
     }
 
     struct Forget(i32);
@@ -155,14 +208,41 @@ mod hook {
         Some(frames)
     }
 
+    /// The C library's `pthread_create`. Lock-free: racing first calls resolve the same
+    /// address and store it twice.
     fn real_pthread_create() -> Option<PthreadCreate> {
-        static REAL: OnceLock<usize> = OnceLock::new();
-        let address = *REAL.get_or_init(|| {
-            // SAFETY: RTLD_NEXT with a NUL-terminated name is a valid lookup.
-            unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) as usize }
-        });
-        // SAFETY: a non-null address of `pthread_create` from the C library has its signature.
+        static REAL: AtomicUsize = AtomicUsize::new(0);
+        let mut address = REAL.load(Ordering::Relaxed);
+        if address == 0 {
+            address = resolve_real_pthread_create();
+            REAL.store(address, Ordering::Relaxed);
+        }
+        // SAFETY: a non-null address of the C library's `pthread_create` has its signature.
         (address != 0).then(|| unsafe { std::mem::transmute::<usize, PthreadCreate>(address) })
+    }
+
+    #[cfg(not(target_feature = "crt-static"))]
+    fn resolve_real_pthread_create() -> usize {
+        // SAFETY: RTLD_NEXT with a NUL-terminated name is a valid lookup.
+        unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) as usize }
+    }
+
+    /// In a static executable the C library is linked in and `dlsym` finds nothing; its
+    /// `pthread_create` is a weak alias that pprofd's definition overrides, of a global
+    /// function under an internal name, which is named here directly.
+    #[cfg(target_feature = "crt-static")]
+    fn resolve_real_pthread_create() -> usize {
+        extern "C" {
+            #[cfg_attr(target_env = "gnu", link_name = "__pthread_create_2_1")]
+            #[cfg_attr(target_env = "musl", link_name = "__pthread_create")]
+            fn c_library_pthread_create(
+                thread: *mut libc::pthread_t,
+                attr: *const libc::pthread_attr_t,
+                routine: StartRoutine,
+                arg: *mut libc::c_void,
+            ) -> libc::c_int;
+        }
+        c_library_pthread_create as PthreadCreate as usize
     }
 
     struct Start {
@@ -212,6 +292,11 @@ mod hook {
             stack,
         } = *unsafe { Box::from_raw(start as *mut Start) };
         let tid = procfs::gettid();
+        // The heap sampler bounds this thread's stack walks by its stack, known from here on
+        // without a lookup inside the allocator.
+        if let Some(range) = own_stack_range() {
+            crate::heap::set_thread_stack(range);
+        }
         STACKS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -228,11 +313,8 @@ mod hook {
         let Some(tables) = current_tables() else {
             return (Vec::new(), true);
         };
-        let Some(bounds) = own_stack_bounds(regs.sp) else {
-            return (Vec::new(), true);
-        };
         let mut frames = vec![0; MAX_DEPTH];
-        let unwound = unwind::unwind_signal_context(regs, &tables, &bounds, &mut frames);
+        let unwound = unwind::unwind_from(regs, &tables, own_stack_range(), &mut frames);
         frames.truncate(unwound.depth);
         frames.drain(..OWN_FRAMES.min(frames.len()));
         (frames, unwound.truncated)
@@ -247,8 +329,10 @@ mod hook {
         tables.clone()
     }
 
-    /// The calling thread's stack mapping, from its pthread attributes.
-    fn own_stack_bounds(sp: u64) -> Option<StackBounds> {
+    /// The calling thread's stack mapping, from its pthread attributes. Not for the main
+    /// thread (glibc reads `/proc/self/maps` for it) or the allocator (it takes the thread
+    /// descriptor's lock): call it from thread creation only.
+    fn own_stack_range() -> Option<StackRange> {
         // SAFETY: a zeroed attr is filled by pthread_getattr_np and destroyed below.
         let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
         // SAFETY: `attr` is valid for writing; pthread_self is always valid.
@@ -261,8 +345,10 @@ mod hook {
         let rc = unsafe { libc::pthread_attr_getstack(&attr, &mut addr, &mut size) };
         // SAFETY: `attr` was initialised by pthread_getattr_np.
         unsafe { libc::pthread_attr_destroy(&mut attr) };
-        let (lo, hi) = (addr as u64, addr as u64 + size as u64);
-        (rc == 0 && (lo..hi).contains(&sp)).then(|| StackBounds::single(lo, hi))
+        (rc == 0).then(|| StackRange {
+            floor: addr as u64,
+            end: addr as u64 + size as u64,
+        })
     }
 }
 

@@ -22,7 +22,7 @@
 
 mod create;
 
-pub(crate) use create::start_recording;
+pub(crate) use create::{after_fork_in_child, after_fork_in_parent, before_fork, start_recording};
 pub(crate) mod procinfo;
 mod render;
 pub(crate) mod signal;

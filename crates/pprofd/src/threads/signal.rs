@@ -335,35 +335,38 @@ pub(crate) fn collect(
     let mut in_flight: Vec<(usize, Instant)> = Vec::with_capacity(WINDOW);
     let mut next = 0;
     let mut expected = 0;
-    DUMP.with_owner(|dump| {
-        let dump = dump.expect("published above");
-        loop {
-            // Read before looking at the slots: an answer after this wakes the wait below.
-            let seen = dump.answered.load(Ordering::Acquire);
-            let now = Instant::now();
-            in_flight.retain(|&(i, sent)| {
-                dump.slots[i].state.load(Ordering::Acquire) != DONE && now - sent < SLOW
-            });
-            while in_flight.len() < WINDOW && next < tids.len() {
-                if !skip[next] {
-                    match send(tids[next], value) {
-                        Sent::Queued => {
-                            in_flight.push((next, Instant::now()));
-                            expected += 1;
+    // SAFETY: ONE_AT_A_TIME makes this call the only publisher of DUMP.
+    unsafe {
+        DUMP.with_owner(|dump| {
+            let dump = dump.expect("published above");
+            loop {
+                // Read before looking at the slots: an answer after this wakes the wait below.
+                let seen = dump.answered.load(Ordering::Acquire);
+                let now = Instant::now();
+                in_flight.retain(|&(i, sent)| {
+                    dump.slots[i].state.load(Ordering::Acquire) != DONE && now - sent < SLOW
+                });
+                while in_flight.len() < WINDOW && next < tids.len() {
+                    if !skip[next] {
+                        match send(tids[next], value) {
+                            Sent::Queued => {
+                                in_flight.push((next, Instant::now()));
+                                expected += 1;
+                            }
+                            Sent::Gone => gone[next] = true,
+                            Sent::Refused => {}
                         }
-                        Sent::Gone => gone[next] = true,
-                        Sent::Refused => {}
                     }
+                    next += 1;
                 }
-                next += 1;
+                let answered = dump.answered.load(Ordering::Acquire) as usize;
+                if (next == tids.len() && answered >= expected) || now >= deadline {
+                    return;
+                }
+                wait_for_answer(&dump.answered, seen, (deadline - now).min(POLL));
             }
-            let answered = dump.answered.load(Ordering::Acquire) as usize;
-            if (next == tids.len() && answered >= expected) || now >= deadline {
-                return;
-            }
-            wait_for_answer(&dump.answered, seen, (deadline - now).min(POLL));
-        }
-    });
+        })
+    };
     let dump = DUMP.replace(None).expect("published above");
     Ok(dump
         .slots

@@ -15,12 +15,15 @@
 
 pub(crate) mod published;
 pub(crate) mod ring;
+mod stacks;
+
+pub(crate) use stacks::{current_alt_stack, NoWalk, StackBounds, StackRange, WALK_STACK_NEED};
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use framehop::{
-    CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind,
+    AllocationPolicy, CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module,
     UnwindRegsNative, Unwinder, UnwinderNative,
 };
 
@@ -30,14 +33,47 @@ use crate::objects;
 /// that finds all taken records its sample as truncated rather than wait.
 const CACHE_SLOTS: usize = 32;
 
+/// framehop's allocation-free policy with scratch space sized for the registers this
+/// architecture's CFI describes. framehop's own `MustNotAllocateDuringUnwind` keeps rules for
+/// 192 registers per unwind row (about 6 KiB), and the rows it evaluates are built and copied
+/// on the stack of the thread being sampled: with it a sample needed about 11 KiB of that
+/// thread's stack. A row needs one rule per register the CFI saves: 17 at most on x86_64
+/// (the general registers and the return address), about 30 on aarch64 (x19-x30, d8-d15, sp).
+/// A row that needs more makes gimli return an error, which ends the walk as truncated.
+pub(crate) struct SignalSafe;
+
+/// Fixed-size gimli storage for [`SignalSafe`].
+pub(crate) struct SignalSafeStorage;
+
+/// Register rules per unwind row.
+const RULES_PER_ROW: usize = 40;
+
+impl<RO: gimli::ReaderOffset> gimli::UnwindContextStorage<RO> for SignalSafeStorage {
+    type Rules = [(gimli::Register, gimli::RegisterRule<RO>); RULES_PER_ROW];
+    // `DW_CFA_remember_state` nesting: compilers use one level.
+    type Stack = [gimli::UnwindTableRow<RO, Self>; 2];
+}
+
+impl<R: gimli::Reader> gimli::EvaluationStorage<R> for SignalSafeStorage {
+    // CFA expressions (PLT entries, signal frames) push a handful of values.
+    type Stack = [gimli::Value; 16];
+    type ExpressionStack = [(R, R); 2];
+    type Result = [gimli::Piece<R>; 1];
+}
+
+impl AllocationPolicy for SignalSafe {
+    type GimliUnwindContextStorage<R: gimli::ReaderOffset> = SignalSafeStorage;
+    type GimliEvaluationStorage<R: gimli::Reader> = SignalSafeStorage;
+}
+
 struct CacheSlot {
     busy: AtomicBool,
-    cache: UnsafeCell<CacheNative<MustNotAllocateDuringUnwind>>,
+    cache: UnsafeCell<CacheNative<SignalSafe>>,
 }
 
 /// Unwind information for every loaded object, ready for use in a signal handler.
 pub(crate) struct UnwindTables {
-    unwinder: UnwinderNative<Vec<u8>, MustNotAllocateDuringUnwind>,
+    unwinder: UnwinderNative<Vec<u8>, SignalSafe>,
     caches: Box<[CacheSlot]>,
     generation: (u64, u64),
 }
@@ -92,61 +128,6 @@ impl UnwindTables {
     }
 }
 
-/// The readable, writable mappings of the process (where stacks live), sorted and merged.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct StackBounds {
-    ranges: Vec<(u64, u64)>,
-}
-
-impl StackBounds {
-    /// Reads `/proc/self/maps`. Allocates; never call from a handler.
-    pub fn load() -> Self {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        Self::parse(&maps)
-    }
-
-    /// One known-readable range, such as the calling thread's own stack.
-    #[cfg(feature = "threadcreate")]
-    pub fn single(start: u64, end: u64) -> Self {
-        StackBounds {
-            ranges: vec![(start, end)],
-        }
-    }
-
-    fn parse(maps: &str) -> Self {
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for line in maps.lines() {
-            let mut fields = line.split_ascii_whitespace();
-            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            if !perms.starts_with("rw") {
-                continue;
-            }
-            let Some((start, end)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(end)) =
-                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-            else {
-                continue;
-            };
-            match ranges.last_mut() {
-                Some(last) if last.1 == start => last.1 = end,
-                _ => ranges.push((start, end)),
-            }
-        }
-        StackBounds { ranges }
-    }
-
-    /// The readable range holding `sp`. Async-signal-safe: a binary search, no allocation.
-    fn around(&self, sp: u64) -> Option<(u64, u64)> {
-        let i = self.ranges.partition_point(|&(start, _)| start <= sp);
-        let &(start, end) = self.ranges.get(i.checked_sub(1)?)?;
-        (sp < end).then_some((start, end))
-    }
-}
-
 /// How a stack walk ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Unwound {
@@ -154,6 +135,8 @@ pub(crate) struct Unwound {
     pub depth: usize,
     /// The walk stopped before the thread's root frame (bad read, no cache, depth limit).
     pub truncated: bool,
+    /// Why the walk did not start at all (only the leaf was written).
+    pub not_walked: Option<NoWalk>,
 }
 
 /// Registers of an interrupted thread, from a signal handler's `ucontext`.
@@ -208,48 +191,64 @@ impl InterruptedRegs {
 }
 
 /// Walks the stack of an interrupted thread into `out` (leaf first; callers as return
-/// address minus one). Async-signal-safe: no allocation, no lock, bounded reads.
+/// address minus one). Call from the signal handler, on the interrupted stack (handlers are
+/// installed without `SA_ONSTACK`). Async-signal-safe: no allocation, no lock, reads bounded
+/// by the mapping (or sigaltstack) holding the interrupted stack pointer, and only with
+/// [`stacks::WALK_STACK_NEED`] bytes of room below the caller.
+#[inline(never)]
 pub(crate) fn unwind_signal_context(
     regs: InterruptedRegs,
     tables: &UnwindTables,
     bounds: &StackBounds,
     out: &mut [u64],
 ) -> Unwound {
-    let Some((lo, hi)) = bounds.around(regs.sp) else {
-        if let Some(first) = out.first_mut() {
-            *first = regs.pc;
-        }
-        return Unwound {
-            depth: out.len().min(1),
-            truncated: true,
-        };
-    };
-    walk(regs, tables, lo..hi, out)
+    match bounds.walk_range(regs.sp, current_regs().sp) {
+        Ok(range) => walk(regs, tables, regs.sp..range.end, out),
+        Err(why) => leaf_only(regs.pc, out, why),
+    }
 }
 
 /// Walks the calling thread's own stack into `out`, starting inside this function (leaf
-/// first; callers as return address minus one). `stack_top` is one past the highest address
-/// of the thread's stack; reads are confined to the live part, from the current stack pointer
-/// up to it. No allocation, no lock: safe inside a global allocator.
+/// first; callers as return address minus one). `stack` is the range holding the calling
+/// thread's stack pointer (the caller finds it without locks: see the heap sampler); reads go
+/// from the stack pointer to its end. No allocation, no lock: safe inside a global allocator.
 #[inline(never)]
 pub(crate) fn unwind_current_thread(
     tables: &UnwindTables,
-    stack_top: u64,
+    stack: Option<StackRange>,
     out: &mut [u64],
 ) -> Unwound {
-    let regs = current_regs();
-    if regs.sp >= stack_top {
-        // Running on a stack other than the thread's own (an alternate signal stack, a
-        // coroutine): nothing bounds the reads, so keep the leaf only.
-        if let Some(first) = out.first_mut() {
-            *first = regs.pc;
-        }
-        return Unwound {
-            depth: out.len().min(1),
-            truncated: true,
-        };
+    unwind_from(current_regs(), tables, stack, out)
+}
+
+/// Walks from `regs`, registers the calling thread read of itself (see [`current_regs`]),
+/// with reads bounded by `stack` (which must hold the stack pointer) and the room below the
+/// caller checked. No allocation, no lock.
+pub(crate) fn unwind_from(
+    regs: InterruptedRegs,
+    tables: &UnwindTables,
+    stack: Option<StackRange>,
+    out: &mut [u64],
+) -> Unwound {
+    let Some(range) = stack.filter(|r| r.holds(regs.sp)) else {
+        return leaf_only(regs.pc, out, NoWalk::UnknownStack);
+    };
+    match stacks::check_room(range, current_regs().sp) {
+        Ok(range) => walk(regs, tables, regs.sp..range.end, out),
+        Err(why) => leaf_only(regs.pc, out, why),
     }
-    walk(regs, tables, regs.sp..stack_top, out)
+}
+
+/// The leaf alone, for a walk that could not start.
+fn leaf_only(pc: u64, out: &mut [u64], why: NoWalk) -> Unwound {
+    if let Some(first) = out.first_mut() {
+        *first = pc;
+    }
+    Unwound {
+        depth: out.len().min(1),
+        truncated: true,
+        not_walked: Some(why),
+    }
 }
 
 /// The program counter, stack pointer and frame pointer at the point of the call, read by
@@ -305,6 +304,7 @@ fn walk(
         return Unwound {
             depth: 0,
             truncated: true,
+            not_walked: None,
         };
     }
     out[0] = regs.pc;
@@ -317,6 +317,7 @@ fn walk(
         return Unwound {
             depth: 1,
             truncated: true,
+            not_walked: None,
         };
     };
     // SAFETY: winning the `busy` flag gives this call exclusive use of the cache until it
@@ -356,37 +357,23 @@ fn walk(
     Unwound {
         depth: depth.max(1),
         truncated,
+        not_walked: None,
     }
 }
+
+#[cfg(test)]
+pub(crate) mod stack_use;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn merges_adjacent_writable_mappings_and_finds_the_stack() {
-        let maps = "1000-2000 rw-p 00000000 00:00 0\n2000-3000 rw-p 00000000 00:00 0\n\
-                    3000-4000 r-xp 00000000 00:00 0 /bin/x\n5000-6000 rw-p 00000000 00:00 0 [stack]\n";
-        let bounds = StackBounds::parse(maps);
-        assert_eq!(bounds.ranges, vec![(0x1000, 0x3000), (0x5000, 0x6000)]);
-        assert_eq!(bounds.around(0x2800), Some((0x1000, 0x3000)));
-        assert_eq!(bounds.around(0x3800), None);
-        assert_eq!(bounds.around(0x5fff), Some((0x5000, 0x6000)));
-        assert_eq!(bounds.around(0x6000), None);
-    }
-
     #[inline(never)]
     fn walk_from_here(tables: &UnwindTables, out: &mut [u64]) -> Unwound {
-        let top = stack_top();
-        let unwound = unwind_current_thread(tables, top, out);
+        let here = current_regs().sp;
+        let stack = StackBounds::load().holding(here);
+        let unwound = unwind_current_thread(tables, stack, out);
         std::hint::black_box(unwound)
-    }
-
-    fn stack_top() -> u64 {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let here = &maps as *const _ as u64;
-        let bounds = StackBounds::parse(&maps);
-        bounds.around(here).expect("the stack is mapped").1
     }
 
     #[test]
@@ -407,5 +394,29 @@ mod tests {
         let test = position("walks_the_current_thread_through_its_callers")
             .unwrap_or_else(|| panic!("{names:?}"));
         assert!(walker < test, "callers come after callees: {names:?}");
+    }
+
+    #[test]
+    fn a_walk_uses_less_stack_than_it_reserves() {
+        let tables = UnwindTables::load();
+        let mut depth = 0;
+        let used = stack_use::measure(StackBounds::load, |bounds| {
+            let mut out = [0u64; ring::MAX_DEPTH];
+            let regs = current_regs();
+            depth =
+                std::hint::black_box(unwind_signal_context(regs, &tables, &bounds, &mut out)).depth;
+        });
+        assert!(depth > 2, "the walk ran (depth {depth})");
+        let frames = std::mem::size_of::<[u64; ring::MAX_DEPTH]>();
+        println!(
+            "a stack walk used {} bytes of stack (plus {frames} for its frame array)",
+            used - frames
+        );
+        assert!(
+            (used - frames) as u64 <= stacks::WALK_STACK_NEED - 512,
+            "a walk used {} bytes; WALK_STACK_NEED is {}",
+            used - frames,
+            stacks::WALK_STACK_NEED
+        );
     }
 }

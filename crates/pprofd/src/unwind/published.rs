@@ -27,6 +27,12 @@ pub(crate) fn enter() -> HandlerGuard {
     HandlerGuard(PhantomData)
 }
 
+/// In a forked child (`crate::fork`): no handler is inside, whatever the count said when the
+/// process forked (the threads that were inside do not exist in the child).
+pub(crate) fn after_fork_in_child() {
+    HANDLERS_INSIDE.store(0, SeqCst);
+}
+
 impl Drop for HandlerGuard {
     fn drop(&mut self) {
         HANDLERS_INSIDE.fetch_sub(1, SeqCst);
@@ -69,11 +75,21 @@ impl<T> Published<T> {
         Some(unsafe { Box::from_raw(old) })
     }
 
-    /// Runs `f` on the current value from a non-handler thread that is the only publisher.
-    pub fn with_owner<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
-        // SAFETY: only the owning thread calls `replace`, and it is the caller, so the value
-        // cannot be freed during `f`.
+    /// Runs `f` on the current value, outside a signal handler.
+    ///
+    /// # Safety
+    /// No other thread may call [`Published::replace`] on this value until `f` returns: the
+    /// caller is its only publisher (the collector that owns it) or holds the lock that every
+    /// publisher of it takes. Otherwise the value could be freed while `f` reads it.
+    pub unsafe fn with_owner<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        // SAFETY: per the contract, nothing frees the value during `f`.
         f(unsafe { self.ptr.load(SeqCst).as_ref() })
+    }
+
+    /// In a forked child (`crate::fork`): empties the slot without freeing the value, which
+    /// a thread of the parent may have been reading when the process forked.
+    pub fn forget_in_child(&self) {
+        self.ptr.store(ptr::null_mut(), SeqCst);
     }
 }
 

@@ -24,6 +24,8 @@ pub(crate) struct StackRecord {
     pub weight: u64,
     /// Whether the unwinder stopped before the thread's entry.
     pub truncated: bool,
+    /// The walk did not start: too little stack was left below the handler to run it.
+    pub no_room: bool,
     pub depth: usize,
     /// Leaf first: the interrupted PC, then return addresses minus one.
     pub frames: [u64; MAX_DEPTH],
@@ -73,6 +75,7 @@ impl StackRing {
                     tid: 0,
                     weight: 0,
                     truncated: false,
+                    no_room: false,
                     depth: 0,
                     frames: [0; MAX_DEPTH],
                 }),
