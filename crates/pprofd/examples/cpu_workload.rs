@@ -5,8 +5,8 @@
 //! more threads allocate, spawn and join threads, format backtraces and dlopen/dlclose a
 //! system library, the hostile background of the stress test. With `--late-zlib`, a third
 //! thread loads zlib a second after start and compresses in a loop. A counting allocator reports
-//! allocations made while SIGPROF is blocked, which on these threads means "inside the
-//! SIGPROF handler". Prints `listening <addr>` once serving, and stops when stdin closes.
+//! allocations made while the CPU timer signal is blocked, which on these threads means "inside the
+//! CPU sampling handler". Prints `listening <addr>` once serving, and stops when stdin closes.
 
 #[path = "support/spin.rs"]
 mod spin;
@@ -21,22 +21,22 @@ use spin::spin;
 
 struct CountingAllocator;
 
-static ALLOCATIONS_IN_SIGPROF_HANDLER: AtomicU64 = AtomicU64::new(0);
+static ALLOCATIONS_IN_SAMPLING_HANDLER: AtomicU64 = AtomicU64::new(0);
 
-fn sigprof_blocked() -> bool {
+fn timer_signal_blocked() -> bool {
     // SAFETY: reading the current mask with a null `set` changes nothing.
     unsafe {
         let mut mask: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
-        libc::sigismember(&mask, libc::SIGPROF) == 1
+        libc::sigismember(&mask, pprofd::cpu::timer_signal()) == 1
     }
 }
 
 // SAFETY: forwards to System unchanged; only counts.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if sigprof_blocked() {
-            ALLOCATIONS_IN_SIGPROF_HANDLER.fetch_add(1, Ordering::Relaxed);
+        if timer_signal_blocked() {
+            ALLOCATIONS_IN_SAMPLING_HANDLER.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: the caller's contract is System's.
         unsafe { System.alloc(layout) }
@@ -186,7 +186,7 @@ fn main() {
         t.join().unwrap();
     }
     println!(
-        "allocations_in_sigprof_handler {}",
-        ALLOCATIONS_IN_SIGPROF_HANDLER.load(Ordering::Relaxed)
+        "allocations_in_sampling_handler {}",
+        ALLOCATIONS_IN_SAMPLING_HANDLER.load(Ordering::Relaxed)
     );
 }

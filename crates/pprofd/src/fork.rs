@@ -10,7 +10,7 @@
 //!   before the fork and released after it in both processes; the allocator and the signal
 //!   handlers take no lock at all;
 //! - the child inherits no running profile: CPU sampling state is dropped (the child has no
-//!   timers and no collector; a SIGPROF finds nothing published), heap sampling and creation
+//!   timers and no collector; a late timer signal finds nothing published), heap sampling and creation
 //!   recording are off (the child has no server to read them; they start again if the child
 //!   starts one), and the count of signal handlers inside pprofd is reset (the threads that
 //!   were inside do not exist in the child).

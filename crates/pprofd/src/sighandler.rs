@@ -1,7 +1,7 @@
 //! pprofd's signal plumbing: handlers installed once, for good, in front of whoever held the
 //! signal, and signals queued to its own threads.
 //!
-//! Both handlers (SIGPROF for CPU samples, a real-time signal for thread dumps) are installed
+//! Both handlers (one real-time signal for CPU samples, another for thread dumps) are installed
 //! the first time they are needed and never removed or reset to `SIG_DFL`: a signal still in
 //! flight after a profile must find a handler, not kill the process. Signals that are not
 //! pprofd's (told apart by each handler from `siginfo`) go to the handler that was there
@@ -123,7 +123,7 @@ impl ChainedHandler {
 
     /// Hands a signal that is not pprofd's to the previous handler. Async-signal-safe: one
     /// atomic read, then a call. A previous default or ignore disposition drops the signal
-    /// (the default of SIGPROF and of real-time signals ends the process).
+    /// (the default of real-time signals ends the process).
     pub fn chain(
         &self,
         signo: libc::c_int,

@@ -294,6 +294,12 @@ fn unset_pprof_addr_starts_nothing() {
     assert_eq!(field("Threads:"), "3", "main and the two workers only");
     let caught = u64::from_str_radix(&field("SigCgt:"), 16).unwrap();
     assert_eq!(caught & (1 << (libc::SIGPROF - 1)), 0, "no SIGPROF handler");
+    let timer_signal = pprofd::cpu::timer_signal();
+    assert_eq!(
+        caught & (1 << (timer_signal - 1)),
+        0,
+        "no timer signal handler"
+    );
     let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())

@@ -1,6 +1,6 @@
 //! 200 back-to-back one-second profiles at 1000 Hz while the workload allocates, spawns and
 //! joins threads, formats backtraces and dlopens/dlcloses libraries: no crash, no hang, every
-//! profile decodes, and the SIGPROF handler never allocates.
+//! profile decodes, and the CPU sampling handler never allocates.
 
 mod support;
 
@@ -38,7 +38,7 @@ fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler
     assert!(churn_seen, "the churning threads were sampled too");
     let report = workload.finish();
     assert!(
-        report.contains("allocations_in_sigprof_handler 0"),
+        report.contains("allocations_in_sampling_handler 0"),
         "{report}"
     );
 }

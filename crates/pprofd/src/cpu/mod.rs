@@ -1,6 +1,7 @@
 //! The CPU profiler: per-thread CPU-time sampling with in-handler DWARF unwinding.
 //!
-//! [`CpuProfile::start`] installs the SIGPROF handler (once per process), prepares unwind
+//! [`CpuProfile::start`] installs the timer signal's handler (once per process; the signal is
+//! [`timer_signal`], a real-time signal, not SIGPROF: see `signal`), prepares unwind
 //! tables and a sample ring, and starts a collector thread. The collector gives every thread
 //! its own CPU-time timer (new threads within one tick), drains the ring and keeps the unwind
 //! tables and stack bounds current. [`CpuProfile::stop`] turns the samples into a
@@ -22,6 +23,7 @@ use crate::unwind::ring::{StackRecord, StackRing};
 use crate::unwind::{StackBounds, UnwindTables};
 #[doc(hidden)]
 pub use cost::{measure_sample_cost, SampleCost};
+pub use signal::timer_signal;
 use signal::{SamplingState, ThreadTimer, SAMPLING, STACK_BOUNDS};
 
 /// Sampling frequency Go uses.
@@ -30,7 +32,7 @@ pub const DEFAULT_HZ: u32 = 100;
 pub const MAX_HZ: u32 = 1000;
 /// How often the collector looks for new threads and drains samples.
 const COLLECT_INTERVAL: Duration = Duration::from_millis(50);
-/// How often a running profile checks that the host left SIGPROF to pprofd's handler.
+/// How often a running profile checks that the host left the timer signal to pprofd.
 const DISPOSITION_CHECK: Duration = Duration::from_millis(10);
 /// Ring slots; at 1000 Hz on 50 busy threads the collector drains 2,500 per tick.
 const RING_SLOTS: usize = 8192;
@@ -88,7 +90,7 @@ struct Collected {
     counts: StackCounts,
     thread_names: HashMap<i32, String>,
     lost: u64,
-    /// Changes of the SIGPROF disposition by the host that the collector undid.
+    /// Changes of the timer signal's disposition by the host that the collector undid.
     displaced: Vec<Disposition>,
 }
 
@@ -114,8 +116,8 @@ impl CpuProfile {
             RUNNING.store(false, Ordering::Release);
             CpuProfileError::Setup(e)
         };
-        // Checked before any timer is armed: a host may have changed SIGPROF since pprofd
-        // installed its handler (see `signal`).
+        // Checked before any timer is armed: a host may have changed the signal since
+        // pprofd installed its handler (see `signal`).
         let displaced = signal::ensure_handler().map_err(release)?;
         STACK_BOUNDS.replace(Some(Box::new(StackBounds::load())));
         SAMPLING.replace(Some(Box::new(SamplingState {
@@ -207,7 +209,8 @@ impl CpuProfile {
         }
         for disposition in &collected.displaced {
             builder.add_comment(format!(
-                "the host's SIGPROF disposition was {} after pprofd installed its handler; \
+                "the disposition of pprofd's timer signal (SIGRTMIN+6) was {} after pprofd \
+                 installed its handler; \
                  pprofd put its handler back in front (chaining what the host set) within \
                  10 ms, and samples of that interval may be missing",
                 disposition.describe()

@@ -1,19 +1,23 @@
-//! The SIGPROF handler and the per-thread CPU-time timers that raise it.
+//! The timer signal's handler and the per-thread CPU-time timers that raise it.
 //!
-//! Invariants (DESIGN.md 1-3), which every change here must keep:
+//! Invariants, which every change here must keep (docs/invariants.md 1-3, 11, 12):
 //! - The handler reads registers from the ucontext, unwinds with tables prepared beforehand
 //!   ([`crate::unwind`]) and writes addresses into a ring allocated beforehand. It allocates
 //!   nothing, takes no lock, calls no libgcc unwinder and no symbolizer, and saves/restores
 //!   errno.
-//! - The handler is installed once and never removed or reset to `SIG_DFL`: a SIGPROF that
-//!   arrives after a profile stops finds nothing published and returns. A SIGPROF that is
-//!   not from our timers goes to the handler that was installed before ours.
-//! - A host may change SIGPROF after pprofd installed its handler (its own handler, `SIG_IGN`,
-//!   `SIG_DFL`). Before any timer is armed, and every 10 ms while a profile runs, the
-//!   disposition is checked and pprofd's handler put back in front of whatever is there
-//!   (which it then chains); the profile says so in a comment. What remains: a host that
-//!   resets SIGPROF to `SIG_DFL` while a profile runs can still meet one of pprofd's
-//!   signals in the 10 ms before the check, and be ended by it.
+//! - The timers signal with a real-time signal of pprofd's own ([`timer_signal`]), not
+//!   SIGPROF: hosts and libraries install, ignore and reset SIGPROF (older profilers, test
+//!   harnesses, `signal(SIGPROF, SIG_DFL)` in a child's set-up), and a timer signal that
+//!   meets `SIG_DFL` ends the process. SIGPROF stays the host's, untouched.
+//! - The handler is installed once and never removed or reset to `SIG_DFL`: a signal that
+//!   arrives after a profile stops finds nothing published and returns. A signal of that
+//!   number that is not from our timers goes to the handler that was installed before ours.
+//! - A host may still change that signal's disposition after pprofd installed its handler.
+//!   Before any timer is armed, and every 10 ms while a profile runs, the disposition is
+//!   checked and pprofd's handler put back in front of whatever is there (which it then
+//!   chains); the profile says so in a comment. What remains: a host that resets pprofd's
+//!   real-time signal to `SIG_DFL` while a profile runs can meet one of pprofd's signals in
+//!   the 10 ms before the check.
 //! - Stack room: the walk runs only with `unwind::WALK_STACK_NEED` bytes of stack left below
 //!   the handler, on the thread's stack or the sigaltstack it is on; otherwise the sample is
 //!   recorded as "[lost: no stack room]" with its leaf address alone.
@@ -36,19 +40,25 @@ pub(super) static SAMPLING: Published<SamplingState> = Published::new();
 /// Readable memory ranges, refreshed by the collector as threads come and go.
 pub(super) static STACK_BOUNDS: Published<StackBounds> = Published::new();
 
-/// Marks `sigev_value` of our timers, to tell our SIGPROFs from anyone else's.
+/// The signal pprofd's CPU timers send: `SIGRTMIN + 6`, next to the dump signal
+/// (`SIGRTMIN + 7`) and clear of the real-time signals C libraries and runtimes take.
+pub fn timer_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 6
+}
+
+/// Marks `sigev_value` of our timers, to tell our signals from anyone else's.
 const TIMER_COOKIE: usize = 0x7070_726f_6664; // "pprofd"
 const SI_TIMER: i32 = -2;
 
 static HANDLER: ChainedHandler = ChainedHandler::new();
 
-/// Installs the SIGPROF handler, or puts it back in front when the host changed SIGPROF
-/// since (and returns that change).
+/// Installs the timer signal's handler, or puts it back in front when the host changed that
+/// signal since (and returns that change).
 pub(super) fn ensure_handler() -> std::io::Result<Option<Disposition>> {
-    HANDLER.ensure(libc::SIGPROF, on_sigprof)
+    HANDLER.ensure(timer_signal(), on_timer_signal)
 }
 
-extern "C" fn on_sigprof(
+extern "C" fn on_timer_signal(
     signo: libc::c_int,
     info: *mut libc::siginfo_t,
     ucontext: *mut libc::c_void,
@@ -81,12 +91,12 @@ struct TimerSigInfo {
     _rest: [u64; 12],
 }
 
-/// Queues to the calling thread the SIGPROF one of our timers sends (`ours`), or one that
+/// Queues to the calling thread the signal one of our timers sends (`ours`), or one that
 /// is not ours, and lets the handler run before returning: for measuring what a sample
 /// costs. Not used while profiling.
 pub(super) fn raise_timer_signal(ours: bool) -> std::io::Result<()> {
     let info = TimerSigInfo {
-        signo: libc::SIGPROF,
+        signo: timer_signal(),
         errno: 0,
         code: SI_TIMER,
         _pad: 0,
@@ -95,7 +105,7 @@ pub(super) fn raise_timer_signal(ours: bool) -> std::io::Result<()> {
         value: if ours { TIMER_COOKIE } else { !TIMER_COOKIE },
         _rest: [0; 12],
     };
-    sighandler::queue_to_thread(crate::procfs::gettid(), libc::SIGPROF, &info)
+    sighandler::queue_to_thread(crate::procfs::gettid(), timer_signal(), &info)
 }
 
 /// For a signal from one of our timers, the timer periods it stands for: one, plus the
@@ -153,7 +163,7 @@ impl ThreadTimer {
         // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
         let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
         event.sigev_notify = libc::SIGEV_THREAD_ID;
-        event.sigev_signo = libc::SIGPROF;
+        event.sigev_signo = timer_signal();
         event.sigev_notify_thread_id = tid;
         event.sigev_value = libc::sigval {
             sival_ptr: TIMER_COOKIE as *mut libc::c_void,
@@ -197,7 +207,7 @@ mod tests {
         let mut profile = None;
         let used = stack_use::measure(
             || profile = Some(super::super::CpuProfile::start(1).expect("no other CPU profile")),
-            |()| raise_timer_signal(true).expect("queue SIGPROF to this thread"),
+            |()| raise_timer_signal(true).expect("queue the timer signal to this thread"),
         );
         let mut profile = profile.expect("started");
         let collected = profile.halt();
@@ -210,7 +220,7 @@ mod tests {
             deepest.is_some_and(|d| d > 2),
             "the sample was walked: {deepest:?}"
         );
-        println!("a SIGPROF sample used {used} bytes of the interrupted thread's stack, the kernel's signal frame included");
+        println!("a CPU sample used {used} bytes of the interrupted thread's stack, the kernel's signal frame included");
         // The kernel's frame (up to about 3.5 KiB with AVX-512 state), the handler's own
         // frames, then at most WALK_STACK_NEED for the walk, which is checked for.
         assert!(
