@@ -1,4 +1,4 @@
-//! CPU profiler overhead, measured as DESIGN.md asks on a noisy 2-core machine.
+//! CPU profiler overhead, measured as docs/invariants.md asks on a noisy 2-core machine.
 //!
 //! Runs a fixed two-thread workload (70% in one function, 30% in another) alternately with
 //! and without a CPU profile in this process and prints, from one run:

@@ -8,7 +8,7 @@
 //! Each configuration runs the same allocation-heavy workload (`examples/alloc_bench_*`) in a
 //! process of its own, several rounds interleaved, and the medians are compared. Throughput
 //! ratios move by a few percent from run to run on a shared machine, so the cost of sampling
-//! is also measured per event (DESIGN.md, "Measuring overhead"): CPU time at a high sampling
+//! is also measured per event (docs/invariants.md, "Measuring overhead"): CPU time at a high sampling
 //! rate minus CPU time with sampling off, divided by the allocations sampled.
 
 use std::path::PathBuf;

@@ -208,7 +208,7 @@ fn a_second_cpu_profile_is_refused_without_disturbing_the_first() {
     let workload = Workload::start("cpu_workload", &[]);
     let addr = workload.addr();
     let first = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=3"));
-    std::thread::sleep(Duration::from_millis(700));
+    wait_for_cpu_collector(workload.pid());
     let second = get(addr, "/debug/pprof/profile?seconds=1");
     assert_eq!(second.status, 500);
     assert_eq!(
@@ -233,7 +233,7 @@ fn a_client_that_disconnects_frees_the_profiler() {
         "GET /debug/pprof/profile?seconds=60 HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_cpu_collector(workload.pid());
     drop(stream);
     let started = Instant::now();
     loop {
@@ -368,4 +368,24 @@ fn above_the_kernel_tick_rate_cpu_time_still_adds_up() {
         (0.85..=1.05).contains(&ratio),
         "the profile accounts for {profiled:?} of CPU in {samples} samples; the process used {used:?}"
     );
+}
+
+/// Waits until the CPU profile's collector thread (`pprofd-cpu`) runs in process `pid`: the
+/// profile has started.
+fn wait_for_cpu_collector(pid: u32) {
+    let started = Instant::now();
+    loop {
+        let running = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .any(|name| name.trim_end() == "pprofd-cpu");
+        if running {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the CPU profile did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -8,7 +8,7 @@
 //! chance of being sampled, so the four values Go reports (objects and bytes allocated, and
 //! still in use) estimate the whole heap.
 //!
-//! Invariants (DESIGN.md 9), kept by the code beside them:
+//! Invariants (docs/invariants.md 9), kept by the code beside them:
 //! - One predictable branch when off: an allocation costs a thread-local subtraction and a
 //!   branch (`sampler::countdown`), a free a load and a branch (`sampler::may_be_live`).
 //!   Without `PPROF_ADDR` sampling is never turned on and the wrapper only forwards.

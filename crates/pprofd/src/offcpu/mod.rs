@@ -24,7 +24,7 @@
 //! calls and the idle parking of runtimes and pools are left out unless `idle=1` asks for
 //! them; every sample carries `thread` and `wait` labels.
 //!
-//! Side effects (DESIGN.md, "Signals and system calls"): each thread receives one signal per
+//! Side effects (docs/invariants.md, "Signals and system calls"): each thread receives one signal per
 //! new wait it enters while a profile runs (at most `hz` a second). The handler is installed with `SA_RESTART`:
 //! untimed futex waits and pipe or socket reads resume; `epoll_wait`, `poll`, `nanosleep` and
 //! timed waits return `EINTR` and std, tokio and mio retry them. A woken futex waiter

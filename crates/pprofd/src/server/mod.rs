@@ -1,7 +1,7 @@
 //! The HTTP server: Go's `net/http/pprof` routes on a thread and runtime of their own.
 //!
 //! The server owns one OS thread running a single-threaded tokio runtime, so it keeps
-//! answering while the service's own threads and runtime are busy or wedged (DESIGN.md
+//! answering while the service's own threads and runtime are busy or wedged (docs/invariants.md
 //! invariant 7). Long work (symbolization, encoding) runs on the runtime's blocking pool.
 
 mod flame;

@@ -3,7 +3,7 @@
 //! [`ProcessSymbols::resolve`] reads the executable mappings from `/proc/self/maps` (with the
 //! build IDs of the loaded objects) and asks blazesym for the function, file, line and inline
 //! chain of each address. The blazesym symbolizer is created per call and dropped before it
-//! returns, so no symbol cache outlives a profile (DESIGN.md invariant 5).
+//! returns, so no symbol cache outlives a profile (docs/invariants.md invariant 5).
 //!
 //! A symbolizer parses the binary's DWARF into tens of MiB of short-lived tables. glibc keeps
 //! such freed memory in the arena of the thread that freed it, so over many requests on

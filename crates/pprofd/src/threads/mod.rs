@@ -10,7 +10,7 @@
 //! answer before the deadline (default [`DEFAULT_DEADLINE`]), or that block the signal, are
 //! listed with their `/proc` state and no stack; nothing waits beyond the deadline.
 //!
-//! Side effect on the dumped process (DESIGN.md, "Signals and system calls"): every thread
+//! Side effect on the dumped process (docs/invariants.md, "Signals and system calls"): every thread
 //! runs a short handler. The handler is installed with `SA_RESTART`, so `read`/`write` on
 //! pipes and sockets and untimed `futex` waits resume unseen; `epoll_wait`, `poll`,
 //! `nanosleep` and timed waits return `EINTR` as they would for any signal, and std

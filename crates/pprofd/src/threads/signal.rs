@@ -2,7 +2,7 @@
 //! Thread dumps ([`super::ThreadDump`]) and the off-CPU sampler ([`crate::offcpu`]) both ask
 //! for stacks through [`collect`], one request at a time.
 //!
-//! Invariants, which every change here must keep (DESIGN.md 1 and 2):
+//! Invariants, which every change here must keep (docs/invariants.md 1 and 2):
 //! - The handler reads registers from the ucontext, unwinds with tables loaded beforehand and
 //!   writes addresses into the slot for its thread id, allocated beforehand. It allocates
 //!   nothing, takes no lock, calls no libgcc unwinder or symbolizer, and saves/restores errno.

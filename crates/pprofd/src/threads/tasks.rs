@@ -7,7 +7,7 @@
 //! fine there; pprofd only turns the frames' addresses into its own stacks.
 //!
 //! tokio resolves the traces with the `backtrace` crate, whose global cache of parsed debug
-//! info would stay resident for the life of the process (DESIGN.md invariant 5); pprofd
+//! info would stay resident for the life of the process (docs/invariants.md invariant 5); pprofd
 //! clears it once the task dump is read, as it drops its own symbolizer after each profile.
 //!
 //! A runtime's dump completes only when every one of its workers comes back to the

@@ -10,7 +10,7 @@
 //! [`unwind_current_thread`] walks the calling thread's own stack the same way, for the heap
 //! sampler, which runs inside the global allocator where the same rules apply.
 //!
-//! Invariants (DESIGN.md 1 and 4): no allocation, no lock, no libgcc unwinder, no read
+//! Invariants (docs/invariants.md 1 and 4): no allocation, no lock, no libgcc unwinder, no read
 //! outside known-readable memory; a stack that does not reach its root is reported truncated.
 
 pub(crate) mod published;

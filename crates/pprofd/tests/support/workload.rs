@@ -45,7 +45,13 @@ impl Workload {
     /// Starts example `name` with `args` and the environment variables `env`. `PPROF_ADDR`
     /// and `PPROF_TOKEN` are not inherited: pass `("PPROF_ADDR", "127.0.0.1:0")` to serve.
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
-        let mut child = Command::new(example_binary(name))
+        Workload::start_binary(&example_binary(name), args, env)
+    }
+
+    /// Starts the workload binary at `path`, as [`Workload::start_with_env`] does.
+    pub fn start_binary(path: &Path, args: &[&str], env: &[(&str, &str)]) -> Workload {
+        let name = path.display();
+        let mut child = Command::new(path)
             .args(args)
             .env_remove("PPROF_ADDR")
             .env_remove("PPROF_TOKEN")
