@@ -6,7 +6,7 @@
 //! Unprofiled windows come before and after every profiled window, so a change in the
 //! machine's load (it is shared) moves both sides of each comparison.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,7 +86,23 @@ pub struct Report {
     pub profile_problems: Vec<String>,
     /// Slowest answer per profile kind, for the log.
     pub slowest: Vec<(&'static str, Duration)>,
+    /// Every router request's latency, sorted.
+    pub latencies: Vec<Duration>,
+    /// The slowest router requests: when each started, how long it took, and which profile
+    /// the profiler loop was fetching when it started.
+    pub slowest_requests: Vec<SlowRequest>,
 }
+
+/// One of the slowest router requests of a run.
+#[derive(Clone, Copy)]
+pub struct SlowRequest {
+    pub started: Duration,
+    pub took: Duration,
+    pub during: &'static str,
+}
+
+/// Slow requests kept per client.
+const SLOW_KEPT: usize = 5;
 
 impl Report {
     /// Profiled throughput over unprofiled throughput (requests per second).
@@ -103,6 +119,14 @@ impl Report {
         } else {
             ratios[middle]
         }
+    }
+
+    fn latency_at(&self, quantile: f64) -> String {
+        if self.latencies.is_empty() {
+            return "-".into();
+        }
+        let i = ((self.latencies.len() - 1) as f64 * quantile).round() as usize;
+        format!("{:.2} ms", self.latencies[i].as_secs_f64() * 1e3)
     }
 
     /// The figures, one per line.
@@ -143,6 +167,23 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(" "),
                 self.median_window_ratio()
+            ),
+            format!(
+                "router request latency: p50 {} p99 {} p99.9 {} max {}; slowest: {}",
+                self.latency_at(0.5),
+                self.latency_at(0.99),
+                self.latency_at(0.999),
+                self.latency_at(1.0),
+                self.slowest_requests
+                    .iter()
+                    .map(|r| format!(
+                        "{:.1} ms from {:.2} s during {}",
+                        r.took.as_secs_f64() * 1e3,
+                        r.started.as_secs_f64(),
+                        r.during
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             format!(
                 "failed router requests: {}{}",
@@ -189,7 +230,9 @@ pub fn run(schedule: &Schedule) -> Report {
         for _ in 0..schedule.rounds_per_window {
             for (i, (name, path)) in PROFILE_LOOP.iter().enumerate() {
                 let fetch_started = Instant::now();
+                load.running.store(i + 1, Ordering::Relaxed);
                 let fetched = get(&profiler, &format!("{}{path}", router.pprof));
+                load.running.store(0, Ordering::Relaxed);
                 slowest[i].1 = slowest[i].1.max(fetch_started.elapsed());
                 profiles_fetched += 1;
                 if let Err(problem) = check_profile(name, fetched) {
@@ -202,7 +245,7 @@ pub fn run(schedule: &Schedule) -> Report {
         profiled_rates.push(requests as f64 / elapsed.as_secs_f64());
     }
 
-    let (failed_requests, first_errors) = load.stop();
+    let (failed_requests, first_errors, latencies, slowest_requests) = load.stop();
     let window_ratios = profiled_rates
         .iter()
         .enumerate()
@@ -218,6 +261,8 @@ pub fn run(schedule: &Schedule) -> Report {
         profiles_fetched,
         profile_problems,
         slowest,
+        latencies,
+        slowest_requests,
     }
 }
 
@@ -305,11 +350,20 @@ fn check_profile(name: &str, fetched: Result<(u16, Vec<u8>), ureq::Error>) -> Re
 
 /// Closed-loop GraphQL clients posting [`QUERY`] until stopped.
 struct Load {
+    /// 1 + the index in [`PROFILE_LOOP`] of the profile being fetched; 0 between fetches.
+    running: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     first_errors: Arc<Mutex<Vec<String>>>,
-    clients: Vec<JoinHandle<()>>,
+    clients: Vec<JoinHandle<ClientTimes>>,
+}
+
+/// What one load client measured.
+#[derive(Default)]
+struct ClientTimes {
+    latencies: Vec<Duration>,
+    slowest: Vec<SlowRequest>,
 }
 
 /// Errors kept verbatim; the rest are only counted.
@@ -321,21 +375,40 @@ impl Load {
         let answered = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let first_errors = Arc::new(Mutex::new(Vec::new()));
+        let running = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let clients = (0..clients)
             .map(|_| {
-                let (stop, answered, failed, first_errors) = (
+                let (stop, answered, failed, first_errors, running) = (
                     stop.clone(),
                     answered.clone(),
                     failed.clone(),
                     first_errors.clone(),
+                    running.clone(),
                 );
                 let url = format!("{}/graphql", router.url);
                 std::thread::spawn(move || {
                     // A query takes about a millisecond; 5 s without an answer is a failure.
                     let agent = client(Duration::from_secs(5));
+                    let mut times = ClientTimes::default();
                     while !stop.load(Ordering::Relaxed) {
-                        match query(&agent, &url) {
+                        let during = match running.load(Ordering::Relaxed) {
+                            0 => "no profile",
+                            i => PROFILE_LOOP[i - 1].0,
+                        };
+                        let sent = started.elapsed();
+                        let result = query(&agent, &url);
+                        let took = started.elapsed() - sent;
+                        times.latencies.push(took);
+                        times.slowest.push(SlowRequest {
+                            started: sent,
+                            took,
+                            during,
+                        });
+                        if times.slowest.len() > 4 * SLOW_KEPT {
+                            keep_slowest(&mut times.slowest);
+                        }
+                        match result {
                             Ok(()) => {
                                 answered.fetch_add(1, Ordering::Relaxed);
                             }
@@ -344,17 +417,21 @@ impl Load {
                                 let mut kept = first_errors.lock().unwrap();
                                 if kept.len() < ERRORS_KEPT {
                                     kept.push(format!(
-                                        "at {:.1} s: {e}",
+                                        "sent at {:.2} s during {during}, failed at {:.2} s: {e}",
+                                        sent.as_secs_f64(),
                                         started.elapsed().as_secs_f64()
                                     ));
                                 }
                             }
                         }
                     }
+                    keep_slowest(&mut times.slowest);
+                    times
                 })
             })
             .collect();
         Load {
+            running,
             stop,
             answered,
             failed,
@@ -368,15 +445,32 @@ impl Load {
         self.answered.load(Ordering::Relaxed)
     }
 
-    /// Stops the clients: the failed count and the first errors.
-    fn stop(self) -> (u64, Vec<String>) {
+    /// Stops the clients: the failed count, the first errors, every latency (sorted) and the
+    /// slowest requests.
+    fn stop(self) -> (u64, Vec<String>, Vec<Duration>, Vec<SlowRequest>) {
         self.stop.store(true, Ordering::Relaxed);
+        let (mut latencies, mut slowest) = (Vec::new(), Vec::new());
         for client in self.clients {
-            client.join().expect("load client panicked");
+            let times = client.join().expect("load client panicked");
+            latencies.extend(times.latencies);
+            slowest.extend(times.slowest);
         }
+        latencies.sort_unstable();
+        keep_slowest(&mut slowest);
         let errors = self.first_errors.lock().unwrap().clone();
-        (self.failed.load(Ordering::Relaxed), errors)
+        (
+            self.failed.load(Ordering::Relaxed),
+            errors,
+            latencies,
+            slowest,
+        )
     }
+}
+
+/// Keeps the [`SLOW_KEPT`] slowest, slowest first.
+fn keep_slowest(requests: &mut Vec<SlowRequest>) {
+    requests.sort_unstable_by_key(|r| std::cmp::Reverse(r.took));
+    requests.truncate(SLOW_KEPT);
 }
 
 /// One query, answered with status 200 and the products asked for.
