@@ -286,9 +286,8 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
         Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let _running = match long_running(settings) {
-        Ok(permit) => permit,
-        Err(busy) => return busy,
+    let Some(_running) = long_running(settings) else {
+        return too_many_long_running();
     };
     let profile = match CpuProfile::start(hz) {
         Ok(p) => p,
@@ -406,9 +405,8 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
             .await
         }
         Some(seconds) => {
-            let _running = match long_running(settings) {
-                Ok(permit) => permit,
-                Err(busy) => return busy,
+            let Some(_running) = long_running(settings) else {
+                return too_many_long_running();
             };
             let before = match tokio::task::spawn_blocking(HeapSnapshot::take).await {
                 Ok(snapshot) => snapshot,
@@ -449,9 +447,8 @@ async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
     let deadline = threads::DEFAULT_DEADLINE;
     let built = if let Some(seconds) = seconds {
         // Go's delta profile: the change between a dump now and one `seconds` later.
-        let _running = match long_running(settings) {
-            Ok(permit) => permit,
-            Err(busy) => return busy,
+        let Some(_running) = long_running(settings) else {
+            return too_many_long_running();
         };
         let earlier = match ThreadDump::capture_with_tasks(deadline, |dump| dump).await {
             Ok(dump) => dump,
@@ -492,9 +489,8 @@ async fn threadcreate(query: &Query, settings: &Settings) -> Response<Body> {
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
     let built = if let Some(seconds) = seconds {
-        let _running = match long_running(settings) {
-            Ok(permit) => permit,
-            Err(busy) => return busy,
+        let Some(_running) = long_running(settings) else {
+            return too_many_long_running();
         };
         let earlier = ThreadCreations::capture();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -542,8 +538,8 @@ async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Bod
     // the answer is immediate.
     let _running = if offcpu::continuous().is_none() || seconds_given {
         match long_running(settings) {
-            Ok(permit) => Some(permit),
-            Err(busy) => return busy,
+            Some(permit) => Some(permit),
+            None => return too_many_long_running(),
         }
     } else {
         None
@@ -627,20 +623,23 @@ impl Rendered {
     }
 }
 
-/// A permit to run a long-running request (one that samples or waits `seconds`), or the 503
-/// to answer when [`super::MAX_LONG_RUNNING`] already run: they would otherwise hold every
-/// connection slot for minutes.
-fn long_running(settings: &Settings) -> Result<OwnedSemaphorePermit, Response<Body>> {
-    settings.long_running.clone().try_acquire_owned().map_err(|_| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "{} long-running profile requests (profile, block, mutex, or seconds=N) are already running, the most \
-                 this server runs at once; retry when one finishes, or ask for a snapshot without seconds=N",
-                super::MAX_LONG_RUNNING
-            ),
-        )
-    })
+/// A permit to run a long-running request (one that samples or waits `seconds`), or `None`
+/// when [`super::MAX_LONG_RUNNING`] already run: they would otherwise hold every connection
+/// slot for minutes.
+fn long_running(settings: &Settings) -> Option<OwnedSemaphorePermit> {
+    settings.long_running.clone().try_acquire_owned().ok()
+}
+
+/// The 503 for a long-running request past the cap.
+fn too_many_long_running() -> Response<Body> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!(
+            "{} long-running profile requests (profile, block, mutex, or seconds=N) are already running, the most \
+             this server runs at once; retry when one finishes, or ask for a snapshot without seconds=N",
+            super::MAX_LONG_RUNNING
+        ),
+    )
 }
 
 /// Go's symbolz protocol: addresses separated by `+` (POST body or query string), answered
