@@ -18,6 +18,13 @@
 //!   and the `seconds=N` deltas of `/heap`, `/allocs`, `/goroutine` and `/threadcreate`) are
 //!   capped at [`MAX_LONG_RUNNING`] at once; one more is answered 503 at once with a message
 //!   saying so. All other slots stay free for requests that answer at once.
+//!
+//! # A failed start leaves nothing on
+//!
+//! [`Server::start`] (and `init_from_env`) checks the address and every variable, binds and
+//! starts the server thread before turning on heap sampling and thread-creation recording, so
+//! an `Err` leaves no thread, no socket and nothing sampling. [`Config`]'s `Debug` never
+//! prints the token.
 
 mod flame;
 /// Query parsing and the routes' parameter checks without HTTP, for the fuzz targets in
