@@ -69,6 +69,9 @@ pub const BLOCK_RATE_ENV: &str = "PPROF_BLOCK_RATE";
 /// With `PPROF_BLOCK_RATE` set too (1 to 1000), blocked threads are sampled at that rate for
 /// the life of the process, and `/debug/pprof/block` and `/mutex` answer at once with the
 /// profile since start (see [`offcpu::start_continuous`]).
+///
+/// Every variable is validated before anything starts: an `Err` (a bad variable, an address
+/// in use) leaves no thread, no socket, heap sampling and thread-creation recording off.
 pub fn init_from_env() -> Result<Option<Server>, Error> {
     let addr = match std::env::var(ADDR_ENV) {
         Ok(addr) if !addr.trim().is_empty() => addr,
@@ -83,17 +86,27 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
     };
     let token = std::env::var(TOKEN_ENV).ok();
     let config = Config::new(addr.trim()).named_by(ADDR_ENV).token(token);
-    let server = Server::start(config)?;
-    if let Some(rate) = std::env::var_os(BLOCK_RATE_ENV).filter(|v| !v.is_empty()) {
-        let value = rate.to_string_lossy().into_owned();
-        let hz = value
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|hz| (1..=1000).contains(hz))
-            .ok_or(Error::InvalidBlockRate { value })?;
+    // Every variable is checked before anything starts, so a bad one leaves nothing running.
+    let block_rate = match std::env::var_os(BLOCK_RATE_ENV).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(rate) => {
+            let value = rate.to_string_lossy().into_owned();
+            let hz = value
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|hz| (1..=1000).contains(hz))
+                .ok_or(Error::InvalidBlockRate { value })?;
+            Some(hz)
+        }
+    };
+    // Bound and serving, but recording nothing yet: on an error below, dropping `server`
+    // closes the socket and joins its thread.
+    let server = Server::launch(config)?;
+    if let Some(hz) = block_rate {
         offcpu::start_continuous(hz).map_err(Error::BlockSampling)?;
     }
+    server.turn_on_recording();
     Ok(Some(server))
 }
 

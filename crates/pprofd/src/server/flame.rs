@@ -20,13 +20,14 @@ use crate::profile::proto::Profile;
 pub(super) async fn handle(
     req: Request<Incoming>,
     settings: Arc<routes::Settings>,
+    read_deadline: tokio::time::Instant,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let wants_svg = req
         .headers()
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(prefers_svg);
-    let response = routes::handle(req, settings).await?;
+    let response = routes::handle(req, settings, read_deadline).await?;
     let is_profile = response.status().is_success()
         && response.headers().contains_key(CONTENT_DISPOSITION)
         && response.headers().get(CONTENT_TYPE)

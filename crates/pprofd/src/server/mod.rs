@@ -3,6 +3,28 @@
 //! The server owns one OS thread running a single-threaded tokio runtime, so it keeps
 //! answering while the service's own threads and runtime are busy or wedged (docs/invariants.md
 //! invariant 7). Long work (symbolization, encoding) runs on the runtime's blocking pool.
+//!
+//! # Slow clients cannot starve the server
+//!
+//! At most [`MAX_CONNECTIONS`] connections are served at once; more wait in the listen
+//! backlog. Two rules keep those slots turning over, so the index and thread dumps answer
+//! within seconds whatever other clients do:
+//! - The whole request, head and body, must arrive within the read deadline
+//!   ([`Config::request_read_timeout`], default 5 s) counted from the accept; a client that is
+//!   slower (one byte every few seconds, or nothing at all) is answered 408 or disconnected and
+//!   gives its slot back. Trickling clients can therefore hold a slot for at most that long,
+//!   and a request queued behind them is served within about one deadline.
+//! - Requests that run for seconds by design (`/profile`, `/block`, `/mutex` while they sample,
+//!   and the `seconds=N` deltas of `/heap`, `/allocs`, `/goroutine` and `/threadcreate`) are
+//!   capped at [`MAX_LONG_RUNNING`] at once; one more is answered 503 at once with a message
+//!   saying so. All other slots stay free for requests that answer at once.
+//!
+//! # A failed start leaves nothing on
+//!
+//! [`Server::start`] (and `init_from_env`) checks the address and every variable, binds and
+//! starts the server thread before turning on heap sampling and thread-creation recording, so
+//! an `Err` leaves no thread, no socket and nothing sampling. [`Config`]'s `Debug` never
+//! prints the token.
 
 mod flame;
 /// Query parsing and the routes' parameter checks without HTTP, for the fuzz targets in
@@ -16,6 +38,7 @@ mod routes;
 pub use flame::flame_graph_svg;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -25,10 +48,13 @@ use crate::Error;
 /// Longest CPU profile accepted by default, in seconds.
 pub const DEFAULT_MAX_PROFILE_SECONDS: u64 = 600;
 /// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 128;
-/// A client must send its request headers within this time, so idle or slow clients give
-/// their connection slot back quickly.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MAX_CONNECTIONS: usize = 128;
+/// Long-running requests (profiles that sample or wait `seconds`) served at once; past this
+/// they are answered 503, so they never hold more than a few connection slots.
+pub const MAX_LONG_RUNNING: usize = 8;
+/// How long a client may take to send its whole request (head and body) by default, so idle
+/// or slow clients give their connection slot back quickly.
+pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to run the server, for services that configure in code rather than by environment.
 ///
@@ -37,12 +63,27 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// println!("pprof on {}", server.local_addr());
 /// # Ok::<(), pprofd::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     addr: String,
     addr_source: &'static str,
     max_profile_seconds: u64,
+    request_read_timeout: Duration,
     token: Option<String>,
+}
+
+/// Prints every setting but the token, which is only said to be set: configurations end up
+/// in logs.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("addr_source", &self.addr_source)
+            .field("max_profile_seconds", &self.max_profile_seconds)
+            .field("request_read_timeout", &self.request_read_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Config {
@@ -53,8 +94,17 @@ impl Config {
             addr: addr.into(),
             addr_source: "Config::new",
             max_profile_seconds: DEFAULT_MAX_PROFILE_SECONDS,
+            request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
             token: None,
         }
+    }
+
+    /// How long a client may take to send its whole request, head and body, counted from
+    /// the accept (default [`DEFAULT_REQUEST_READ_TIMEOUT`], at least 100 ms). A slower client
+    /// is answered 408 or disconnected, so slow clients give their slot back this soon.
+    pub fn request_read_timeout(mut self, timeout: Duration) -> Self {
+        self.request_read_timeout = timeout.max(Duration::from_millis(100));
+        self
     }
 
     /// Longest `seconds` a profile request may ask for (default 600).
@@ -85,34 +135,39 @@ pub struct Server {
 
 impl Server {
     /// Binds the configured address and starts serving from a dedicated thread.
+    ///
+    /// Everything that can fail (the address, the bind, the thread) happens before anything
+    /// is turned on: on `Err` no thread or socket is left, heap sampling and thread-creation
+    /// recording stay off.
     pub fn start(config: Config) -> Result<Server, Error> {
+        let server = Server::launch(config)?;
+        server.turn_on_recording();
+        Ok(server)
+    }
+
+    /// Binds and starts the server thread, without turning on heap sampling or thread-creation
+    /// recording; dropping the result on a later error leaves nothing running.
+    pub(crate) fn launch(config: Config) -> Result<Server, Error> {
         let addrs = resolve(&config)?;
-        crate::threads::start_recording();
-        let listener = bind(&addrs).map_err(|source| Error::Bind {
+        let bind_error = |source| Error::Bind {
             value: config.addr.clone(),
             source,
-        })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-            value: config.addr.clone(),
-            source,
-        })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| Error::Bind {
-                value: config.addr.clone(),
-                source,
-            })?;
+        };
+        let listener = bind(&addrs).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
         let protected = config.token.is_some();
+        let read_timeout = config.request_read_timeout;
         let settings = Arc::new(routes::Settings {
             max_profile_seconds: config.max_profile_seconds,
             token: config.token,
+            long_running: Arc::new(tokio::sync::Semaphore::new(MAX_LONG_RUNNING)),
         });
         let thread = std::thread::Builder::new()
             .name("pprofd-http".into())
-            .spawn(move || serve(listener, settings, shutdown_rx))
+            .spawn(move || serve(listener, settings, read_timeout, shutdown_rx))
             .map_err(Error::Spawn)?;
-        crate::heap::start_with_server();
         log::info!(
             "pprofd: serving http://{local_addr}/debug/pprof/ ({})",
             routes::ENDPOINTS.join(", ")
@@ -128,6 +183,13 @@ impl Server {
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
+    }
+
+    /// Turns on what the profiles record from the server's start on; last, once nothing can
+    /// fail any more.
+    pub(crate) fn turn_on_recording(&self) {
+        crate::threads::start_recording();
+        crate::heap::start_with_server();
     }
 
     /// The address the server listens on (with the port chosen when port 0 was asked for).
@@ -206,6 +268,7 @@ fn bind(addrs: &[SocketAddr]) -> std::io::Result<TcpListener> {
 fn serve(
     listener: TcpListener,
     settings: Arc<routes::Settings>,
+    read_timeout: Duration,
     shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
     let _internal = crate::procfs::register_internal_thread();
@@ -251,27 +314,49 @@ fn serve(
             let settings = settings.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                // A client that connects and sends nothing gives its slot back after the same
-                // timeout as one that sends its headers slowly.
-                if !matches!(tokio::time::timeout(HEADER_READ_TIMEOUT, stream.readable()).await, Ok(Ok(()))) {
-                    return;
-                }
-                let service = hyper::service::service_fn(move |req| flame::handle(req, settings.clone()));
-                // One request per connection: profiles are long and scrapes are 15 s apart, so
-                // keep-alive would only let idle clients hold slots.
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .keep_alive(false)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                if let Err(e) = connection.await {
-                    log::debug!("pprofd: connection ended: {e}");
-                }
+                serve_connection(stream, settings, read_timeout).await;
             });
         }
     });
     // Dropping the runtime cancels open connections, which stops any profile they ran.
     runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// Serves one request, closing the connection if the request's head has not arrived by the
+/// read deadline (the body's deadline is the handler's, which answers 408).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    settings: Arc<routes::Settings>,
+    read_timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + read_timeout;
+    let head_arrived = Arc::new(AtomicBool::new(false));
+    let arrived = head_arrived.clone();
+    let service = hyper::service::service_fn(move |req| {
+        arrived.store(true, Ordering::Relaxed);
+        flame::handle(req, settings.clone(), deadline)
+    });
+    // One request per connection: profiles are long and scrapes are 15 s apart, so
+    // keep-alive would only let idle clients hold slots.
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    // hyper's header timeout starts at the first byte; this one counts from the accept, so a
+    // client that connects and sends nothing, or trickles its head, is dropped too.
+    let head_deadline = async {
+        tokio::time::sleep_until(deadline).await;
+        if head_arrived.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        ended = connection => if let Err(e) = ended {
+            log::debug!("pprofd: connection ended: {e}");
+        },
+        _ = head_deadline => log::debug!("pprofd: request head not sent within {read_timeout:?}; closing"),
+    }
 }
 
 #[cfg(test)]

@@ -122,8 +122,29 @@ mod tests {
             }
             let raw = String::from_utf8_lossy(&raw);
             let query = Query::parse(Some(&raw));
-            let _ = query.int_in("seconds", 30, 1..=600);
-            let _ = query.get("debug");
+            // Every parse obeys the contract: the default when absent or empty, a value in
+            // range equal to the number given, or an error naming the parameter and value.
+            let given = query.get("seconds").filter(|v| !v.is_empty());
+            match (query.int_in("seconds", 30, 1..=600), given) {
+                (Ok(n), None) => assert_eq!(n, 30, "{raw:?}"),
+                (Ok(n), Some(v)) => {
+                    assert!((1..=600).contains(&n), "{raw:?} gave {n}");
+                    assert_eq!(v.parse::<i128>().ok(), Some(n as i128), "{raw:?}");
+                }
+                (Err(e), given) => {
+                    let v = given.unwrap_or_else(|| panic!("{raw:?}: error without a value: {e}"));
+                    let named = e.contains(v) || e.contains(&format!("{v:?}"));
+                    assert!(e.starts_with("seconds=") && named, "{raw:?}: {e}");
+                    let in_range = v.parse::<i128>().is_ok_and(|n| (1..=600).contains(&n));
+                    assert!(!in_range, "{raw:?}: {v} is in range but was refused: {e}");
+                }
+            }
+            // The first `key=` pair wins, decoded.
+            let first = raw
+                .split(['&', ';'])
+                .find(|p| p.split_once('=').map_or(*p, |(k, _)| k) == "debug")
+                .map(|p| percent_decode(p.split_once('=').map_or("", |(_, v)| v)));
+            assert_eq!(query.get("debug"), first.as_deref(), "{raw:?}");
         }
     }
 }

@@ -8,6 +8,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_DISPOSITION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use super::query::Query;
 use crate::cpu::{self, CpuProfile, CpuProfileError};
@@ -20,6 +22,8 @@ pub(super) struct Settings {
     pub max_profile_seconds: u64,
     /// Bearer token every request must carry, when set.
     pub token: Option<String>,
+    /// One permit per long-running request (see [`long_running`]).
+    pub long_running: Arc<Semaphore>,
 }
 
 /// The endpoints served, for the start-up log line.
@@ -77,6 +81,7 @@ type Body = Full<Bytes>;
 pub(super) async fn handle(
     req: Request<Incoming>,
     settings: Arc<Settings>,
+    read_deadline: Instant,
 ) -> Result<Response<Body>, Infallible> {
     if let Some(token) = &settings.token {
         if !authorized(&req, token) {
@@ -124,7 +129,7 @@ pub(super) async fn handle(
         "" => index(&query),
         "cmdline" => cmdline(),
         "profile" => cpu_profile(&query, &settings).await,
-        "symbol" => symbol(req).await,
+        "symbol" => symbol(req, read_deadline).await,
         "heap" => heap_profile(ProfileKind::Heap, &query, &settings).await,
         "allocs" => heap_profile(ProfileKind::Allocs, &query, &settings).await,
         "goroutine" => goroutine(&query, &settings).await,
@@ -281,6 +286,9 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
         Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
+    let Some(_running) = long_running(settings) else {
+        return too_many_long_running();
+    };
     let profile = match CpuProfile::start(hz) {
         Ok(p) => p,
         Err(e @ CpuProfileError::InUse) => {
@@ -397,6 +405,9 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
             .await
         }
         Some(seconds) => {
+            let Some(_running) = long_running(settings) else {
+                return too_many_long_running();
+            };
             let before = match tokio::task::spawn_blocking(HeapSnapshot::take).await {
                 Ok(snapshot) => snapshot,
                 Err(e) => {
@@ -436,6 +447,9 @@ async fn goroutine(query: &Query, settings: &Settings) -> Response<Body> {
     let deadline = threads::DEFAULT_DEADLINE;
     let built = if let Some(seconds) = seconds {
         // Go's delta profile: the change between a dump now and one `seconds` later.
+        let Some(_running) = long_running(settings) else {
+            return too_many_long_running();
+        };
         let earlier = match ThreadDump::capture_with_tasks(deadline, |dump| dump).await {
             Ok(dump) => dump,
             Err(e) => return dump_failed(e),
@@ -475,6 +489,9 @@ async fn threadcreate(query: &Query, settings: &Settings) -> Response<Body> {
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
     let built = if let Some(seconds) = seconds {
+        let Some(_running) = long_running(settings) else {
+            return too_many_long_running();
+        };
         let earlier = ThreadCreations::capture();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         tokio::task::spawn_blocking(move || {
@@ -516,6 +533,16 @@ async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Bod
     } = match off_cpu_params(query, settings.max_profile_seconds) {
         Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    // Only a request that waits holds a permit: with continuous sampling and no `seconds`
+    // the answer is immediate.
+    let _running = if offcpu::continuous().is_none() || seconds_given {
+        match long_running(settings) {
+            Some(permit) => Some(permit),
+            None => return too_many_long_running(),
+        }
+    } else {
+        None
     };
     let samples = if let Some(continuous) = offcpu::continuous() {
         // Continuous sampling runs: everything since start, or the difference over `seconds`.
@@ -596,19 +623,43 @@ impl Rendered {
     }
 }
 
+/// A permit to run a long-running request (one that samples or waits `seconds`), or `None`
+/// when [`super::MAX_LONG_RUNNING`] already run: they would otherwise hold every connection
+/// slot for minutes.
+fn long_running(settings: &Settings) -> Option<OwnedSemaphorePermit> {
+    settings.long_running.clone().try_acquire_owned().ok()
+}
+
+/// The 503 for a long-running request past the cap.
+fn too_many_long_running() -> Response<Body> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!(
+            "{} long-running profile requests (profile, block, mutex, or seconds=N) are already running, the most \
+             this server runs at once; retry when one finishes, or ask for a snapshot without seconds=N",
+            super::MAX_LONG_RUNNING
+        ),
+    )
+}
+
 /// Go's symbolz protocol: addresses separated by `+` (POST body or query string), answered
-/// with `num_symbols: 1` and one `0xADDR name` line per known address.
-async fn symbol(req: Request<Incoming>) -> Response<Body> {
+/// with `num_symbols: 1` and one `0xADDR name` line per known address. A POST body must
+/// arrive by the connection's read deadline, or the answer is 408.
+async fn symbol(req: Request<Incoming>, read_deadline: Instant) -> Response<Body> {
     let input = if req.method() == Method::POST {
-        match Limited::new(req.into_body(), MAX_SYMBOL_BODY)
-            .collect()
-            .await
-        {
-            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-            Err(_) => {
+        let body = Limited::new(req.into_body(), MAX_SYMBOL_BODY).collect();
+        match tokio::time::timeout_at(read_deadline, body).await {
+            Ok(Ok(body)) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Ok(Err(_)) => {
                 return error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!("symbol request body larger than {MAX_SYMBOL_BODY} bytes"),
+                )
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time; send the whole request at once",
                 )
             }
         }
