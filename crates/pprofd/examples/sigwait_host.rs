@@ -132,7 +132,10 @@ fn main() {
     spawn("signal-loop", Box::new(|| signal_loop()));
     for i in 1..=3 {
         let gate = gate.clone();
-        spawn(&format!("waiter-{i}"), Box::new(move || wait_forever(&gate)));
+        spawn(
+            &format!("waiter-{i}"),
+            Box::new(move || wait_forever(&gate)),
+        );
     }
     let plain = gate.clone();
     spawn(

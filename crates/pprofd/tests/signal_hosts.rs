@@ -91,7 +91,8 @@ fn a_host_signal_loop_and_threads_that_block_signals_get_no_pprofd_signal() {
     });
     for name in ["waiter-1", "waiter-2", "waiter-3", "plain-worker"] {
         wait_until(pid, tids[name], "stat", |s| {
-            s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S'))
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('S'))
         });
     }
     let queued_before = queued_signals(pid);

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::procfs;
 use crate::profile::{Frame, Label, ProfileBuilder};
+use crate::threads::procinfo;
 use crate::unwind::ring::{StackRecord, StackRing};
 use crate::unwind::{StackBounds, UnwindTables};
 #[doc(hidden)]
@@ -74,6 +75,9 @@ struct Collected {
     counts: StackCounts,
     thread_names: HashMap<i32, String>,
     lost: u64,
+    /// Threads left without a timer because they block SIGPROF, with the collector ticks
+    /// until the next look at them (see `sync_timers`).
+    no_timer: HashMap<i32, u32>,
 }
 
 /// A running CPU profile. Stop it with [`CpuProfile::stop`]; dropping it stops it too.
@@ -178,6 +182,13 @@ impl CpuProfile {
                 collected.lost
             ));
         }
+        if !collected.no_timer.is_empty() {
+            builder.add_comment(format!(
+                "{} threads block SIGPROF (or wait for signals) and were not sampled: \
+                 their profiling signals would stay pending or reach the host's signal loop",
+                collected.no_timer.len()
+            ));
+        }
         builder
     }
 
@@ -191,6 +202,7 @@ impl CpuProfile {
                 counts: HashMap::new(),
                 thread_names: HashMap::new(),
                 lost: 0,
+                no_timer: HashMap::new(),
             });
         RUNNING.store(false, Ordering::Release);
         collected
@@ -215,6 +227,7 @@ fn collect(hz: u32, stop: &AtomicBool) -> Collected {
         counts: HashMap::new(),
         thread_names: HashMap::new(),
         lost: 0,
+        no_timer: HashMap::new(),
     };
     let mut bounds = StackBounds::load();
     loop {
@@ -228,7 +241,12 @@ fn collect(hz: u32, stop: &AtomicBool) -> Collected {
             STACK_BOUNDS.replace(None);
             return collected;
         }
-        sync_timers(&mut timers, &mut collected.thread_names, period_ns);
+        sync_timers(
+            &mut timers,
+            &mut collected.thread_names,
+            &mut collected.no_timer,
+            period_ns,
+        );
         let fresh = StackBounds::load();
         if fresh != bounds {
             bounds = fresh.clone();
@@ -268,19 +286,36 @@ fn retire(ring: &StackRing, collected: &mut Collected) {
 }
 
 /// Gives every live thread except pprofd's own a timer and forgets threads that exited.
+/// A thread that blocks SIGPROF, or waits for signals, gets no timer while it does (DESIGN.md
+/// 13): its signals would pile up pending or be taken by the host's `sigwait` loop. It is
+/// looked at again after `RECHECK_TICKS` calls (1 s; reading `/proc` at every tick would cost
+/// 1,000 blocking threads a fifth of a core) and kept in `no_timer` while it has none. The check is
+/// made when the timer is created; a thread that blocks SIGPROF later keeps its timer, and
+/// then holds at most one SIGPROF pending (a standard signal is not queued twice).
 fn sync_timers(
     timers: &mut HashMap<i32, ThreadTimer>,
     names: &mut HashMap<i32, String>,
+    no_timer: &mut HashMap<i32, u32>,
     period_ns: u64,
 ) {
+    const RECHECK_TICKS: u32 = 20;
     let tids = procfs::thread_ids();
     timers.retain(|tid, _| tids.binary_search(tid).is_ok());
     for tid in tids {
         if timers.contains_key(&tid) || procfs::is_internal_thread(tid) {
             continue;
         }
+        if let Some(ticks) = no_timer.get_mut(&tid).filter(|t| **t > 0) {
+            *ticks -= 1;
+            continue;
+        }
+        if procinfo::signal_obstacle(tid, libc::SIGPROF).is_some() {
+            no_timer.insert(tid, RECHECK_TICKS);
+            continue;
+        }
         if let Ok(timer) = ThreadTimer::start(tid, period_ns) {
             timers.insert(tid, timer);
+            no_timer.remove(&tid);
             names.insert(tid, procfs::thread_name(tid));
         }
     }
