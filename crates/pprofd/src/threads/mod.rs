@@ -422,4 +422,44 @@ mod tests {
             "{block}"
         );
     }
+
+    #[test]
+    fn a_thread_reading_a_signalfd_is_not_signalled() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::Builder::new()
+            .name("signalfd-loop".into())
+            .spawn(move || {
+                // SAFETY: blocks SIGUSR2 in this thread only and reads it from a signalfd, as
+                // a host's signal loop does; `set` and `info` are valid for the calls.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGUSR2);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+                    assert!(fd >= 0);
+                    tid_tx.send(procfs::gettid()).unwrap();
+                    let mut info = [0u8; 128];
+                    let n = libc::read(fd, info.as_mut_ptr().cast(), info.len());
+                    libc::close(fd);
+                    n
+                }
+            })
+            .unwrap();
+        let tid = tid_rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ProcThread::read(tid).map(|p| p.activity()) != Some("read".into()) {
+            assert!(Instant::now() < deadline, "the reader never sat in read");
+            std::thread::yield_now();
+        }
+        let dump = ThreadDump::capture(DEFAULT_DEADLINE).unwrap();
+        // SAFETY: tgkill to a live thread of this process, which waits for SIGUSR2.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR2) };
+        assert_eq!(reader.join().unwrap(), 128, "the reader got its SIGUSR2");
+        let text = dump.full_text();
+        assert!(
+            text.contains(&format!("thread {tid} (signalfd-loop): reads a signalfd")),
+            "{text}"
+        );
+    }
 }
