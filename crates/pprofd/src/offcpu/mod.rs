@@ -29,7 +29,11 @@
 //! untimed futex waits and pipe or socket reads resume; `epoll_wait`, `poll`, `nanosleep` and
 //! timed waits return `EINTR` and std, tokio and mio retry them. A woken futex waiter
 //! re-checks its futex word, so no wake-up is lost. Threads that are running are never
-//! signalled.
+//! signalled, and neither are threads that block the signal, wait for signals
+//! (`sigwaitinfo`/`sigtimedwait`, a signalfd read) or still have one pending
+//! ([`crate::threads`]' signal module): they are left out of the profile, whose comments name
+//! them and why (`thread 1234 (signal-loop): blocks SIGRTMIN+7`). A blocked thread is looked
+//! at again at each tick, but never queued a second signal.
 
 mod classify;
 

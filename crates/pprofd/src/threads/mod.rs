@@ -7,8 +7,15 @@
 //! sends each thread a dedicated real-time signal whose handler unwinds the thread's own
 //! stack into a slot prepared for it (module `signal`, which states the handler's invariants).
 //! The requesting thread signals itself too and so appears in the dump. Threads that do not
-//! answer before the deadline (default [`DEFAULT_DEADLINE`]), or that block the signal, are
-//! listed with their `/proc` state and no stack; nothing waits beyond the deadline.
+//! answer before the deadline (default [`DEFAULT_DEADLINE`]) are listed with their `/proc`
+//! state and no stack; nothing waits beyond the deadline.
+//!
+//! Threads that block the dump signal, wait for signals (`sigwaitinfo`, `sigtimedwait`, a
+//! signalfd read) or already have one pending are not signalled at all (module `signal`), so a
+//! host's own signal loop never receives pprofd's signal and none piles up queued. Every form
+//! of the dump names them and why (`thread 1234 (signal-loop): waits in sigtimedwait`): the
+//! `debug=2` text in the thread's block and in a closing `#` line, the `debug=1` text in a `#`
+//! line, the profile in a comment.
 //!
 //! Side effect on the dumped process (DESIGN.md, "Signals and system calls"): every thread
 //! runs a short handler. The handler is installed with `SA_RESTART`, so `read`/`write` on

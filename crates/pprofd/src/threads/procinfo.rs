@@ -1,5 +1,7 @@
-//! What `/proc` says about a thread: scheduler state, the system call it sits in, and since
-//! when it has been off the CPU.
+//! What `/proc` says about a thread: scheduler state, the system call it sits in, since
+//! when it has been off the CPU, and whether a signal sent to it now would reach pprofd's
+//! handler ([`signal_obstacle`]: not if the thread blocks it, waits for signals in
+//! `rt_sigtimedwait` or on a signalfd, or has it pending already).
 //!
 //! How long a thread has waited: Linux records no "blocked since" time, but the scheduler
 //! keeps `se.exec_start` in `/proc/self/task/TID/sched` (kernels built with

@@ -20,6 +20,18 @@
 //!   `Condvar`/`Mutex`/channels, tokio and mio retry on `EINTR`.
 //! - At most [`WINDOW`] threads are signalled and not yet answered at a time, which keeps
 //!   the wake-ups gentle on the machine and stays below the unwinder's per-table cache count.
+//! - Never a signal the thread cannot take in our handler (DESIGN.md 13): right before each
+//!   send, [`collect`] reads the thread's `/proc` files and skips it (answer
+//!   [`Answer::Skipped`], with the reason) when it blocks the signal (`SigBlk`), waits in
+//!   `rt_sigtimedwait` (`sigwaitinfo`/`sigtimedwait`: the kernel unblocks the waited set
+//!   meanwhile, so `SigBlk` says deliverable), reads a signalfd, or already has the signal
+//!   pending (`SigPnd`). A thread that did not answer is remembered and gets no new signal
+//!   while its earlier one is pending. So at most one pprofd signal is queued per thread,
+//!   and the user's queued-signal count (`RLIMIT_SIGPENDING`) cannot grow without bound.
+//!   What remains is a race: a thread that enters a signal wait between the check and the
+//!   send (a few microseconds) can take that one signal in its own loop. It is bounded: one
+//!   signal per thread per request at most, and only when the wait begins inside that window;
+//!   the next request sees the thread waiting and skips it.
 //!
 //! The signal is `SIGRTMIN + 7`: glibc reserves the first real-time signals for itself (its
 //! `SIGRTMIN` already skips them), and runtimes that use real-time signals (JVM, .NET, Go's
