@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::procfs;
 use crate::profile::{Frame, Label, ProfileBuilder};
 use crate::sighandler::Disposition;
+use crate::threads::procinfo;
 use crate::unwind::ring::{StackRecord, StackRing};
 use crate::unwind::{StackBounds, UnwindTables};
 #[doc(hidden)]
@@ -92,6 +93,9 @@ struct Collected {
     lost: u64,
     /// Changes of the timer signal's disposition by the host that the collector undid.
     displaced: Vec<Disposition>,
+    /// Threads left without a timer because they block the timer signal, with the collector ticks
+    /// until the next look at them (see `sync_timers`).
+    no_timer: HashMap<i32, u32>,
 }
 
 /// A running CPU profile. Stop it with [`CpuProfile::stop`]; dropping it stops it too.
@@ -216,7 +220,7 @@ impl CpuProfile {
                 disposition.describe()
             ));
         }
-        if signals == 0 {
+        if signals == 0 && collected.no_timer.is_empty() {
             builder.add_comment(
                 "no samples: no thread of the process used CPU time it could be sampled in \
                  while the profile ran"
@@ -227,6 +231,14 @@ impl CpuProfile {
             builder.add_comment(format!(
                 "{} samples lost: sample buffer full",
                 collected.lost
+            ));
+        }
+        if !collected.no_timer.is_empty() {
+            builder.add_comment(format!(
+                "{} threads block pprofd's CPU timer signal (SIGRTMIN+6) or wait for signals, and \
+                 were not sampled: their timer signals would stay pending or reach the host's \
+                 signal loop",
+                collected.no_timer.len()
             ));
         }
         builder
@@ -243,6 +255,7 @@ impl CpuProfile {
                 thread_names: HashMap::new(),
                 lost: 0,
                 displaced: Vec::new(),
+                no_timer: HashMap::new(),
             });
         RUNNING.store(false, Ordering::Release);
         collected
@@ -268,6 +281,7 @@ fn collect(hz: u32, stop: &AtomicBool, displaced: Option<Disposition>) -> Collec
         thread_names: HashMap::new(),
         lost: 0,
         displaced: displaced.into_iter().collect(),
+        no_timer: HashMap::new(),
     };
     let mut bounds = StackBounds::load();
     loop {
@@ -281,7 +295,12 @@ fn collect(hz: u32, stop: &AtomicBool, displaced: Option<Disposition>) -> Collec
             STACK_BOUNDS.replace(None);
             return collected;
         }
-        sync_timers(&mut timers, &mut collected.thread_names, period_ns);
+        sync_timers(
+            &mut timers,
+            &mut collected.thread_names,
+            &mut collected.no_timer,
+            period_ns,
+        );
         let fresh = StackBounds::load();
         if fresh != bounds {
             bounds = fresh.clone();
@@ -344,19 +363,37 @@ fn retire(ring: &StackRing, collected: &mut Collected) {
 }
 
 /// Gives every live thread except pprofd's own a timer and forgets threads that exited.
+/// A thread that blocks the timer signal, or waits for signals, gets no timer while it does (invariant
+/// 13): its signals would pile up pending or be taken by the host's `sigwait` loop. It is
+/// looked at again after `RECHECK_TICKS` calls (1 s; reading `/proc` at every tick would cost
+/// 1,000 blocking threads a fifth of a core) and kept in `no_timer` while it has none. The check is
+/// made when the timer is created; a thread that blocks the signal later keeps its timer, and
+/// then holds at most one of its signals pending (the kernel queues a POSIX timer's signal
+/// once and counts further expirations as overruns).
 fn sync_timers(
     timers: &mut HashMap<i32, ThreadTimer>,
     names: &mut HashMap<i32, String>,
+    no_timer: &mut HashMap<i32, u32>,
     period_ns: u64,
 ) {
+    const RECHECK_TICKS: u32 = 20;
     let tids = procfs::thread_ids();
     timers.retain(|tid, _| tids.binary_search(tid).is_ok());
     for tid in tids {
         if timers.contains_key(&tid) || procfs::is_internal_thread(tid) {
             continue;
         }
+        if let Some(ticks) = no_timer.get_mut(&tid).filter(|t| **t > 0) {
+            *ticks -= 1;
+            continue;
+        }
+        if procinfo::signal_obstacle(tid, signal::timer_signal()).is_some() {
+            no_timer.insert(tid, RECHECK_TICKS);
+            continue;
+        }
         if let Ok(timer) = ThreadTimer::start(tid, period_ns) {
             timers.insert(tid, timer);
+            no_timer.remove(&tid);
             names.insert(tid, procfs::thread_name(tid));
         }
     }

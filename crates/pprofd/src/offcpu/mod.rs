@@ -29,7 +29,11 @@
 //! untimed futex waits and pipe or socket reads resume; `epoll_wait`, `poll`, `nanosleep` and
 //! timed waits return `EINTR` and std, tokio and mio retry them. A woken futex waiter
 //! re-checks its futex word, so no wake-up is lost. Threads that are running are never
-//! signalled.
+//! signalled, and neither are threads that block the signal, wait for signals
+//! (`sigwaitinfo`/`sigtimedwait`, a signalfd read) or still have one pending
+//! ([`crate::threads`]' signal module): they are left out of the profile, whose comments name
+//! them and why (`thread 1234 (signal-loop): blocks SIGRTMIN+7`). A blocked thread is looked
+//! at again at each tick, but never queued a second signal.
 
 mod classify;
 
@@ -43,7 +47,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::procfs;
 use crate::profile::{self, Frame, Label, ProfileBuilder, Resolver, SourceFrame};
 use crate::symbolize::ProcessSymbols;
-use crate::threads::procinfo::parse_syscall_number;
+use crate::threads;
+use crate::threads::procinfo::{parse_syscall_number, Obstacle};
 use crate::threads::signal::{self, Answer, Unwinding};
 use crate::unwind::StackBounds;
 use classify::WaitKind;
@@ -103,6 +108,8 @@ struct Gathered {
     ticks: u64,
     signals: u64,
     unanswered: u64,
+    /// Blocked threads not signalled, with the latest reason (module doc).
+    skipped: HashMap<i32, Obstacle>,
 }
 
 /// A running off-CPU sampling session. Dropping it stops sampling.
@@ -272,14 +279,23 @@ fn sample(hz: u32, stop: &AtomicBool, shared: &Mutex<Gathered>) -> std::io::Resu
         }
         if !to_signal.is_empty() {
             let tids: Vec<i32> = to_signal.iter().map(|(tid, _, _)| *tid).collect();
-            gathered.signals += tids.len() as u64;
-            let answers =
-                signal::collect(&tids, &vec![false; tids.len()], now + period, &unwinding)?;
+            let answers = signal::collect(&tids, now + period, &unwinding)?;
             for ((tid, nr, line), answer) in to_signal.into_iter().zip(answers) {
-                let Answer::Stack(captured) = answer else {
-                    gathered.unanswered += 1;
-                    continue;
+                let captured = match answer {
+                    Answer::Stack(captured) => captured,
+                    Answer::Skipped(obstacle) => {
+                        gathered.names.insert(tid, procfs::thread_name(tid));
+                        gathered.skipped.insert(tid, obstacle);
+                        continue;
+                    }
+                    Answer::Gone => continue,
+                    Answer::Silent => {
+                        gathered.signals += 1;
+                        gathered.unanswered += 1;
+                        continue;
+                    }
                 };
+                gathered.signals += 1;
                 if !captured.in_syscall {
                     // Woken between the /proc read and the signal: running, not blocked.
                     continue;
@@ -388,6 +404,7 @@ impl OffCpuSamples {
                 ticks: self.gathered.ticks - earlier.gathered.ticks,
                 signals: self.gathered.signals - earlier.gathered.signals,
                 unanswered: self.gathered.unanswered - earlier.gathered.unanswered,
+                skipped: self.gathered.skipped.clone(),
             },
             cumulative: false,
         }
@@ -546,6 +563,17 @@ impl OffCpuSamples {
                 self.gathered.unanswered
             ));
         }
+        let mut skipped: Vec<(i32, &str, Obstacle)> = self
+            .gathered
+            .skipped
+            .iter()
+            .map(|(&tid, &obstacle)| {
+                let name = self.gathered.names.get(&tid).map_or("?", String::as_str);
+                (tid, name, obstacle)
+            })
+            .collect();
+        skipped.sort_by_key(|&(tid, _, _)| tid);
+        comments.extend(threads::skipped_threads_note(&skipped));
         comments
     }
 }

@@ -7,8 +7,15 @@
 //! sends each thread a dedicated real-time signal whose handler unwinds the thread's own
 //! stack into a slot prepared for it (module `signal`, which states the handler's invariants).
 //! The requesting thread signals itself too and so appears in the dump. Threads that do not
-//! answer before the deadline (default [`DEFAULT_DEADLINE`]), or that block the signal, are
-//! listed with their `/proc` state and no stack; nothing waits beyond the deadline.
+//! answer before the deadline (default [`DEFAULT_DEADLINE`]) are listed with their `/proc`
+//! state and no stack; nothing waits beyond the deadline.
+//!
+//! Threads that block the dump signal, wait for signals (`sigwaitinfo`, `sigtimedwait`, a
+//! signalfd read) or already have one pending are not signalled at all (module `signal`), so a
+//! host's own signal loop never receives pprofd's signal and none piles up queued. Every form
+//! of the dump names them and why (`thread 1234 (signal-loop): waits in sigtimedwait`): the
+//! `debug=2` text in the thread's block and in a closing `#` line, the `debug=1` text in a `#`
+//! line, the profile in a comment.
 //!
 //! Side effect on the dumped process (docs/invariants.md, "Signals and system calls"): every thread
 //! runs a short handler. The handler is installed with `SA_RESTART`, so `read`/`write` on
@@ -36,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::procfs;
 use crate::profile::{Frame, ProfileBuilder};
-use procinfo::{ProcThread, WaitClock};
+use procinfo::{Obstacle, ProcThread, WaitClock};
 use signal::{Answer, Captured};
 use tasks::TaskDump;
 
@@ -66,23 +73,17 @@ impl ThreadDump {
     pub fn capture(deadline: Duration) -> std::io::Result<ThreadDump> {
         let taken = SystemTime::now();
         let requester = procfs::gettid();
-        let signo = signal::dump_signal();
         let mut procs: Vec<ProcThread> = procfs::thread_ids()
             .into_iter()
-            .filter_map(|tid| ProcThread::read(tid, signo))
+            .filter_map(ProcThread::read)
             .collect();
         WAIT_CLOCK
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(&mut procs);
         let tids: Vec<i32> = procs.iter().map(|p| p.tid).collect();
-        let skip: Vec<bool> = procs.iter().map(|p| p.unreachable.is_some()).collect();
-        let answers = signal::collect(
-            &tids,
-            &skip,
-            Instant::now() + deadline,
-            &signal::Unwinding::load(),
-        )?;
+        let answers =
+            signal::collect(&tids, Instant::now() + deadline, &signal::Unwinding::load())?;
         let mut threads: Vec<DumpedThread> = procs
             .into_iter()
             .zip(answers)
@@ -140,6 +141,9 @@ impl ThreadDump {
     /// Go's `debug=1` form: identical stacks grouped, with their count and threads.
     pub fn grouped_text(&self) -> String {
         let mut text = render::grouped_text("goroutine", &self.entries());
+        if let Some(note) = self.skipped_note() {
+            text.push_str(&format!("# {note}\n"));
+        }
         for note in self.task_notes() {
             text.push_str(&format!("# {note}\n"));
         }
@@ -161,6 +165,9 @@ impl ThreadDump {
                 self.unanswered(),
                 self.no_stack_reason()
             ));
+        }
+        if let Some(note) = self.skipped_note() {
+            builder.add_comment(note);
         }
         for note in self.task_notes() {
             builder.add_comment(note);
@@ -216,9 +223,8 @@ impl ThreadDump {
                 "[no answer within {} ms]",
                 self.deadline.as_millis()
             ))],
-            Answer::Skipped => vec![Frame::Synthetic(format!(
-                "[no stack: {}]",
-                thread.proc.unreachable.unwrap_or("unreachable")
+            Answer::Skipped(obstacle) => vec![Frame::Synthetic(format!(
+                "[no stack: not signalled, it {obstacle}]"
             ))],
             Answer::Gone => Vec::new(),
         }
@@ -226,12 +232,50 @@ impl ThreadDump {
 
     fn no_stack_reason(&self) -> String {
         format!(
-            "they did not answer signal {} within {} ms, block it, or have one pending",
-            signal::dump_signal(),
+            "they did not answer {} within {} ms, or were not signalled (below)",
+            procinfo::signal_name(signal::dump_signal()),
             self.deadline.as_millis(),
         )
     }
+
+    /// The threads not signalled and why (`thread 1234 (signal-loop): waits in sigtimedwait`).
+    fn skipped_note(&self) -> Option<String> {
+        let skipped: Vec<(i32, &str, Obstacle)> = self
+            .threads
+            .iter()
+            .filter_map(|t| match t.answer {
+                Answer::Skipped(obstacle) => Some((t.proc.tid, t.proc.name.as_str(), obstacle)),
+                _ => None,
+            })
+            .collect();
+        skipped_threads_note(&skipped)
+    }
 }
+
+/// Names the threads pprofd did not signal and why, for a profile comment or a `#` line: the
+/// first [`NAMED_SKIPS`], then how many more.
+pub(crate) fn skipped_threads_note(skipped: &[(i32, &str, Obstacle)]) -> Option<String> {
+    if skipped.is_empty() {
+        return None;
+    }
+    let mut named: Vec<String> = skipped
+        .iter()
+        .take(NAMED_SKIPS)
+        .map(|(tid, name, obstacle)| format!("thread {tid} ({name}): {obstacle}"))
+        .collect();
+    if skipped.len() > NAMED_SKIPS {
+        named.push(format!("and {} more", skipped.len() - NAMED_SKIPS));
+    }
+    Some(format!(
+        "{} threads not signalled (pprofd never signals a thread that blocks its signal, \
+         waits for signals or has one pending): {}",
+        skipped.len(),
+        named.join("; ")
+    ))
+}
+
+/// Skipped threads a note names one by one.
+const NAMED_SKIPS: usize = 32;
 
 fn captured_frames(captured: &Captured) -> Vec<Frame> {
     let mut frames: Vec<Frame> = captured.frames[..captured.depth]
@@ -298,6 +342,19 @@ impl ThreadCreations {
 mod tests {
     use super::*;
 
+    /// Polls `/proc` (at most 5 s) until thread `tid` sleeps in a futex wait.
+    fn wait_until_sleeping_in_futex(tid: i32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let proc = ProcThread::read(tid).expect("the thread is alive");
+            if proc.activity() == "futex wait" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "thread {tid}: {proc:?}");
+            std::thread::yield_now();
+        }
+    }
+
     #[inline(never)]
     fn wait_for_the_test(rx: std::sync::mpsc::Receiver<()>) {
         let _ = rx.recv();
@@ -306,11 +363,15 @@ mod tests {
     #[test]
     fn dumps_a_waiting_thread_with_its_stack_and_state() {
         let (tx, rx) = std::sync::mpsc::channel();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let waiter = std::thread::Builder::new()
             .name("dump-me".into())
-            .spawn(move || wait_for_the_test(rx))
+            .spawn(move || {
+                tid_tx.send(procfs::gettid()).unwrap();
+                wait_for_the_test(rx)
+            })
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        wait_until_sleeping_in_futex(tid_rx.recv().unwrap());
         let dump = ThreadDump::capture(DEFAULT_DEADLINE).unwrap();
         tx.send(()).unwrap();
         waiter.join().unwrap();
@@ -364,8 +425,48 @@ mod tests {
             .find(|b| b.contains("\"blocks-dumps\""))
             .unwrap_or_else(|| panic!("no blocks-dumps block:\n{text}"));
         assert!(
-            block.contains("[no stack: it blocks the dump signal]"),
+            block.contains("[no stack: not signalled, it blocks SIGRTMIN+7]"),
             "{block}"
+        );
+    }
+
+    #[test]
+    fn a_thread_reading_a_signalfd_is_not_signalled() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::Builder::new()
+            .name("signalfd-loop".into())
+            .spawn(move || {
+                // SAFETY: blocks SIGUSR2 in this thread only and reads it from a signalfd, as
+                // a host's signal loop does; `set` and `info` are valid for the calls.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGUSR2);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+                    assert!(fd >= 0);
+                    tid_tx.send(procfs::gettid()).unwrap();
+                    let mut info = [0u8; 128];
+                    let n = libc::read(fd, info.as_mut_ptr().cast(), info.len());
+                    libc::close(fd);
+                    n
+                }
+            })
+            .unwrap();
+        let tid = tid_rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ProcThread::read(tid).map(|p| p.activity()) != Some("read".into()) {
+            assert!(Instant::now() < deadline, "the reader never sat in read");
+            std::thread::yield_now();
+        }
+        let dump = ThreadDump::capture(DEFAULT_DEADLINE).unwrap();
+        // SAFETY: tgkill to a live thread of this process, which waits for SIGUSR2.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR2) };
+        assert_eq!(reader.join().unwrap(), 128, "the reader got its SIGUSR2");
+        let text = dump.full_text();
+        assert!(
+            text.contains(&format!("thread {tid} (signalfd-loop): reads a signalfd")),
+            "{text}"
         );
     }
 }

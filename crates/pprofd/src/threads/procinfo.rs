@@ -1,5 +1,7 @@
-//! What `/proc` says about a thread: scheduler state, the system call it sits in, and since
-//! when it has been off the CPU.
+//! What `/proc` says about a thread: scheduler state, the system call it sits in, since
+//! when it has been off the CPU, and whether a signal sent to it now would reach pprofd's
+//! handler ([`signal_obstacle`]: not if the thread blocks it, waits for signals in
+//! `rt_sigtimedwait` or on a signalfd, or has it pending already).
 //!
 //! How long a thread has waited: Linux records no "blocked since" time, but the scheduler
 //! keeps `se.exec_start` in `/proc/self/task/TID/sched` (kernels built with
@@ -27,16 +29,13 @@ pub(crate) struct ProcThread {
     pub wchan: String,
     /// Seconds the thread has been in this wait, when knowable (module doc).
     pub waiting_seconds: Option<u64>,
-    /// Why the thread cannot answer a dump signal now, if it cannot: it blocks the signal,
-    /// or one from an earlier dump is still pending (it is stuck where signals wait).
-    pub unreachable: Option<&'static str>,
     /// The raw `syscall` line, which identifies one particular wait.
     syscall_line: String,
 }
 
 impl ProcThread {
     /// Reads the thread's files. `None` when the thread has exited.
-    pub fn read(tid: i32, signal: i32) -> Option<ProcThread> {
+    pub fn read(tid: i32) -> Option<ProcThread> {
         let dir = format!("/proc/self/task/{tid}");
         let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
         let state = parse_stat_state(&stat)?;
@@ -52,7 +51,6 @@ impl ProcThread {
             .ok()
             .filter(|w| w != "0")
             .unwrap_or_default();
-        let status = std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default();
         let waiting_seconds = if state == 'R' {
             None
         } else {
@@ -68,13 +66,6 @@ impl ProcThread {
             syscall,
             wchan,
             waiting_seconds,
-            unreachable: if signal_in_mask(&status, "SigBlk:", signal) {
-                Some("it blocks the dump signal")
-            } else if signal_in_mask(&status, "SigPnd:", signal) {
-                Some("a dump signal sent earlier is still pending")
-            } else {
-                None
-            },
             syscall_line,
         })
     }
@@ -98,6 +89,76 @@ impl ProcThread {
             (None, _) => state.into(),
         }
     }
+}
+
+/// Why pprofd must not send a signal to a thread now (docs/invariants.md 13): the signal would not
+/// reach pprofd's handler but stay queued, or be taken by the host's own signal loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Obstacle {
+    /// The thread blocks the signal (`SigBlk`).
+    Blocks(i32),
+    /// The thread waits in `sigwaitinfo`/`sigtimedwait` (`rt_sigtimedwait`): the kernel
+    /// unblocks the waited-for set meanwhile, so `SigBlk` would say deliverable.
+    SigWait,
+    /// The thread reads a signalfd.
+    SignalFd,
+    /// The signal is already pending for the thread (`SigPnd`): an earlier one is unanswered.
+    Pending(i32),
+}
+
+impl std::fmt::Display for Obstacle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Obstacle::Blocks(signal) => write!(f, "blocks {}", signal_name(*signal)),
+            Obstacle::SigWait => f.write_str("waits in sigtimedwait"),
+            Obstacle::SignalFd => f.write_str("reads a signalfd"),
+            Obstacle::Pending(signal) => write!(
+                f,
+                "has an earlier {} still pending (no answer yet)",
+                signal_name(*signal)
+            ),
+        }
+    }
+}
+
+/// `SIGRTMIN+6`, `SIGRTMIN+7`, or the number.
+pub(crate) fn signal_name(signal: i32) -> String {
+    if signal >= libc::SIGRTMIN() {
+        format!("SIGRTMIN+{}", signal - libc::SIGRTMIN())
+    } else {
+        format!("signal {signal}")
+    }
+}
+
+/// Whether `signal` sent to thread `tid` now could miss pprofd's handler (see [`Obstacle`]).
+/// Reads the thread's `syscall` line, then its `status`; a thread that exited has none.
+pub(crate) fn signal_obstacle(tid: i32, signal: i32) -> Option<Obstacle> {
+    let dir = format!("/proc/self/task/{tid}");
+    let line = std::fs::read_to_string(format!("{dir}/syscall")).unwrap_or_default();
+    match parse_syscall_number(&line) {
+        Some(nr) if nr == libc::SYS_rt_sigtimedwait => return Some(Obstacle::SigWait),
+        Some(nr) if nr == libc::SYS_read && reads_signalfd(&line) => {
+            return Some(Obstacle::SignalFd)
+        }
+        _ => {}
+    }
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    if signal_in_mask(&status, "SigBlk:", signal) {
+        Some(Obstacle::Blocks(signal))
+    } else if signal_in_mask(&status, "SigPnd:", signal) {
+        Some(Obstacle::Pending(signal))
+    } else {
+        None
+    }
+}
+
+/// Whether the first argument of a `read` `syscall` line is a signalfd.
+fn reads_signalfd(line: &str) -> bool {
+    line.split_ascii_whitespace()
+        .nth(1)
+        .and_then(|fd| u64::from_str_radix(fd.trim_start_matches("0x"), 16).ok())
+        .and_then(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+        .is_some_and(|target| target.as_os_str() == "anon_inode:[signalfd]")
 }
 
 /// Keeps wait start times across dumps (module doc): a dump wakes each thread, so the
@@ -250,7 +311,7 @@ mod tests {
 
     #[test]
     fn reads_this_thread_and_names_futex_waits() {
-        let me = ProcThread::read(crate::procfs::gettid(), libc::SIGRTMAX()).expect("alive");
+        let me = ProcThread::read(crate::procfs::gettid()).expect("alive");
         assert_eq!(me.state, 'R');
         assert_eq!(me.activity(), "running");
         let mut waiting = me.clone();
@@ -272,7 +333,6 @@ mod tests {
             syscall: Some("futex".into()),
             wchan: String::new(),
             waiting_seconds: Some(waited),
-            unreachable: None,
             syscall_line: line.into(),
         };
         let mut clock = WaitClock::default();

@@ -66,6 +66,9 @@ pub(super) fn full_text(dump: &ThreadDump) -> String {
         write_stack(&mut out, &symbols, stack, &p.wchan);
         out.push('\n');
     }
+    if let Some(note) = dump.skipped_note() {
+        let _ = writeln!(out, "# {note}\n");
+    }
     if let Some(tasks) = &dump.tasks {
         out.push_str(&tasks.full_text(&|out, stack| write_stack(out, &symbols, stack, "")));
     }

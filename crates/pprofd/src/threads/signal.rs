@@ -20,6 +20,18 @@
 //!   `Condvar`/`Mutex`/channels, tokio and mio retry on `EINTR`.
 //! - At most [`WINDOW`] threads are signalled and not yet answered at a time, which keeps
 //!   the wake-ups gentle on the machine and stays below the unwinder's per-table cache count.
+//! - Never a signal the thread cannot take in our handler (docs/invariants.md 13): right before each
+//!   send, [`collect`] reads the thread's `/proc` files and skips it (answer
+//!   [`Answer::Skipped`], with the reason) when it blocks the signal (`SigBlk`), waits in
+//!   `rt_sigtimedwait` (`sigwaitinfo`/`sigtimedwait`: the kernel unblocks the waited set
+//!   meanwhile, so `SigBlk` says deliverable), reads a signalfd, or already has the signal
+//!   pending (`SigPnd`). A thread that did not answer is remembered and gets no new signal
+//!   while its earlier one is pending. So at most one pprofd signal is queued per thread,
+//!   and the user's queued-signal count (`RLIMIT_SIGPENDING`) cannot grow without bound.
+//!   What remains is a race: a thread that enters a signal wait between the check and the
+//!   send (a few microseconds) can take that one signal in its own loop. It is bounded: one
+//!   signal per thread per request at most, and only when the wait begins inside that window;
+//!   the next request sees the thread waiting and skips it.
 //!
 //! The signal is `SIGRTMIN + 7`: glibc reserves the first real-time signals for itself (its
 //! `SIGRTMIN` already skips them), and runtimes that use real-time signals (JVM, .NET, Go's
@@ -32,6 +44,7 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::procinfo::{self, Obstacle};
 use crate::sighandler::{self, ChainedHandler};
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::MAX_DEPTH;
@@ -274,8 +287,8 @@ pub(crate) enum Answer {
     Stack(Box<Captured>),
     /// No answer before the deadline (or the signal could not be queued, or not sent in time).
     Silent,
-    /// Not signalled: the caller said it could not answer.
-    Skipped,
+    /// Not signalled: the signal would not reach the handler (module doc).
+    Skipped(Obstacle),
     /// The thread exited before it could be signalled.
     Gone,
 }
@@ -297,17 +310,21 @@ impl Unwinding {
     }
 }
 
-/// Signals every thread in `tids` (sorted) except those in `skip` and collects their stacks,
-/// waiting at most until `deadline`. The calling thread may be among them.
+/// Signals every thread in `tids` (sorted) that can take the signal (module doc: never one
+/// that blocks it, waits for it or has one pending) and collects their stacks, waiting at
+/// most until `deadline`. The calling thread may be among them.
 pub(crate) fn collect(
     tids: &[i32],
-    skip: &[bool],
     deadline: Instant,
     unwinding: &Unwinding,
 ) -> std::io::Result<Vec<Answer>> {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _serialize = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    HANDLER.install(dump_signal(), on_dump_signal)?;
+    // Held for the whole request; keeps the threads that were signalled and did not answer.
+    static ONE_AT_A_TIME: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+    let mut unanswered = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let signo = dump_signal();
+    // Threads that exited owe nothing (and their ids may come back for new threads).
+    unanswered.retain(|tid| std::path::Path::new(&format!("/proc/self/task/{tid}")).exists());
+    HANDLER.install(signo, on_dump_signal)?;
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
     let slots = tids
         .iter()
@@ -331,6 +348,8 @@ pub(crate) fn collect(
     })));
     let value = COOKIE << 32 | generation as u64;
     let mut gone = vec![false; tids.len()];
+    let mut skipped: Vec<Option<Obstacle>> = vec![None; tids.len()];
+    let mut queued = vec![false; tids.len()];
     // (index, when signalled) of threads holding a window place.
     let mut in_flight: Vec<(usize, Instant)> = Vec::with_capacity(WINDOW);
     let mut next = 0;
@@ -347,10 +366,13 @@ pub(crate) fn collect(
                     dump.slots[i].state.load(Ordering::Acquire) != DONE && now - sent < SLOW
                 });
                 while in_flight.len() < WINDOW && next < tids.len() {
-                    if !skip[next] {
-                        match send(tids[next], value) {
+                    let tid = tids[next];
+                    skipped[next] = obstacle(tid, signo, &mut unanswered);
+                    if skipped[next].is_none() {
+                        match send(tid, value) {
                             Sent::Queued => {
                                 in_flight.push((next, Instant::now()));
+                                queued[next] = true;
                                 expected += 1;
                             }
                             Sent::Gone => gone[next] = true,
@@ -374,15 +396,35 @@ pub(crate) fn collect(
         .into_iter()
         .enumerate()
         .map(|(i, slot)| {
-            if skip[i] {
-                Answer::Skipped
+            if let Some(obstacle) = skipped[i] {
+                Answer::Skipped(obstacle)
             } else if gone[i] {
                 Answer::Gone
             } else if slot.state.load(Ordering::Acquire) == DONE {
                 Answer::Stack(Box::new(slot.stack.into_inner()))
             } else {
+                if queued[i] {
+                    // Sorted: `tids` is, and only threads not in the list are added.
+                    if let Err(at) = unanswered.binary_search(&tids[i]) {
+                        unanswered.insert(at, tids[i]);
+                    }
+                }
                 Answer::Silent
             }
         })
         .collect())
+}
+
+/// Why `tid` must not be sent the dump signal now, if it must not. A thread that did not
+/// answer an earlier request stays in `unanswered` while `/proc` shows that signal pending
+/// (`SigPnd`), and gets no new one meanwhile; once it is gone (answered late, or taken by a
+/// wait that began after the check) the thread owes nothing and is checked like any other.
+fn obstacle(tid: i32, signo: i32, unanswered: &mut Vec<i32>) -> Option<Obstacle> {
+    let found = procinfo::signal_obstacle(tid, signo);
+    if found.is_none() {
+        if let Ok(i) = unanswered.binary_search(&tid) {
+            unanswered.remove(i);
+        }
+    }
+    found
 }
