@@ -109,16 +109,29 @@ mod tests {
     }
 
     #[test]
-    fn random_query_strings_never_panic() {
-        let alphabet = b"%+=&;0123456789abcdefxABCDEF-. \xc3\xa9seconds";
+    fn random_query_strings_parse_to_bounded_values_or_named_errors() {
+        // Pairs of known keys (some percent-encoded) and short values of digits, signs and
+        // escapes, so values in range, at the bounds and past them all come up.
+        let keys: [&[u8]; 5] = [b"seconds", b"debug", b"sec%6Fnds", b"x", b""];
+        let alphabet = b"0123456789060+-%2 a\xc3\xa9";
         let mut x = 0x2545f4914f6cdd1du64;
-        for _ in 0..50_000 {
-            let mut raw = Vec::new();
+        let mut next = move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            for i in 0..(x % 24) {
-                raw.push(alphabet[((x >> (i % 50)) as usize + i as usize) % alphabet.len()]);
+            x
+        };
+        for _ in 0..50_000 {
+            let mut raw = Vec::new();
+            for _ in 0..next() % 4 {
+                raw.push(if next() % 2 == 0 { b'&' } else { b';' });
+                raw.extend_from_slice(keys[next() as usize % keys.len()]);
+                if next() % 8 != 0 {
+                    raw.push(b'=');
+                }
+                for _ in 0..next() % 5 {
+                    raw.push(alphabet[next() as usize % alphabet.len()]);
+                }
             }
             let raw = String::from_utf8_lossy(&raw);
             let query = Query::parse(Some(&raw));

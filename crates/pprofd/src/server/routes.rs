@@ -286,9 +286,6 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
         Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let Some(_running) = long_running(settings) else {
-        return too_many_long_running();
-    };
     let profile = match CpuProfile::start(hz) {
         Ok(p) => p,
         Err(e @ CpuProfileError::InUse) => {
@@ -298,6 +295,11 @@ async fn cpu_profile(query: &Query, settings: &Settings) -> Response<Body> {
             )
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    // After the start, so a second profile still gets Go's "in use" answer; dropping
+    // `profile` on a 503 stops it.
+    let Some(_running) = long_running(settings) else {
+        return too_many_long_running();
     };
     // If the client goes away, hyper drops this future and `profile`'s Drop stops sampling.
     tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -534,20 +536,13 @@ async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Bod
         Ok(params) => params,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    // Only a request that waits holds a permit: with continuous sampling and no `seconds`
-    // the answer is immediate.
-    let _running = if offcpu::continuous().is_none() || seconds_given {
-        match long_running(settings) {
-            Some(permit) => Some(permit),
-            None => return too_many_long_running(),
-        }
-    } else {
-        None
-    };
     let samples = if let Some(continuous) = offcpu::continuous() {
         // Continuous sampling runs: everything since start, or the difference over `seconds`.
         let earlier = continuous.snapshot();
         if seconds_given {
+            let Some(_running) = long_running(settings) else {
+                return too_many_long_running();
+            };
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             Sampled::Since(earlier)
         } else {
@@ -560,6 +555,10 @@ async fn off_cpu(query: &Query, settings: &Settings, view: View) -> Response<Bod
                 return error(StatusCode::CONFLICT, &e.to_string())
             }
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        // After the start, so a second window still gets the 409 saying the sampler is busy.
+        let Some(_running) = long_running(settings) else {
+            return too_many_long_running();
         };
         // If the client goes away, hyper drops this future and `profile`'s Drop stops sampling.
         tokio::time::sleep(Duration::from_secs(seconds)).await;
