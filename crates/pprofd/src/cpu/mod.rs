@@ -211,13 +211,14 @@ impl CpuProfile {
                 crate::unwind::WALK_STACK_NEED
             ));
         }
+        let timer_signal = procinfo::signal_name(signal::timer_signal());
         for disposition in &collected.displaced {
             builder.add_comment(format!(
-                "the disposition of pprofd's timer signal (SIGRTMIN+6) was {} after pprofd \
-                 installed its handler; \
-                 pprofd put its handler back in front (chaining what the host set) within \
-                 10 ms, and samples of that interval may be missing",
-                disposition.describe()
+                "the disposition of pprofd's timer signal ({timer_signal}) was {} after pprofd \
+                 installed its handler; pprofd put its handler back in front (chaining what the \
+                 host set) within {} ms, and samples of that interval may be missing",
+                disposition.describe(),
+                DISPOSITION_CHECK.as_millis()
             ));
         }
         if signals == 0 && collected.no_timer.is_empty() {
@@ -235,9 +236,9 @@ impl CpuProfile {
         }
         if !collected.no_timer.is_empty() {
             builder.add_comment(format!(
-                "{} threads block pprofd's CPU timer signal (SIGRTMIN+6) or wait for signals, and \
-                 were not sampled: their timer signals would stay pending or reach the host's \
-                 signal loop",
+                "{} threads block pprofd's CPU timer signal ({timer_signal}) or wait for signals, \
+                 and were not sampled: their timer signals would stay pending or reach the \
+                 host's signal loop",
                 collected.no_timer.len()
             ));
         }

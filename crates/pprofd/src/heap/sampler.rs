@@ -230,7 +230,8 @@ pub(super) fn record_allocation<A: GlobalAlloc>(inner: &A, ptr: *mut u8, size: u
                     Some(_) => &tables.losses.no_stack_room,
                 };
                 lost.fetch_add(1, Relaxed);
-                record_at(tables, None, inner, ptr, size, rate);
+                let no_stack = tables.intern_stack(&[], true, inner);
+                record_at(tables, no_stack, ptr, size, rate);
             }
         }
         t.busy.set(false);
@@ -278,20 +279,12 @@ fn record_with_stack<A: GlobalAlloc>(
     };
     drop(guard);
     let stack = tables.intern_stack(&frames[..depth], truncated, inner);
-    record_at(tables, Some(stack), inner, ptr, size, rate);
+    record_at(tables, stack, ptr, size, rate);
 }
 
-/// Counts the allocation at its site and enters it in the live set. `stack` is `None` for an
-/// allocation recorded without its stack, `Some(None)` when the stack table was full.
-fn record_at<A: GlobalAlloc>(
-    tables: &HeapTables,
-    stack: Option<Option<usize>>,
-    inner: &A,
-    ptr: *mut u8,
-    size: usize,
-    rate: u32,
-) {
-    let stack = stack.unwrap_or_else(|| tables.intern_stack(&[], true, inner));
+/// Counts the allocation at the site of its interned `stack` (`None`: the stack table was
+/// full) and enters it in the live set.
+fn record_at(tables: &HeapTables, stack: Option<usize>, ptr: *mut u8, size: usize, rate: u32) {
     let site = tables.site(stack, size_class(size));
     count(tables, site, size, rate, Event::Alloc);
     track_live(tables, ptr as usize, LiveBlock { site, rate }, size);

@@ -25,9 +25,9 @@
 //!   [`Answer::Skipped`], with the reason) when it blocks the signal (`SigBlk`), waits in
 //!   `rt_sigtimedwait` (`sigwaitinfo`/`sigtimedwait`: the kernel unblocks the waited set
 //!   meanwhile, so `SigBlk` says deliverable), reads a signalfd, or already has the signal
-//!   pending (`SigPnd`). A thread that did not answer is remembered and gets no new signal
-//!   while its earlier one is pending. So at most one pprofd signal is queued per thread,
-//!   and the user's queued-signal count (`RLIMIT_SIGPENDING`) cannot grow without bound.
+//!   pending (`SigPnd`): a thread that did not answer an earlier request gets no new signal
+//!   while that one is still queued. So at most one pprofd signal is queued per thread, and
+//!   the user's queued-signal count (`RLIMIT_SIGPENDING`) cannot grow without bound.
 //!   What remains is a race: a thread that enters a signal wait between the check and the
 //!   send (a few microseconds) can take that one signal in its own loop. It is bounded: one
 //!   signal per thread per request at most, and only when the wait begins inside that window;
@@ -318,12 +318,9 @@ pub(crate) fn collect(
     deadline: Instant,
     unwinding: &Unwinding,
 ) -> std::io::Result<Vec<Answer>> {
-    // Held for the whole request; keeps the threads that were signalled and did not answer.
-    static ONE_AT_A_TIME: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-    let mut unanswered = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _serialize = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let signo = dump_signal();
-    // Threads that exited owe nothing (and their ids may come back for new threads).
-    unanswered.retain(|tid| std::path::Path::new(&format!("/proc/self/task/{tid}")).exists());
     HANDLER.install(signo, on_dump_signal)?;
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
     let slots = tids
@@ -349,7 +346,6 @@ pub(crate) fn collect(
     let value = COOKIE << 32 | generation as u64;
     let mut gone = vec![false; tids.len()];
     let mut skipped: Vec<Option<Obstacle>> = vec![None; tids.len()];
-    let mut queued = vec![false; tids.len()];
     // (index, when signalled) of threads holding a window place.
     let mut in_flight: Vec<(usize, Instant)> = Vec::with_capacity(WINDOW);
     let mut next = 0;
@@ -367,12 +363,11 @@ pub(crate) fn collect(
                 });
                 while in_flight.len() < WINDOW && next < tids.len() {
                     let tid = tids[next];
-                    skipped[next] = obstacle(tid, signo, &mut unanswered);
+                    skipped[next] = procinfo::signal_obstacle(tid, signo);
                     if skipped[next].is_none() {
                         match send(tid, value) {
                             Sent::Queued => {
                                 in_flight.push((next, Instant::now()));
-                                queued[next] = true;
                                 expected += 1;
                             }
                             Sent::Gone => gone[next] = true,
@@ -403,28 +398,8 @@ pub(crate) fn collect(
             } else if slot.state.load(Ordering::Acquire) == DONE {
                 Answer::Stack(Box::new(slot.stack.into_inner()))
             } else {
-                if queued[i] {
-                    // Sorted: `tids` is, and only threads not in the list are added.
-                    if let Err(at) = unanswered.binary_search(&tids[i]) {
-                        unanswered.insert(at, tids[i]);
-                    }
-                }
                 Answer::Silent
             }
         })
         .collect())
-}
-
-/// Why `tid` must not be sent the dump signal now, if it must not. A thread that did not
-/// answer an earlier request stays in `unanswered` while `/proc` shows that signal pending
-/// (`SigPnd`), and gets no new one meanwhile; once it is gone (answered late, or taken by a
-/// wait that began after the check) the thread owes nothing and is checked like any other.
-fn obstacle(tid: i32, signo: i32, unanswered: &mut Vec<i32>) -> Option<Obstacle> {
-    let found = procinfo::signal_obstacle(tid, signo);
-    if found.is_none() {
-        if let Ok(i) = unanswered.binary_search(&tid) {
-            unanswered.remove(i);
-        }
-    }
-    found
 }
