@@ -1,4 +1,4 @@
-//! 200 back-to-back one-second profiles at 1000 Hz while the workload allocates, spawns and
+//! 100 back-to-back one-second profiles at 1000 Hz while the workload allocates, spawns and
 //! joins threads, formats backtraces and dlopens/dlcloses libraries: no crash, no hang, every
 //! profile decodes, and the CPU sampling handler never allocates.
 
@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use support::{function_names, get, Workload};
 
+/// Profiles in a row: enough to cross thread churn and dlopen/dlclose many times, few enough
+/// to keep CI's run short.
+const ROUNDS: usize = 100;
+
 #[test]
 fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler() {
     let workload = Workload::start("cpu_workload", &["--churn"]);
@@ -15,7 +19,7 @@ fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler
     let started = Instant::now();
     let mut total_samples = 0i64;
     let mut churn_seen = false;
-    for round in 0..200 {
+    for round in 0..ROUNDS {
         let response = get(addr, "/debug/pprof/profile?seconds=1&hz=1000");
         assert_eq!(response.status, 200, "round {round}: {}", response.text());
         let profile = response.profile();
@@ -27,13 +31,14 @@ fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler
         });
     }
     assert!(
-        started.elapsed() < Duration::from_secs(400),
+        // A hang guard, not a speed target: each round takes a second and its symbolization.
+        started.elapsed() < Duration::from_secs(4 * ROUNDS as u64),
         "profiles took {:?}",
         started.elapsed()
     );
     assert!(
-        total_samples > 10_000,
-        "{total_samples} samples in 200 profiles at 1000 Hz"
+        total_samples > 50 * ROUNDS as i64,
+        "{total_samples} samples in {ROUNDS} profiles at 1000 Hz"
     );
     assert!(churn_seen, "the churning threads were sampled too");
     let report = workload.finish();
