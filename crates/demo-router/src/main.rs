@@ -90,7 +90,8 @@ fn run() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    // Goroutine dumps list the router's async tasks too (pprofd feature `tokio-tasks`).
+    // Goroutine dumps list the router's async tasks too (pprofd feature `tokio-tasks`) when
+    // PPROF_TOKIO_TASKS=all accepts tokio's stalls of a multi-thread runtime's workers.
     pprofd::watch_tokio_runtime(runtime.handle());
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&options.listen)

@@ -1,12 +1,14 @@
 //! An async service for pprofd's task-dump tests (feature `tokio-tasks`).
 //!
-//! A two-worker tokio runtime, registered with `pprofd::watch_tokio_runtime`, runs a task
+//! A tokio runtime, registered with `pprofd::watch_tokio_runtime`, runs a task
 //! `hold_orders_lock` that holds a `tokio::sync::Mutex` while it sleeps, and a task
-//! `wait_for_orders_lock` waiting for that mutex. Prints `listening <addr>`, then obeys stdin:
+//! `wait_for_orders_lock` waiting for that mutex. The runtime is a current-thread one driven
+//! by a thread named `tokio-runtime`, or with `--multi-thread` a two-worker one. Prints
+//! `listening <addr>`, then obeys stdin:
 //!
-//! - `wedge`: blocks both workers synchronously (in `block_worker`), as a deadlocked handler
-//!   would; prints `wedged` once both are blocked.
-//! - `unwedge`: releases them; prints `unwedged` once both are back.
+//! - `wedge`: blocks every worker synchronously (in `block_worker`), as a deadlocked handler
+//!   would; prints `wedged` once all are blocked.
+//! - `unwedge`: releases them; prints `unwedged` once the runtime runs a task again.
 //!
 //! Exits when stdin closes.
 
@@ -20,45 +22,60 @@ use std::time::Duration;
 static WEDGE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .expect("a tokio runtime");
-    pprofd::watch_tokio_runtime(runtime.handle());
+    let multi_thread = std::env::args().any(|a| a == "--multi-thread");
+    let (handle, workers) = if multi_thread {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .expect("a tokio runtime");
+        let handle = runtime.handle().clone();
+        // Kept alive to the end of the process, like a service's runtime.
+        std::mem::forget(runtime);
+        (handle, 2)
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a tokio runtime");
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("tokio-runtime".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .expect("the runtime thread starts");
+        (handle, 1)
+    };
+    pprofd::watch_tokio_runtime(&handle);
     let server = pprofd::init_from_env()
-        .expect("PPROF_ADDR is valid")
+        .unwrap_or_else(|e| panic!("{e}"))
         .expect("PPROF_ADDR is set");
 
     let orders = Arc::new(tokio::sync::Mutex::new(0u64));
     let (held_tx, held) = std::sync::mpsc::channel();
-    runtime.spawn(boxed(hold_orders_lock(orders.clone(), held_tx)));
+    handle.spawn(boxed(hold_orders_lock(orders.clone(), held_tx)));
     held.recv().expect("the lock holder runs");
-    runtime.spawn(boxed(wait_for_orders_lock(orders)));
+    handle.spawn(boxed(wait_for_orders_lock(orders)));
 
     println!("listening {}", server.local_addr());
     for line in std::io::stdin().lock().lines() {
         match line.expect("stdin").trim() {
             "wedge" => {
                 *WEDGE.0.lock().unwrap() = true;
-                let both_blocked = Arc::new(Barrier::new(3));
-                for _ in 0..2 {
-                    let both_blocked = both_blocked.clone();
-                    runtime.spawn(async move { block_worker(&both_blocked) });
+                let all_blocked = Arc::new(Barrier::new(workers + 1));
+                for _ in 0..workers {
+                    let all_blocked = all_blocked.clone();
+                    handle.spawn(async move { block_worker(&all_blocked) });
                 }
-                both_blocked.wait();
+                all_blocked.wait();
                 println!("wedged");
             }
             "unwedge" => {
                 *WEDGE.0.lock().unwrap() = false;
                 WEDGE.1.notify_all();
-                // Both workers answer a task again once they are back in the scheduler.
-                let back = runtime.block_on(async {
-                    let a = tokio::spawn(async {});
-                    let b = tokio::spawn(async {});
-                    a.await.is_ok() && b.await.is_ok()
-                });
-                assert!(back);
+                let (ran_tx, ran) = std::sync::mpsc::channel();
+                handle.spawn(async move { ran_tx.send(()).unwrap() });
+                ran.recv_timeout(Duration::from_secs(10))
+                    .expect("the runtime runs tasks again");
                 println!("unwedged");
             }
             other => panic!("unknown command {other:?}"),
@@ -88,8 +105,8 @@ async fn wait_for_orders_lock(orders: Arc<tokio::sync::Mutex<u64>>) {
 
 /// Blocks this worker thread until `unwedge`, without yielding to the scheduler.
 #[inline(never)]
-fn block_worker(both_blocked: &Barrier) {
-    both_blocked.wait();
+fn block_worker(all_blocked: &Barrier) {
+    all_blocked.wait();
     let guard = WEDGE.0.lock().unwrap();
     drop(WEDGE.1.wait_while(guard, |wedged| *wedged).unwrap());
 }

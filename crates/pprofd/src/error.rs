@@ -30,6 +30,11 @@ pub enum Error {
     },
     /// Continuous block sampling could not start.
     BlockSampling(crate::offcpu::BlockProfileError),
+    /// `PPROF_TOKIO_TASKS` is not one of the values pprofd accepts.
+    InvalidTokioTasks {
+        /// The value as given.
+        value: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -50,6 +55,11 @@ impl fmt::Display for Error {
                 crate::BLOCK_RATE_ENV
             ),
             Error::BlockSampling(e) => write!(f, "cannot start continuous block sampling: {e}"),
+            Error::InvalidTokioTasks { value } => write!(
+                f,
+                "{}={value:?} is not understood: want `current-thread` (the default) or `all`",
+                crate::TOKIO_TASKS_ENV
+            ),
         }
     }
 }
@@ -59,7 +69,9 @@ impl std::error::Error for Error {
         match self {
             Error::Bind { source, .. } | Error::Spawn(source) => Some(source),
             Error::BlockSampling(e) => Some(e),
-            Error::InvalidAddress { .. } | Error::InvalidBlockRate { .. } => None,
+            Error::InvalidAddress { .. }
+            | Error::InvalidBlockRate { .. }
+            | Error::InvalidTokioTasks { .. } => None,
         }
     }
 }

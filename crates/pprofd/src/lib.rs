@@ -59,6 +59,11 @@ pub const TOKEN_ENV: &str = "PPROF_TOKEN";
 /// samples a second (off when unset; Go's `runtime.SetBlockProfileRate`).
 pub const BLOCK_RATE_ENV: &str = "PPROF_BLOCK_RATE";
 
+/// The environment variable that says which watched tokio runtimes goroutine dumps list the
+/// tasks of: `current-thread` (the default) or `all`, which adds multi-thread runtimes and
+/// with them tokio's worker stalls (see `watch_tokio_runtime`, feature `tokio-tasks`).
+pub const TOKIO_TASKS_ENV: &str = "PPROF_TOKIO_TASKS";
+
 /// Starts the pprof server if `PPROF_ADDR` is set.
 ///
 /// Unset or empty, this returns `Ok(None)` and does nothing else: no thread, no socket, no
@@ -100,6 +105,7 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
             Some(hz)
         }
     };
+    threads::task_dump_scope_from_env()?;
     // Bound and serving, but recording nothing yet: on an error below, dropping `server`
     // closes the socket and joins its thread.
     let server = Server::launch(config)?;

@@ -1,5 +1,6 @@
 //! Async tasks in goroutine dumps (feature `tokio-tasks`): a healthy runtime's tasks appear
-//! with their await points; a wedged runtime does not hold the dump hostage.
+//! with their await points; a wedged runtime does not hold the dump hostage; a multi-thread
+//! runtime is dumped only when `PPROF_TOKIO_TASKS=all` accepts tokio's worker stalls.
 
 mod support;
 
@@ -78,7 +79,7 @@ fn a_wedged_runtime_times_out_and_the_threads_still_show() {
         "the dump waits for the runtime at most its deadline: {took:?}"
     );
     assert!(
-        text.contains("timed out after 1000 ms") && text.contains("2 workers"),
+        text.contains("timed out after 1000 ms") && text.contains("current-thread"),
         "{text}"
     );
     let blocked_workers = text
@@ -86,8 +87,8 @@ fn a_wedged_runtime_times_out_and_the_threads_still_show() {
         .filter(|b| b.contains("task_workload::block_worker\n\t"))
         .count();
     assert_eq!(
-        blocked_workers, 2,
-        "both workers shown where they block:\n{text}"
+        blocked_workers, 1,
+        "the runtime's thread shown where it blocks:\n{text}"
     );
 
     // The first dump is still pending inside tokio: no second one is stacked on it.
@@ -107,4 +108,38 @@ fn a_wedged_runtime_times_out_and_the_threads_still_show() {
         std::thread::sleep(Duration::from_millis(200));
     }
     workload.finish();
+}
+
+#[test]
+fn a_multi_thread_runtime_is_not_dumped_by_default_and_the_dump_says_how() {
+    let workload = Workload::start("task_workload", &["--multi-thread"]);
+    let text = workload.text("/debug/pprof/goroutine?debug=2");
+    assert!(
+        !text.lines().any(|l| l.starts_with("task ")),
+        "no task of the 2-worker runtime is traced:\n{text}"
+    );
+    assert!(
+        text.contains("not dumped: tokio's task dump of a multi-thread runtime (2 workers)")
+            && text.contains("tokio-rs/tokio#8370")
+            && text.contains("PPROF_TOKIO_TASKS=all"),
+        "{text}"
+    );
+    // The threads are dumped as always, the runtime's workers among them.
+    assert!(text.contains("\"tokio-rt-worker\""), "{text}");
+    workload.finish();
+}
+
+#[test]
+fn a_bad_tokio_tasks_value_stops_the_program_with_a_clear_message() {
+    let output = std::process::Command::new(support::example_binary("task_workload"))
+        .env("PPROF_ADDR", "127.0.0.1:0")
+        .env("PPROF_TOKIO_TASKS", "sometimes")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("PPROF_TOKIO_TASKS=\"sometimes\" is not understood: want `current-thread`"),
+        "{stderr}"
+    );
 }

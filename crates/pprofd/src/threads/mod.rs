@@ -34,6 +34,7 @@ pub(crate) mod procinfo;
 mod render;
 pub(crate) mod signal;
 mod tasks;
+pub(crate) use tasks::task_dump_scope_from_env;
 
 #[cfg(feature = "tokio-tasks")]
 pub use tasks::watch_tokio_runtime;

@@ -10,6 +10,18 @@
 //! info would stay resident for the life of the process (docs/invariants.md invariant 5); pprofd
 //! clears it once the task dump is read, as it drops its own symbolizer after each profile.
 //!
+//! Multi-thread runtimes are dumped only with `PPROF_TOKIO_TASKS=all`. tokio (1.54 and
+//! before) makes the workers of a multi-thread runtime meet at a barrier that gives up after
+//! 250 ms, and its timed wait forgets to take its arrival back (tokio-rs/tokio#8370). A dump
+//! in which one worker is late (busy, blocked, or descheduled on a loaded machine) leaves the
+//! barrier one arrival ahead for the life of the runtime; from then on a worker waits the full
+//! 250 ms at every dump, one worker is elected leader alone and traces tasks while the others
+//! still run them (tokio's `next.is_notified()` assertion can then panic it), and the leader
+//! stays parked until the next dump, with the task in its LIFO slot: router requests stalled
+//! 300 ms at every dump and one waited past a 5 s client timeout. A worker that checks for a
+//! trace between the leader's result and the end of the request starts a second, lone round:
+//! a healthy service is enough. Current-thread runtimes trace without a barrier.
+//!
 //! A runtime's dump completes only when every one of its workers comes back to the
 //! scheduler, so it never completes while a worker is blocked: the very hang a goroutine dump
 //! is asked for. Each runtime's dump is bounded by the dump deadline and a runtime that did
@@ -19,6 +31,8 @@
 
 use std::fmt::Write;
 use std::time::Duration;
+
+use crate::error::Error;
 
 use super::render::Entry;
 use crate::profile::Frame;
@@ -31,6 +45,28 @@ compile_error!(
     "pprofd's `tokio-tasks` feature uses tokio's unstable task dumps: build with \
      RUSTFLAGS=\"--cfg tokio_unstable\" (or `rustflags` in .cargo/config.toml)"
 );
+
+/// Which watched runtimes goroutine dumps list the tasks of (`PPROF_TOKIO_TASKS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TaskDumpScope {
+    /// Current-thread runtimes only: the default, since dumping a multi-thread runtime stalls
+    /// its workers (module doc).
+    CurrentThread,
+    /// Multi-thread runtimes too, accepting tokio's stalls.
+    All,
+}
+
+/// Reads `PPROF_TOKIO_TASKS`: unset or empty is [`TaskDumpScope::CurrentThread`].
+pub(crate) fn task_dump_scope_from_env() -> Result<TaskDumpScope, Error> {
+    let value = std::env::var_os(crate::TOKIO_TASKS_ENV).unwrap_or_default();
+    match value.to_string_lossy().trim() {
+        "" | "current-thread" => Ok(TaskDumpScope::CurrentThread),
+        "all" => Ok(TaskDumpScope::All),
+        other => Err(Error::InvalidTokioTasks {
+            value: other.to_string(),
+        }),
+    }
+}
 
 /// The tasks of every watched runtime at one moment.
 pub(crate) struct TaskDump {
@@ -180,7 +216,7 @@ mod watch {
 
     use tokio::runtime::{Handle, RuntimeFlavor};
 
-    use super::{DumpedTask, Outcome, RuntimeTasks};
+    use super::{task_dump_scope_from_env, DumpedTask, Outcome, RuntimeTasks, TaskDumpScope};
     use crate::profile::Frame;
 
     /// A runtime whose tasks go into dumps.
@@ -202,6 +238,11 @@ mod watch {
     /// Needs the `tokio-tasks` feature and `RUSTFLAGS="--cfg tokio_unstable"`. A dump makes the
     /// runtime pause its workers and re-poll every task in tracing mode, so it costs the service
     /// a pause proportional to its task count; it is made only when a dump is requested.
+    ///
+    /// Multi-thread runtimes are listed with a note instead of their tasks unless
+    /// `PPROF_TOKIO_TASKS=all` is set: tokio's dump of a multi-thread runtime stalls its
+    /// workers, 250 ms at every dump and for seconds once a worker has been late to one
+    /// (tokio-rs/tokio#8370). Current-thread runtimes are always dumped.
     ///
     /// tokio's traces end below its root poll of the task, so code the compiler inlined into
     /// that poll (typically the spawned `async` block itself) is not shown; what it awaits is.
@@ -249,7 +290,20 @@ mod watch {
             _ => format!("{} workers", handle.metrics().num_workers()),
         };
         let description = format!("tokio runtime {}", handle.id());
-        let outcome = if dumping.swap(true, Ordering::AcqRel) {
+        let scope = task_dump_scope_from_env();
+        let outcome = if let Err(e) = &scope {
+            Outcome::Missing(format!("not dumped: {e}"))
+        } else if handle.runtime_flavor() != RuntimeFlavor::CurrentThread
+            && scope.ok() != Some(TaskDumpScope::All)
+        {
+            Outcome::Missing(format!(
+                "not dumped: tokio's task dump of a multi-thread runtime ({flavor}) stalls its \
+                 workers, 250 ms at every dump and for seconds after one worker is late \
+                 (tokio-rs/tokio#8370); the threads above show each worker. Set {}=all to \
+                 list its tasks anyway",
+                crate::TOKIO_TASKS_ENV
+            ))
+        } else if dumping.swap(true, Ordering::AcqRel) {
             Outcome::Missing(format!(
                 "not dumped: the previous dump of this runtime ({flavor}) is still waiting for a \
                  worker to come back to the scheduler, so one is blocked or busy in a long poll"
