@@ -208,7 +208,7 @@ fn a_second_cpu_profile_is_refused_without_disturbing_the_first() {
     let workload = Workload::start("cpu_workload", &[]);
     let addr = workload.addr();
     let first = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=3"));
-    wait_for_cpu_collector(workload.pid());
+    wait_for_cpu_collector(workload.pid(), true);
     let second = get(addr, "/debug/pprof/profile?seconds=1");
     assert_eq!(second.status, 500);
     assert_eq!(
@@ -233,7 +233,7 @@ fn a_client_that_disconnects_frees_the_profiler() {
         "GET /debug/pprof/profile?seconds=60 HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     .unwrap();
-    wait_for_cpu_collector(workload.pid());
+    wait_for_cpu_collector(workload.pid(), true);
     drop(stream);
     let started = Instant::now();
     loop {
@@ -340,14 +340,23 @@ fn a_library_loaded_during_the_profile_is_unwound() {
     );
 }
 
-/// CPU time the process has used (user + system), from /proc/PID/stat.
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised name; utime and stime are the 12th and 13th of them.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+/// CPU time used so far by the threads of process `pid` that are not pprofd's own.
+fn host_threads_cpu(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let mut ticks = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread exited meanwhile
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        if stat[open + 1..close].starts_with("pprofd-") {
+            continue;
+        }
+        // Fields after the parenthesised name; utime and stime are the 12th and 13th of them.
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        ticks += fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    }
     Duration::from_secs_f64(ticks / ticks_per_second)
 }
 
@@ -355,37 +364,45 @@ fn process_cpu(pid: u32) -> Duration {
 fn above_the_kernel_tick_rate_cpu_time_still_adds_up() {
     // The kernel checks CPU-time timers once per tick (commonly 250 Hz), so at 1000 Hz it
     // delivers about one signal per four periods; the profile's cpu values must still add
-    // up to the CPU time the workers used.
+    // up to the CPU time the workers used while it sampled. That window is the life of the
+    // collector thread: the CPU used before it (the request) and after it (symbolization,
+    // long on a loaded machine) is not the profile's to account for.
     let workload = Workload::start("cpu_workload", &[]);
-    let before = process_cpu(workload.pid());
-    let profile = get(workload.addr(), "/debug/pprof/profile?seconds=3&hz=1000").profile();
-    let used = process_cpu(workload.pid()) - before;
+    let (addr, pid) = (workload.addr(), workload.pid());
+    let request =
+        std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=3&hz=1000").profile());
+    wait_for_cpu_collector(pid, true);
+    let before = host_threads_cpu(pid);
+    wait_for_cpu_collector(pid, false);
+    let used = host_threads_cpu(pid) - before;
+    let profile = request.join().unwrap();
     let cpu_ns: i64 = profile.sample.iter().map(|s| s.value[1]).sum();
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     let profiled = Duration::from_nanos(cpu_ns as u64);
     let ratio = profiled.as_secs_f64() / used.as_secs_f64();
     assert!(
         (0.85..=1.05).contains(&ratio),
-        "the profile accounts for {profiled:?} of CPU in {samples} samples; the process used {used:?}"
+        "the profile accounts for {profiled:?} of CPU in {samples} samples; the threads used {used:?} while it sampled"
     );
 }
 
-/// Waits until the CPU profile's collector thread (`pprofd-cpu`) runs in process `pid`: the
-/// profile has started.
-fn wait_for_cpu_collector(pid: u32) {
+/// Waits until the CPU profile's collector thread (`pprofd-cpu`) runs in process `pid`
+/// (`running`: the profile has started) or has ended (the profile has stopped sampling).
+fn wait_for_cpu_collector(pid: u32, running: bool) {
     let started = Instant::now();
     loop {
-        let running = std::fs::read_dir(format!("/proc/{pid}/task"))
+        let collector = std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
             .any(|name| name.trim_end() == "pprofd-cpu");
-        if running {
+        if collector == running {
             return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "the CPU profile did not start"
+            "the CPU profile did not {}",
+            if running { "start" } else { "stop" }
         );
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
