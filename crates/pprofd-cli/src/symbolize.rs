@@ -261,8 +261,10 @@ fn executable_segments(path: &Path) -> Result<Vec<Segment>, String> {
         u16_at(&header, 54),
         u16_at(&header, 56),
     );
-    if phentsize < 56 || phnum == 0 {
-        return Err("no program headers".into());
+    // ELF64 program headers are 56 bytes; insisting on it also bounds what a hostile file
+    // can make this read (65535 headers at most).
+    if phentsize != 56 || phnum == 0 {
+        return Err("no 64-bit program headers".into());
     }
     let mut table = vec![0u8; (phentsize * phnum) as usize];
     file.seek(SeekFrom::Start(phoff))
