@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             Command::Top(args) => top::run(args, token),
             Command::Flame(args) => flame::run(args, token),
             Command::Diff(args) => diff::run(args, token),
-            Command::Symbolize(args) => symbolize::run(args),
+            Command::Symbolize(args) => symbolize::run(args, token),
             Command::Demo(args) => demo::run(args, token),
         }
     });

@@ -16,12 +16,13 @@ use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized, Symbolizer};
 use clap::Args;
 use pprofd::profile::proto::{Function, Line, Mapping, Profile};
 
+use crate::fetch::Token;
 use crate::input;
 
 /// Arguments of `pprofd symbolize`.
 #[derive(Args)]
 pub struct SymbolizeArgs {
-    /// Profile to symbolize: FILE.pb.gz, FILE.pb or ARCHIVE.tar.gz:NAME.
+    /// Profile to symbolize: FILE.pb.gz, FILE.pb, ARCHIVE.tar.gz:NAME or an http:// URL.
     pub profile: String,
     /// Directory holding the unstripped binaries or debug files, by build ID or by name.
     #[arg(long, value_name = "DIR")]
@@ -31,15 +32,16 @@ pub struct SymbolizeArgs {
     pub output: PathBuf,
 }
 
-/// Runs `pprofd symbolize` and returns what it did, one line per mapping.
-pub fn run(args: &SymbolizeArgs) -> Result<String, String> {
+/// Runs `pprofd symbolize` and returns what it did, one line per mapping; `token` is sent when
+/// the profile is a URL.
+pub fn run(args: &SymbolizeArgs, token: Option<&Token>) -> Result<String, String> {
     if !args.debug_dir.is_dir() {
         return Err(format!(
             "--debug-dir {}: not a directory",
             args.debug_dir.display()
         ));
     }
-    let mut profile = input::load(&args.profile, None)?.profile;
+    let mut profile = input::load(&args.profile, token)?.profile;
     let report = symbolize(&mut profile, &args.debug_dir);
     if report.symbolized == 0 && !report.missing.is_empty() {
         return Err(format!(

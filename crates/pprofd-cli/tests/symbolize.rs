@@ -212,4 +212,16 @@ fn a_file_with_another_build_id_is_refused_and_a_corrupt_profile_is_an_error() {
         "{stderr}"
     );
     assert!(!out.exists());
+
+    let output = pprofd(&[
+        "symbolize",
+        input.to_str().unwrap(),
+        "--debug-dir",
+        dir.path().join("absent").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a directory"), "{stderr}");
 }
