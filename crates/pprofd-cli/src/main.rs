@@ -6,6 +6,7 @@ mod demo;
 mod diff;
 mod dump;
 mod flame;
+mod symbolize;
 mod top;
 
 // Reading files and fetching URLs live in the library so the fuzz targets run the same code.
@@ -25,6 +26,7 @@ use clap::{Parser, Subcommand};
 ///   pprofd top 'http://127.0.0.1:6060/debug/pprof/profile?seconds=10'
 ///   pprofd flame ARCHIVE.tar.gz:heap -o heap.svg    # open the SVG in a browser
 ///   pprofd diff heap-01.pb.gz heap-06.pb.gz         # what grew between two heap profiles
+///   pprofd symbolize cpu.pb.gz --debug-dir DIR -o cpu-symbolized.pb.gz   # stripped builds
 ///   pprofd demo                                     # see all of it on a demo service
 ///
 /// Every file written is a standard pprof profile: `go tool pprof -http :8079 FILE` reads it too.
@@ -53,6 +55,10 @@ enum Command {
     Flame(flame::FlameArgs),
     /// Show which call sites grew from one profile to a later one (memory leaks).
     Diff(diff::DiffArgs),
+    /// Name the addresses of a profile of a stripped build from the unstripped binaries or
+    /// debug files in DIR (DIR/<build ID>, DIR/<build ID>/NAME, DIR/.build-id/ab/cdef….debug
+    /// or DIR/NAME), and write the symbolized profile to OUT.
+    Symbolize(symbolize::SymbolizeArgs),
     /// Run the demo router with each of its incidents and find them with profiles (under a minute).
     Demo(demo::DemoArgs),
 }
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
             Command::Top(args) => top::run(args, token),
             Command::Flame(args) => flame::run(args, token),
             Command::Diff(args) => diff::run(args, token),
+            Command::Symbolize(args) => symbolize::run(args, token),
             Command::Demo(args) => demo::run(args, token),
         }
     });

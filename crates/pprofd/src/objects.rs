@@ -17,10 +17,24 @@ pub(crate) struct LoadedObject {
     pub avma_range: Range<u64>,
     /// Stated (file) address ranges of executable segments.
     pub text_svma: Option<Range<u64>>,
+    /// Each executable `PT_LOAD` segment exactly as the file states it, moved to its run-time
+    /// address: what the profile's mappings describe.
+    pub executable_segments: Vec<ExecutableSegment>,
     /// GNU build ID, lowercase hex.
     pub build_id: String,
     /// Copies of `.eh_frame_hdr` and `.eh_frame`, when asked for and present.
     pub unwind_sections: Option<UnwindSections>,
+}
+
+/// One executable `PT_LOAD` segment of a loaded object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ExecutableSegment {
+    /// Run-time addresses of the segment: its stated `p_vaddr..p_vaddr + p_memsz` plus the
+    /// object's bias. Not rounded to pages, so that `start - file_offset` relates run-time
+    /// addresses to file offsets for every address inside, as pprof's tools compute it.
+    pub avma: Range<u64>,
+    /// The segment's `p_offset`: where `avma.start` lies in the file.
+    pub file_offset: u64,
 }
 
 /// Copies of an object's DWARF call-frame sections, with their stated addresses.
@@ -108,6 +122,13 @@ unsafe fn read_object(
         .filter(|h| h.p_flags & libc::PF_X != 0)
         .map(|h| h.p_vaddr..h.p_vaddr + h.p_memsz)
         .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end));
+    let executable_segments = loads()
+        .filter(|h| h.p_flags & libc::PF_X != 0 && h.p_memsz > 0)
+        .map(|h| ExecutableSegment {
+            avma: bias + h.p_vaddr..bias + h.p_vaddr + h.p_memsz,
+            file_offset: h.p_offset,
+        })
+        .collect();
     let path = if name.is_empty() {
         std::fs::read_link("/proc/self/exe")
             .map(|p| p.to_string_lossy().into_owned())
@@ -142,6 +163,7 @@ unsafe fn read_object(
         bias,
         avma_range: bias + start..bias + end,
         text_svma,
+        executable_segments,
         build_id,
         unwind_sections,
     })

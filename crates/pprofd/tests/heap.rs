@@ -347,3 +347,45 @@ fn without_pprof_addr_the_wrapper_only_forwards() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.trim_end().ends_with(" sampled 0"), "{stdout}");
 }
+
+/// The first `-top` row's function name.
+fn first_top_row(top: &str) -> String {
+    let header = top
+        .lines()
+        .position(|l| l.trim_start().starts_with("flat"))
+        .unwrap_or_else(|| panic!("no table in\n{top}"));
+    let row = top.lines().nth(header + 1).expect("a first row");
+    row.split_whitespace().skip(5).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn heap_stacks_start_at_the_allocating_function_unless_allocator_frames_is_asked() {
+    let mut workload = Workload::start("heap_workload", &["leak"]);
+    workload.send("leak 50000000");
+    assert_eq!(workload.line(), "leaked");
+    let trimmed = workload.get("/debug/pprof/heap");
+    let full = workload.get("/debug/pprof/heap?allocator_frames=1");
+    let bad = workload.get("/debug/pprof/allocs?allocator_frames=2");
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("allocator_frames=2"), "{}", bad.text());
+    // pprofd's own reading: every stack's leaf is leak_site's location, the plumbing gone.
+    let profile = trimmed.profile();
+    assert!(!profile.sample.is_empty());
+    for sample in &profile.sample {
+        let names = function_names(&profile, sample);
+        assert!(names[0].ends_with("leak_site"), "{names:?}");
+    }
+    let Some(go) = support::go() else { return };
+    let top = go_tool_pprof_bytes(&go, &["-top"], &trimmed.body);
+    assert!(first_top_row(&top).ends_with("leak_site"), "{top}");
+    // The thread's root frames (`<Box<F> as FnOnce>::call_once` and the like) did not cut
+    // the stack: main is still above leak_site.
+    assert!(top.contains("heap_workload::main"), "{top}");
+    let top = go_tool_pprof_bytes(&go, &["-top"], &full.body);
+    let first = first_top_row(&top);
+    assert!(!first.contains("leak_site"), "{top}");
+    assert!(
+        top.contains("alloc::raw_vec"),
+        "the plumbing is kept:\n{top}"
+    );
+}

@@ -65,7 +65,17 @@ impl RouterProcess {
     /// As [`RouterProcess::start`], with the pprof server requiring `token` (`PPROF_TOKEN`)
     /// when one is given, and open otherwise whatever the test's own environment holds.
     pub fn start_with_token(incidents: &[&str], token: Option<&str>) -> RouterProcess {
-        let mut command = Command::new(demo_router_binary());
+        Self::start_binary(&demo_router_binary(), incidents, token)
+    }
+
+    /// As [`RouterProcess::start_with_token`], running the demo router binary at `binary`
+    /// (a stripped copy, say).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        incidents: &[&str],
+        token: Option<&str>,
+    ) -> RouterProcess {
+        let mut command = Command::new(binary);
         match token {
             Some(token) => command.env("PPROF_TOKEN", token),
             None => command.env_remove("PPROF_TOKEN"),

@@ -32,6 +32,26 @@ impl ProfileKind {
     }
 }
 
+/// The heap profiles' `drop_frames`: the allocator's plumbing, cut from each stack with
+/// everything it calls, so that a sample starts at the function of the program that allocates
+/// (`Vec::with_capacity` inlined into `register` is charged to `register`'s line), as Go's heap
+/// profiles start at the caller of `mallocgc`. pprof matches it against whole function names
+/// cut at their first `(`, from the root down (see [`profile::remove_uninteresting_frames`]).
+///
+/// It names pprofd's sampler, the global-allocator shims, the `alloc` crate's functions and
+/// its types' trait impls, hashbrown and std's collections. Not `<Box<F> as FnOnce>::call_once`
+/// and its kind: they run closures, and sit near the root of every thread, where a match would
+/// cut the whole stack. A closure called by a matching function (`collect`'s `from_iter`,
+/// `format!`'s `Display` calls) is charged to the caller of that function.
+pub(crate) const ALLOCATOR_FRAMES: &str = concat!(
+    r"__rust_(alloc|alloc_zeroed|realloc)|__rg_(alloc|alloc_zeroed|realloc)|__rdl_(alloc|alloc_zeroed|realloc)",
+    r"|<?pprofd::(heap|unwind)::.*",
+    r"|alloc::.*",
+    r"|<alloc::(alloc|raw_vec|vec|string|collections|sync|rc|ffi|fmt|str|slice|borrow)::.*",
+    r"|<[^ ]+ as alloc::.*|<[^ ]+ as core::convert::Into<alloc::.*",
+    r"|<?hashbrown::.*|std::collections::.*",
+);
+
 /// Counter indices in [`Counts`].
 const ALLOC_SAMPLES: usize = 0;
 const ALLOC_SAMPLED_BYTES: usize = 1;
@@ -104,10 +124,12 @@ impl HeapSnapshot {
         self
     }
 
-    /// The gzipped protobuf profile, symbolized.
-    pub fn encode(&self, kind: ProfileKind) -> Vec<u8> {
+    /// The gzipped protobuf profile, symbolized. Stacks are cut at the allocator's frames
+    /// ([`ALLOCATOR_FRAMES`], also written as the profile's `drop_frames` so that tools cut
+    /// what only they can symbolize, as for stripped builds) unless `allocator_frames`.
+    pub fn encode(&self, kind: ProfileKind, allocator_frames: bool) -> Vec<u8> {
         sampler::without_sampling(|| {
-            let records = self.records();
+            let records = self.records(Trim::None);
             let mut builder = ProfileBuilder::new(
                 &[
                     ("alloc_objects", "count"),
@@ -138,7 +160,15 @@ impl HeapSnapshot {
                 let labels = vec![Label::num("bytes", record.block_size, None)];
                 builder.add_sample(record.frames.clone(), values, labels);
             }
-            profile::encode_gzip(&builder.build(&records.symbols))
+            if !allocator_frames {
+                builder.set_drop_frames(ALLOCATOR_FRAMES);
+            }
+            let mut built = builder.build(&records.symbols);
+            // Cut here too, so readers that do not apply `drop_frames` (speedscope, this
+            // crate's flame graphs) show what `go tool pprof` shows.
+            profile::remove_uninteresting_frames(&mut built)
+                .expect("ALLOCATOR_FRAMES is a valid pattern (tested)");
+            profile::encode_gzip(&built)
         })
     }
 
@@ -146,7 +176,7 @@ impl HeapSnapshot {
     /// and each stack's frames as comments.
     pub fn text(&self) -> String {
         sampler::without_sampling(|| {
-            let records = self.records();
+            let records = self.records(Trim::AllocatorPrefix);
             let inuse = |c: &Counts| {
                 (
                     c[ALLOC_SAMPLES] - c[FREE_SAMPLES],
@@ -213,9 +243,9 @@ impl HeapSnapshot {
         })
     }
 
-    /// The sites with counters, their stacks stripped of the allocator's own frames, and
-    /// the symbols of every address.
-    fn records(&self) -> Records {
+    /// The sites with counters, their stacks (stripped of the allocator's own frames with
+    /// [`Trim::AllocatorPrefix`]), and the symbols of every address.
+    fn records(&self, trim: Trim) -> Records {
         let Some(tables) = sampler::tables() else {
             return Records {
                 list: Vec::new(),
@@ -242,10 +272,17 @@ impl HeapSnapshot {
             ),
             skip_inline: HashMap::new(),
         };
+        let allocator_frames = regex_lite::Regex::new(&format!("^({ALLOCATOR_FRAMES})$"))
+            .expect("ALLOCATOR_FRAMES is a valid pattern (tested)");
         let list = raw
             .into_iter()
             .map(|(counts, (frames, marker))| {
-                let (callers, skip_inline) = allocator_prefix(&symbols.symbols, &frames);
+                let (callers, skip_inline) = match trim {
+                    Trim::AllocatorPrefix => {
+                        allocator_prefix(&symbols.symbols, &frames, &allocator_frames)
+                    }
+                    Trim::None => (0, 0),
+                };
                 if skip_inline > 0 {
                     symbols.skip_inline.insert(frames[callers], skip_inline);
                 }
@@ -330,6 +367,15 @@ impl HeapSnapshot {
     }
 }
 
+/// How [`HeapSnapshot::records`] trims stacks.
+#[derive(Clone, Copy)]
+enum Trim {
+    /// Leaves stacks whole (the protobuf profile is cut by its `drop_frames` instead).
+    None,
+    /// Drops the leading allocator frames, as Go's text form hides the runtime's.
+    AllocatorPrefix,
+}
+
 struct Record {
     counts: Counts,
     frames: Vec<Frame>,
@@ -383,11 +429,16 @@ fn stored_stack(
 /// Where a sampled stack leaves the allocator: the number of leading addresses that are
 /// all allocator code, and how many innermost inline frames of the next address are too.
 ///
-/// The allocator is pprofd's sampler and wrapper, the compiler's global-allocator shims and
-/// `alloc::alloc` (Go leaves its allocator out of heap stacks too). Inlining varies with the
+/// The allocator is pprofd's sampler and wrapper and the compiler's global-allocator shims,
+/// then the frames after them that [`ALLOCATOR_FRAMES`] names (Go leaves its allocator out of
+/// heap stacks too). Inlining varies with the
 /// build, so this walks the inline frames from the leaf and cuts after the outermost
 /// allocator frame near the leaf, rather than counting frames.
-fn allocator_prefix(symbols: &ProcessSymbols, frames: &[u64]) -> (usize, usize) {
+fn allocator_prefix(
+    symbols: &ProcessSymbols,
+    frames: &[u64],
+    allocator_frames: &regex_lite::Regex,
+) -> (usize, usize) {
     /// The sampled path is a handful of frames deep; deeper matches are the program's own.
     const SEARCH: usize = 32;
     let is_allocator = |name: &str| {
@@ -405,9 +456,7 @@ fn allocator_prefix(symbols: &ProcessSymbols, frames: &[u64]) -> (usize, usize) 
             ]
             .contains(&last)
     };
-    let is_alloc_api = |name: &str| {
-        name.starts_with("alloc::alloc::") || name.starts_with("<alloc::alloc::Global")
-    };
+    let is_alloc_api = |name: &str| allocator_frames.is_match(name);
     // (address index, inline index, function), innermost first.
     let inline_frames: Vec<(usize, usize, &str)> = frames
         .iter()
@@ -446,4 +495,42 @@ pub(super) fn sampled_allocations() -> u64 {
             .map(|(site, _)| t.counters(site).alloc_samples.load(Relaxed))
             .sum()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_frames_name_the_plumbing_and_not_the_thread_roots() {
+        let pattern = regex_lite::Regex::new(&format!("^({ALLOCATOR_FRAMES})$")).unwrap();
+        for plumbing in [
+            "__rust_alloc",
+            "__rg_realloc",
+            "<pprofd::heap::allocator::Allocator<A> as core::alloc::global::GlobalAlloc>::alloc",
+            "pprofd::heap::sampler::record",
+            "alloc::raw_vec::RawVecInner<A>::try_allocate_in",
+            "alloc::vec::Vec<T>::with_capacity",
+            "alloc::raw_vec::finish_grow",
+            "alloc::boxed::Box<T>::new",
+            "<alloc::alloc::Global as core::alloc::Allocator>::allocate",
+            "<alloc::vec::Vec<T,A> as core::clone::Clone>::clone",
+            "<str as alloc::string::ToString>::to_string",
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
+            "std::collections::hash::map::HashMap<K,V,S>::insert",
+        ] {
+            assert!(pattern.is_match(plumbing), "{plumbing}");
+        }
+        for program in [
+            "<alloc::boxed::Box<F,A> as core::ops::function::FnOnce<Args>>::call_once",
+            "<alloc::boxed::Box<dyn core::ops::function::FnOnce<",
+            "core::ops::function::FnOnce::call_once",
+            "std::sys::pal::unix::thread::Thread::new::thread_start",
+            "heap_workload::leak_site",
+            "my_allocator::pool::take",
+            "_start",
+        ] {
+            assert!(!pattern.is_match(program), "{program}");
+        }
+    }
 }

@@ -8,6 +8,9 @@
 
 mod budget;
 pub mod proto;
+mod prune;
+
+pub use prune::remove_uninteresting_frames;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -136,6 +139,7 @@ pub struct ProfileBuilder {
     time_nanos: i64,
     duration_nanos: i64,
     comments: Vec<String>,
+    drop_frames: String,
     samples: Vec<RawSample>,
 }
 
@@ -153,6 +157,7 @@ impl ProfileBuilder {
             time_nanos: 0,
             duration_nanos: 0,
             comments: Vec::new(),
+            drop_frames: String::new(),
             samples: Vec::new(),
         }
     }
@@ -174,6 +179,13 @@ impl ProfileBuilder {
     /// Adds a free-text comment (`go tool pprof` shows comments in its header).
     pub fn add_comment(&mut self, comment: impl Into<String>) {
         self.comments.push(comment.into());
+    }
+
+    /// Sets the profile's `drop_frames`: a regular expression (RE2 syntax, matched whole) for
+    /// the functions readers cut from stacks with everything they call, see
+    /// [`remove_uninteresting_frames`].
+    pub fn set_drop_frames(&mut self, pattern: &str) {
+        self.drop_frames = pattern.to_string();
     }
 
     /// Adds a sample: `stack` leaf first, one value per sample type.
@@ -238,6 +250,9 @@ impl ProfileBuilder {
             });
         }
         profile.comment = self.comments.iter().map(|c| tables.intern(c)).collect();
+        if !self.drop_frames.is_empty() {
+            profile.drop_frames = tables.intern(&self.drop_frames);
+        }
         tables.finish(&mut profile);
         profile
     }

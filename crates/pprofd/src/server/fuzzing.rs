@@ -4,7 +4,7 @@
 
 use super::query::Query;
 use super::routes;
-pub use super::routes::{CpuParams, OffCpuParams, SnapshotParams};
+pub use super::routes::{CpuParams, HeapParams, OffCpuParams, SnapshotParams};
 use crate::cpu;
 
 /// What each endpoint makes of one query string: its parameters, or the message of the 400 it
@@ -16,7 +16,7 @@ pub struct QueryOutcomes {
     /// `/profile`.
     pub profile: Result<CpuParams, String>,
     /// `/heap` and `/allocs`.
-    pub heap: Result<SnapshotParams, String>,
+    pub heap: Result<HeapParams, String>,
     /// `/goroutine`.
     pub goroutine: Result<SnapshotParams, String>,
     /// `/threadcreate`.
@@ -35,7 +35,7 @@ pub fn check_query(raw: &str, max_profile_seconds: u64) -> QueryOutcomes {
     QueryOutcomes {
         index_as_text: routes::index_as_text(&query),
         profile: routes::cpu_params(&query, max_profile_seconds),
-        heap: routes::snapshot_params(&query, u64::MAX, max_profile_seconds),
+        heap: routes::heap_params(&query, max_profile_seconds),
         goroutine: routes::snapshot_params(&query, 2, max_profile_seconds),
         threadcreate: routes::snapshot_params(&query, 2, max_profile_seconds),
         off_cpu: routes::off_cpu_params(&query, max_profile_seconds),
@@ -52,7 +52,7 @@ impl QueryOutcomes {
             seconds.contains(&p.seconds) && (1..=cpu::MAX_HZ).contains(&p.hz)
         });
         check(&self.heap, |p| {
-            snapshot_ok(p, u64::MAX, max_profile_seconds)
+            snapshot_ok(&p.snapshot, u64::MAX, max_profile_seconds)
         });
         check(&self.goroutine, |p| snapshot_ok(p, 2, max_profile_seconds));
         check(&self.threadcreate, |p| {
@@ -117,7 +117,18 @@ mod tests {
         let o = check_query("debug=5&seconds=&symbol=1", 600);
         o.assert_valid(600);
         let heap = o.heap.unwrap();
-        assert_eq!((heap.debug, heap.seconds), (5, None));
+        assert_eq!((heap.snapshot.debug, heap.snapshot.seconds), (5, None));
+        assert!(!heap.allocator_frames);
+        assert!(
+            check_query("allocator_frames=1", 600)
+                .heap
+                .unwrap()
+                .allocator_frames
+        );
+        assert!(check_query("allocator_frames=yes", 600)
+            .heap
+            .unwrap_err()
+            .starts_with("allocator_frames=\"yes\" is not a number"));
         assert!(o
             .goroutine
             .unwrap_err()

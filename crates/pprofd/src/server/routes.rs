@@ -340,6 +340,24 @@ pub(super) fn snapshot_params(
     Ok(SnapshotParams { debug, seconds })
 }
 
+/// What `/heap` and `/allocs` were asked for.
+#[derive(Debug)]
+pub struct HeapParams {
+    /// `debug` and `seconds`, as for the other snapshot endpoints (any `debug` above 0 is text).
+    pub snapshot: SnapshotParams,
+    /// `allocator_frames=1` keeps the allocator's frames at the leaf of each stack (and writes
+    /// no `drop_frames`); 0, the default, cuts them.
+    pub allocator_frames: bool,
+}
+
+/// Checks `/heap`'s and `/allocs`' parameters; the error is the 400's message.
+pub(super) fn heap_params(query: &Query, max_seconds: u64) -> Result<HeapParams, String> {
+    Ok(HeapParams {
+        snapshot: snapshot_params(query, u64::MAX, max_seconds)?,
+        allocator_frames: query.int_in("allocator_frames", 0, 0..=1)? == 1,
+    })
+}
+
 /// What `/block` and `/mutex` were asked for.
 #[derive(Debug)]
 pub struct OffCpuParams {
@@ -378,17 +396,20 @@ pub(super) fn off_cpu_params(query: &Query, max_seconds: u64) -> Result<OffCpuPa
 const HEAP_NOT_INSTALLED: &str = "heap profiling is not enabled: pprofd samples allocations through its allocator wrapper. Add this line to the program's main.rs and rebuild:\n\n#[global_allocator]\nstatic ALLOC: pprofd::Allocator<std::alloc::System> = pprofd::Allocator::system();\n\n(or pprofd::Allocator::new(YourAllocator) to keep another allocator)";
 
 /// `/heap` and `/allocs`: the same samples, with Go's parameters (`debug`, `seconds` for a
-/// delta profile, `gc` accepted and ignored since there is no collector to run).
+/// delta profile, `gc` accepted and ignored since there is no collector to run) and
+/// `allocator_frames`.
 async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> Response<Body> {
     if !heap::is_installed() {
         return error(StatusCode::NOT_FOUND, HEAP_NOT_INSTALLED);
     }
     // Go accepts any `debug` for the heap and answers text for every value but 0.
-    let SnapshotParams { debug, seconds } =
-        match snapshot_params(query, u64::MAX, settings.max_profile_seconds) {
-            Ok(params) => params,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-        };
+    let HeapParams {
+        snapshot: SnapshotParams { debug, seconds },
+        allocator_frames,
+    } = match heap_params(query, settings.max_profile_seconds) {
+        Ok(params) => params,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
     let name = match kind {
         ProfileKind::Heap => "heap",
         ProfileKind::Allocs => "allocs",
@@ -399,7 +420,7 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
                 heap::refresh_unwind_tables();
                 let snapshot = HeapSnapshot::take();
                 if debug == 0 {
-                    profile_bytes(name, snapshot.encode(kind))
+                    profile_bytes(name, snapshot.encode(kind, allocator_frames))
                 } else {
                     text("text/plain; charset=utf-8", snapshot.text())
                 }
@@ -423,7 +444,10 @@ async fn heap_profile(kind: ProfileKind, query: &Query, settings: &Settings) -> 
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             tokio::task::spawn_blocking(move || {
                 let delta = HeapSnapshot::take().since(&before);
-                profile_bytes(&format!("{name}-delta"), delta.encode(kind))
+                profile_bytes(
+                    &format!("{name}-delta"),
+                    delta.encode(kind, allocator_frames),
+                )
             })
             .await
         }
