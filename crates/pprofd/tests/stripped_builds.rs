@@ -137,6 +137,10 @@ const UPSTREAM_PPROF_SOURCE: &str = "/usr/share/gocode/src/github.com/google/ppr
 /// `PPROF_BINARY_PATH` for a mapping that has one ("build-id mismatch (ID != )").
 fn upstream_pprof(go: &Path, dir: &Path) -> Option<std::path::PathBuf> {
     if !Path::new(UPSTREAM_PPROF_SOURCE).join("pprof.go").is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "upstream pprof's source is required under CI=true (apt-get install golang-github-google-pprof-dev)"
+        );
         eprintln!(
             "SKIPPED the PPROF_BINARY_PATH check: upstream pprof's source is missing (apt-get install golang-github-google-pprof-dev)"
         );
