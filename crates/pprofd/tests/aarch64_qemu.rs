@@ -13,6 +13,7 @@
 mod support;
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use pprofd::profile::proto::Profile;
 use support::{function_names, Workload};
@@ -47,6 +48,12 @@ fn share_of(profile: &Profile, function_suffix: &str) -> f64 {
     matching as f64 / total as f64
 }
 
+/// The record of thread `name` in a `debug=2` dump.
+fn thread_record<'a>(dump: &'a str, name: &str) -> Option<&'a str> {
+    dump.split("\n\n")
+        .find(|record| record.contains(&format!("\"{name}\"")))
+}
+
 /// Whether a stack (leaf first) runs through the workers' code to a thread root.
 fn is_whole(functions: &[String]) -> bool {
     let roots = ["thread_start", "clone3", "clone", "start_thread", "_start"];
@@ -59,7 +66,7 @@ fn is_whole(functions: &[String]) -> bool {
 }
 
 #[test]
-fn an_aarch64_service_gets_its_cpu_split_whole_stacks_a_dump_and_a_heap_profile() {
+fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_profile() {
     let Some(path) = aarch64_service() else {
         return;
     };
@@ -70,45 +77,27 @@ fn an_aarch64_service_gets_its_cpu_split_whole_stacks_a_dump_and_a_heap_profile(
         &[("PPROF_ADDR", "127.0.0.1:0"), ("PPROF_MEM_RATE", "4096")],
     );
 
-    let profile = service.profile("/debug/pprof/profile?seconds=4");
-    let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
-    assert!(
-        samples > 100,
-        "two busy threads for 4 s at 100 Hz, got {samples} samples"
-    );
-    // 70/30 between the two functions; qemu's translation and this shared machine add noise.
-    let seventy = share_of(&profile, "hot_seventy");
-    let thirty = share_of(&profile, "hot_thirty");
-    let split = seventy / (seventy + thirty);
-    assert!(
-        seventy + thirty > 0.9 && (0.6..0.8).contains(&split),
-        "hot_seventy {:.1}%, hot_thirty {:.1}% of samples",
-        seventy * 100.0,
-        thirty * 100.0
-    );
-    // How many CPU samples reach the thread root is printed, not asserted: under this test
-    // harness most aarch64 CPU samples under qemu keep only their leaf (`[truncated]` after
-    // it), while the same binary run from a shell gets whole stacks; not yet explained.
-    let rooted: i64 = profile
-        .sample
-        .iter()
-        .filter(|s| is_whole(&function_names(&profile, s)))
-        .map(|s| s.value[0])
-        .sum();
-    println!("{rooted} of {samples} CPU samples reach the thread root");
-
-    let dump = service.text("/debug/pprof/goroutine?debug=2");
-    for thread in ["worker-1", "worker-2", "pprofd-http"] {
-        assert!(dump.contains(thread), "the dump lists {thread}: {dump}");
-    }
+    // The dump first, once both workers run their loop: whole stacks, each worker's walked in a
+    // signal handler (like a CPU sample) from its leaf through the service's frames to glibc's
+    // thread root. Waiting for the workers also keeps the CPU profile below to threads that
+    // exist when it starts: under qemu, threads created during a profile get leaf-only
+    // (`[truncated]`) CPU stacks, which native x86_64 runs of the same service do not show.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dump = loop {
+        let dump = service.text("/debug/pprof/goroutine?debug=2");
+        let working = |worker: &str| {
+            thread_record(&dump, worker).is_some_and(|r| r.contains("platform_service::hot_"))
+        };
+        if working("worker-1") && working("worker-2") {
+            break dump;
+        }
+        assert!(Instant::now() < deadline, "the workers never ran: {dump}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(dump.contains("\"pprofd-http\""), "{dump}");
     assert!(dump.contains("main.rs:"), "file:line in the dump: {dump}");
-    // Whole stacks: each worker's stack in the dump (walked in a signal handler, like a CPU
-    // sample) goes from its leaf through the service's frames to glibc's thread root.
     for worker in ["worker-1", "worker-2"] {
-        let record = dump
-            .split("\n\n")
-            .find(|record| record.contains(&format!("\"{worker}\"")))
-            .unwrap_or_else(|| panic!("{worker} in the dump: {dump}"));
+        let record = thread_record(&dump, worker).unwrap();
         let functions: Vec<String> = record
             .lines()
             .skip(1)
@@ -120,6 +109,41 @@ fn an_aarch64_service_gets_its_cpu_split_whole_stacks_a_dump_and_a_heap_profile(
             "{worker}'s stack reaches its root: {record}"
         );
     }
+
+    let profile = service.profile("/debug/pprof/profile?seconds=4");
+    let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    assert!(
+        samples > 40,
+        "two busy threads for 4 s at 100 Hz give up to 800 samples (fewer on a loaded machine), got {samples}"
+    );
+    // 70/30 between the two functions; qemu's translation and this shared machine add noise.
+    let seventy = share_of(&profile, "hot_seventy");
+    let thirty = share_of(&profile, "hot_thirty");
+    let split = seventy / (seventy + thirty);
+    assert!(
+        seventy + thirty > 0.9 && (0.6..0.8).contains(&split),
+        "hot_seventy {:.1}%, hot_thirty {:.1}% of samples",
+        seventy * 100.0,
+        thirty * 100.0
+    );
+    let mut unrooted = Vec::new();
+    let rooted: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| {
+            let names = function_names(&profile, s);
+            let whole = is_whole(&names);
+            if !whole && unrooted.len() < 3 {
+                unrooted.push(names);
+            }
+            whole
+        })
+        .map(|s| s.value[0])
+        .sum();
+    assert!(
+        rooted as f64 > 0.95 * samples as f64,
+        "only {rooted} of {samples} CPU samples reach the thread root; for example {unrooted:#?}"
+    );
 
     let heap = service.profile("/debug/pprof/heap");
     let allocs: i64 = heap.sample.iter().map(|s| s.value[0]).sum();
