@@ -79,17 +79,122 @@ pub fn run(args: &DemoArgs, token: Option<&Token>) -> Result<String, String> {
 /// Drives one incident against a started router and reports what the profiles show.
 type FindCulprit = fn(&Router, u64, &Path, &mut Vec<Outcome>) -> Result<String, String>;
 
-/// The `demo-router` binary, which is built beside `pprofd`.
+/// The `demo-router` binary beside `pprofd`. When it is missing and this `pprofd` was built
+/// by cargo in its own workspace (`cargo run --release -p pprofd-cli -- demo` on a fresh
+/// clone builds only the CLI), builds it first with the same cargo, profile, target and
+/// target directory, so the README's one command does the whole job.
 fn router_binary() -> Result<PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| format!("cannot find the pprofd binary: {e}"))?;
     let router = me.with_file_name(format!("demo-router{}", std::env::consts::EXE_SUFFIX));
     if router.is_file() {
+        return Ok(router);
+    }
+    let Some(build) = RouterBuild::beside(&me) else {
+        return Err(format!(
+            "{} not found: build it beside pprofd with `cargo build --release --workspace`",
+            router.display()
+        ));
+    };
+    build.run()?;
+    if router.is_file() {
         Ok(router)
     } else {
         Err(format!(
-            "{} not found: build it beside pprofd with `cargo build --release --workspace`",
+            "`{}` succeeded but {} is still missing",
+            build.describe(),
             router.display()
         ))
+    }
+}
+
+/// How to build the demo router into the target directory this `pprofd` was built in.
+struct RouterBuild {
+    cargo: std::ffi::OsString,
+    manifest: PathBuf,
+    target_dir: PathBuf,
+    /// cargo's profile name: `dev` for a `debug` directory, else the directory's name.
+    profile: String,
+    /// The `--target` triple, when the binary lies in `target/<triple>/<profile>/`.
+    triple: Option<String>,
+}
+
+impl RouterBuild {
+    /// The build for a `pprofd` at `exe`, when it lies in a cargo target directory
+    /// (`<target>/<profile>/pprofd` or `<target>/<triple>/<profile>/pprofd`, cargo marks
+    /// `<target>` with CACHEDIR.TAG) and the workspace it was built from is still there.
+    fn beside(exe: &Path) -> Option<RouterBuild> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.parent()?;
+        let manifest = workspace.join("Cargo.toml");
+        if !workspace.join("crates/demo-router/Cargo.toml").is_file() {
+            return None;
+        }
+        let profile_dir = exe.parent()?;
+        let profile = match profile_dir.file_name()?.to_str()? {
+            "debug" => "dev".to_string(),
+            name => name.to_string(),
+        };
+        let is_target_dir = |dir: &Path| dir.join("CACHEDIR.TAG").is_file();
+        let above = profile_dir.parent()?;
+        let (target_dir, triple) = if is_target_dir(above) {
+            (above.to_path_buf(), None)
+        } else if is_target_dir(above.parent()?) {
+            let triple = above.file_name()?.to_str()?.to_string();
+            (above.parent()?.to_path_buf(), Some(triple))
+        } else {
+            return None;
+        };
+        Some(RouterBuild {
+            // `cargo run` tells its child which cargo it is.
+            cargo: std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
+            manifest,
+            target_dir,
+            profile,
+            triple,
+        })
+    }
+
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "build".into(),
+            "-p".into(),
+            "demo-router".into(),
+            "--profile".into(),
+            self.profile.clone().into(),
+            "--manifest-path".into(),
+            self.manifest.clone().into(),
+            "--target-dir".into(),
+            self.target_dir.clone().into(),
+        ];
+        if let Some(triple) = &self.triple {
+            args.extend(["--target".into(), triple.into()]);
+        }
+        args
+    }
+
+    /// The command line, for messages.
+    fn describe(&self) -> String {
+        let args: Vec<String> = self
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        format!("{} {}", self.cargo.to_string_lossy(), args.join(" "))
+    }
+
+    fn run(&self) -> Result<(), String> {
+        crate::print_stdout(&format!(
+            "demo-router is not built yet: {}\n",
+            self.describe()
+        ));
+        let status = Command::new(&self.cargo)
+            .args(self.args())
+            .status()
+            .map_err(|e| format!("cannot run `{}`: {e}", self.describe()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("`{}` failed ({status})", self.describe()))
+        }
     }
 }
 

@@ -136,7 +136,8 @@ fn archive_members(bytes: &[u8], limit: u64) -> Result<Option<Archive<'_>>, Stri
     };
     let is_tar = tar.get(257..262) == Some(b"ustar");
     // An empty tar is only end-of-archive blocks: zeros, in multiples of 512 bytes.
-    let is_empty_tar = !tar.is_empty() && tar.len() % 512 == 0 && tar.iter().all(|&b| b == 0);
+    let is_empty_tar =
+        !tar.is_empty() && tar.len().is_multiple_of(512) && tar.iter().all(|&b| b == 0);
     if !is_tar && !is_empty_tar {
         return Ok(None);
     }

@@ -85,7 +85,7 @@ fn churn(stop: &AtomicBool) {
             .spawn(move || black_box((0..1000u64).sum::<u64>()))
             .unwrap();
         handle.join().unwrap();
-        if round % 8 == 0 {
+        if round.is_multiple_of(8) {
             black_box(std::backtrace::Backtrace::force_capture().to_string());
             // SAFETY: loading and unloading a system library with no initialisers we depend on.
             unsafe {

@@ -105,7 +105,7 @@ fn stress_thread(
         while let Ok(block) = inbox.try_recv() {
             drop(block);
         }
-        let size = if rng.next() % 64 == 0 {
+        let size = if rng.next().is_multiple_of(64) {
             (rng.next() % (16 << 20)) as usize
         } else {
             (rng.next() % 4097) as usize
@@ -121,7 +121,7 @@ fn stress_thread(
         let ptr = unsafe { std::alloc::alloc(layout) };
         assert!(!ptr.is_null(), "allocation of {size} bytes failed");
         let mut block = Block { ptr, layout };
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             let new_size = 1 + (rng.next() % (size as u64 * 2)) as usize;
             // SAFETY: `block` holds a live allocation with `layout`; the new size is non-zero.
             let new = unsafe { std::alloc::realloc(block.ptr, block.layout, new_size) };

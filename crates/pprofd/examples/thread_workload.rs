@@ -240,7 +240,7 @@ fn syscalls(results: &Arc<Results>) -> Vec<JoinHandle<()>> {
                             return;
                         }
                     }
-                    if expected % 16 == 0 {
+                    if expected.is_multiple_of(16) {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }

@@ -29,11 +29,23 @@ pub enum Error {
         value: String,
     },
     /// Continuous block sampling could not start.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     BlockSampling(crate::offcpu::BlockProfileError),
     /// `PPROF_TOKIO_TASKS` is not one of the values pprofd accepts.
     InvalidTokioTasks {
         /// The value as given.
         value: String,
+    },
+    /// pprofd does not serve profiles on this platform (only Linux on x86_64 and aarch64);
+    /// returned by `Server::start` elsewhere, never on Linux.
+    Unsupported {
+        /// This target, as `macos/aarch64`.
+        platform: String,
+        /// The address the server was asked to listen on.
+        addr: String,
     },
 }
 
@@ -54,11 +66,16 @@ impl fmt::Display for Error {
                 "{}={value:?} is not a sampling rate: want a whole number of samples a second from 1 to 1000, or unset for none",
                 crate::BLOCK_RATE_ENV
             ),
+            #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
             Error::BlockSampling(e) => write!(f, "cannot start continuous block sampling: {e}"),
             Error::InvalidTokioTasks { value } => write!(
                 f,
                 "{}={value:?} is not understood: want `current-thread` (the default) or `all`",
                 crate::TOKIO_TASKS_ENV
+            ),
+            Error::Unsupported { platform, addr } => write!(
+                f,
+                "cannot serve profiles on {addr}: pprofd profiles only on Linux (x86_64, aarch64), not {platform}"
             ),
         }
     }
@@ -68,10 +85,15 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Bind { source, .. } | Error::Spawn(source) => Some(source),
+            #[cfg(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64")
+            ))]
             Error::BlockSampling(e) => Some(e),
             Error::InvalidAddress { .. }
             | Error::InvalidBlockRate { .. }
-            | Error::InvalidTokioTasks { .. } => None,
+            | Error::InvalidTokioTasks { .. }
+            | Error::Unsupported { .. } => None,
         }
     }
 }

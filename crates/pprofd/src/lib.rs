@@ -24,31 +24,67 @@
 //! samples blocked threads for the block and mutex profiles; `unwind` walks stacks inside
 //! signal handlers; `symbolize` turns addresses into functions and lines; [`profile`] is the
 //! pprof model every profiler produces.
+//!
+//! # Platforms
+//!
+//! pprofd profiles on Linux on x86_64 and aarch64 (glibc or musl, dynamic or static). On
+//! every other target (macOS, Windows, the BSDs, Linux on other processors) it builds with the
+//! API a service uses and does nothing: [`Allocator`] only forwards to its inner allocator,
+//! [`init_from_env`] returns `Ok(None)` (with one logged warning when `PPROF_ADDR` is set),
+//! [`Server::start`] returns [`Error::Unsupported`]; [`profile`] and
+//! [`server::flame_graph_svg`] work everywhere. The `tokio-tasks` feature is Linux-only.
+//! The one fence is below: Linux modules, or the small `unsupported` one; `arch` holds what
+//! differs between x86_64 and aarch64.
 
-pub mod cpu;
+/// Declares items that exist only where pprofd profiles: Linux on x86_64 and aarch64 (the
+/// same condition as the Linux-only dependencies in Cargo.toml).
+macro_rules! where_pprofd_profiles {
+    ($($item:item)*) => {$(
+        #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+        $item
+    )*};
+}
+
 mod error;
-mod fork;
-pub mod heap;
-mod objects;
-pub mod offcpu;
-mod procfs;
+mod flame_graph;
 pub mod profile;
-pub mod server;
-mod sighandler;
-mod symbolize;
-pub mod threads;
-mod unwind;
 
-/// The server's request parsing for the fuzz targets in `fuzz/`; only with `--cfg fuzzing`.
-#[cfg(fuzzing)]
-#[doc(hidden)]
-pub use server::fuzzing;
+where_pprofd_profiles! {
+    mod arch;
+    pub mod cpu;
+    mod fork;
+    pub mod heap;
+    mod objects;
+    pub mod offcpu;
+    mod procfs;
+    pub mod server;
+    mod sighandler;
+    mod symbolize;
+    pub mod threads;
+    mod unwind;
+
+    /// The server's request parsing for the fuzz targets in `fuzz/`; only with `--cfg fuzzing`.
+    #[cfg(fuzzing)]
+    #[doc(hidden)]
+    pub use server::fuzzing;
+    #[cfg(feature = "tokio-tasks")]
+    pub use threads::watch_tokio_runtime;
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+mod unsupported;
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+pub use unsupported::{heap, init_from_env, server};
 
 pub use error::Error;
 pub use heap::Allocator;
 pub use server::{Config, Server};
-#[cfg(feature = "tokio-tasks")]
-pub use threads::watch_tokio_runtime;
 
 /// The environment variable holding the listen address (`127.0.0.1:6060`, `:6060`, ...).
 pub const ADDR_ENV: &str = "PPROF_ADDR";
@@ -77,6 +113,10 @@ pub const TOKIO_TASKS_ENV: &str = "PPROF_TOKIO_TASKS";
 ///
 /// Every variable is validated before anything starts: an `Err` (a bad variable, an address
 /// in use) leaves no thread, no socket, heap sampling and thread-creation recording off.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 pub fn init_from_env() -> Result<Option<Server>, Error> {
     let addr = match std::env::var(ADDR_ENV) {
         Ok(addr) if !addr.trim().is_empty() => addr,
@@ -117,6 +157,10 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
 }
 
 /// Encodes a finished profile builder: symbolizes its addresses in this process and gzips it.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 pub fn symbolize_and_encode(builder: profile::ProfileBuilder) -> Vec<u8> {
     let symbols = symbolize::ProcessSymbols::resolve(builder.addresses());
     profile::encode_gzip(&builder.build(&symbols))

@@ -114,7 +114,7 @@ impl Report {
         let mut ratios = self.window_ratios.clone();
         ratios.sort_by(f64::total_cmp);
         let middle = ratios.len() / 2;
-        if ratios.len() % 2 == 0 {
+        if ratios.len().is_multiple_of(2) {
             (ratios[middle - 1] + ratios[middle]) / 2.0
         } else {
             ratios[middle]

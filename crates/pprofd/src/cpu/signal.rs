@@ -175,7 +175,7 @@ impl ThreadTimer {
         }
         let timer = ThreadTimer(timer);
         let period = libc::timespec {
-            tv_sec: (period_ns / 1_000_000_000) as libc::time_t,
+            tv_sec: (period_ns / 1_000_000_000) as _, // the field's type: libc deprecates the name `time_t` on musl
             tv_nsec: (period_ns % 1_000_000_000) as libc::c_long,
         };
         let spec = libc::itimerspec {

@@ -155,14 +155,8 @@ fn io_or_other(nr: libc::c_long) -> WaitKind {
         libc::SYS_sendmsg,
         libc::SYS_io_uring_enter,
         libc::SYS_io_getevents,
-        #[cfg(target_arch = "x86_64")]
-        libc::SYS_epoll_wait,
-        #[cfg(target_arch = "x86_64")]
-        libc::SYS_poll,
-        #[cfg(target_arch = "x86_64")]
-        libc::SYS_select,
     ];
-    if io.contains(&nr) {
+    if io.contains(&nr) || crate::arch::LEGACY_IO_SYSCALLS.contains(&nr) {
         WaitKind::Io
     } else if nr == libc::SYS_nanosleep || nr == libc::SYS_clock_nanosleep {
         WaitKind::Sleep

@@ -35,7 +35,7 @@ pub mod fuzzing;
 mod query;
 mod routes;
 
-pub use flame::flame_graph_svg;
+pub use crate::flame_graph::flame_graph_svg;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};

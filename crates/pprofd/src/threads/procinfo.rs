@@ -268,17 +268,10 @@ pub(crate) fn syscall_name(nr: libc::c_long) -> String {
         (libc::SYS_sched_yield, "sched_yield"),
         (libc::SYS_msgrcv, "msgrcv"),
         (libc::SYS_semtimedop, "semtimedop"),
-        #[cfg(target_arch = "x86_64")]
-        (libc::SYS_epoll_wait, "epoll_wait"),
-        #[cfg(target_arch = "x86_64")]
-        (libc::SYS_poll, "poll"),
-        #[cfg(target_arch = "x86_64")]
-        (libc::SYS_select, "select"),
-        #[cfg(target_arch = "x86_64")]
-        (libc::SYS_pause, "pause"),
     ];
     known
         .iter()
+        .chain(crate::arch::LEGACY_SYSCALL_NAMES)
         .find(|(n, _)| *n == nr)
         .map_or_else(|| format!("syscall {nr}"), |(_, name)| name.to_string())
 }

@@ -48,6 +48,7 @@ use super::procinfo::{self, Obstacle};
 use crate::sighandler::{self, ChainedHandler};
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::MAX_DEPTH;
+use crate::arch;
 use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
 
 /// Threads signalled and not yet answered at once (below `unwind::CACHE_SLOTS`).
@@ -165,7 +166,7 @@ unsafe fn answer(generation: u32, ucontext: *mut libc::c_void) {
     stack.depth = unwound.depth;
     stack.truncated = unwound.truncated;
     // SAFETY: forwarded from the caller.
-    stack.in_syscall = interrupted_in_syscall(regs.pc, unsafe { syscall_result(ucontext) });
+    stack.in_syscall = interrupted_in_syscall(regs.pc, unsafe { arch::syscall_result(ucontext) });
     slot.state.store(DONE, Ordering::Release);
     dump.answered.fetch_add(1, Ordering::Release);
     // SAFETY: FUTEX_WAKE on a live atomic owned by the published dump; no memory is written.
@@ -182,7 +183,7 @@ unsafe fn answer(generation: u32, ucontext: *mut libc::c_void) {
 /// Sleeps until `answered` differs from `seen` (a handler answered) or `timeout` passes.
 fn wait_for_answer(answered: &AtomicU32, seen: u32, timeout: Duration) {
     let timeout = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_sec: timeout.as_secs() as _, // the field's type: libc deprecates the name `time_t` on musl
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: FUTEX_WAIT reads the live atomic and returns at once when it differs from
@@ -205,10 +206,7 @@ fn wait_for_answer(answered: &AtomicU32, seen: u32, timeout: Duration) {
 /// or had just finished a call (such as a futex wake), is neither. Async-signal-safe; reads
 /// only code bytes on the page the thread executes from.
 fn interrupted_in_syscall(pc: u64, result: i64) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    const SYSCALL: &[u8] = &[0x0f, 0x05];
-    #[cfg(target_arch = "aarch64")]
-    const SYSCALL: &[u8] = &[0x01, 0x00, 0x00, 0xd4]; // svc #0
+    const SYSCALL: &[u8] = arch::SYSCALL_INSTRUCTION;
     let len = SYSCALL.len() as u64;
     let page = pc & !4095;
     let matches_at = |start: u64| {
@@ -220,23 +218,6 @@ fn interrupted_in_syscall(pc: u64, result: i64) -> bool {
     };
     matches_at(pc)
         || (result == -(libc::EINTR as i64) && pc.checked_sub(len).is_some_and(matches_at))
-}
-
-/// The system call result register of an interrupted context.
-///
-/// # Safety
-/// `ucontext` must be the context pointer the kernel passed to the running handler.
-unsafe fn syscall_result(ucontext: *const libc::c_void) -> i64 {
-    // SAFETY: the caller passes the kernel's ucontext, valid during the handler.
-    let uc = unsafe { &*(ucontext as *const libc::ucontext_t) };
-    #[cfg(target_arch = "x86_64")]
-    {
-        uc.uc_mcontext.gregs[libc::REG_RAX as usize]
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        uc.uc_mcontext.regs[0] as i64
-    }
 }
 
 /// The layout of `siginfo_t` for `SI_QUEUE` on 64-bit Linux (`_sifields._rt`), padded to the

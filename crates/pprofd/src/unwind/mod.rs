@@ -17,14 +17,15 @@ pub(crate) mod published;
 pub(crate) mod ring;
 mod stacks;
 
+pub(crate) use crate::arch::{current_regs, InterruptedRegs};
 pub(crate) use stacks::{current_alt_stack, NoWalk, StackBounds, StackRange, WALK_STACK_NEED};
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use framehop::{
-    AllocationPolicy, CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module,
-    UnwindRegsNative, Unwinder, UnwinderNative,
+    AllocationPolicy, CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
+    UnwinderNative,
 };
 
 use crate::objects;
@@ -76,6 +77,13 @@ pub(crate) struct UnwindTables {
     unwinder: UnwinderNative<Vec<u8>, SignalSafe>,
     caches: Box<[CacheSlot]>,
     generation: (u64, u64),
+    /// The address ranges of every loaded object, sorted: a caller address outside all of
+    /// them is not a return address, so the walk has gone wrong (frame pointers used where there are none,
+    /// as in hand-written assembly without CFI) and stops there, marked truncated.
+    object_ranges: Box<[std::ops::Range<u64>]>,
+    /// The highest address any loaded object occupies: on aarch64, bits above it in a return
+    /// address are a pointer-authentication signature.
+    highest_code_address: u64,
 }
 
 // SAFETY: the unwinder is only read; each cache is used by the one thread that set its `busy`
@@ -89,7 +97,9 @@ impl UnwindTables {
     pub fn load() -> Self {
         let generation = objects::load_generation();
         let mut unwinder = UnwinderNative::new();
+        let mut object_ranges = Vec::new();
         for object in objects::loaded_objects(true) {
+            object_ranges.push(object.avma_range.clone());
             let Some(sections) = object.unwind_sections else {
                 continue;
             };
@@ -115,16 +125,26 @@ impl UnwindTables {
                 cache: UnsafeCell::new(CacheNative::new_in()),
             })
             .collect();
+        object_ranges.sort_unstable_by_key(|range| range.start);
+        let highest_code_address = object_ranges.iter().map(|r| r.end).max().unwrap_or(0);
         UnwindTables {
             unwinder,
             caches,
             generation,
+            object_ranges: object_ranges.into_boxed_slice(),
+            highest_code_address,
         }
     }
 
     /// Whether objects were loaded or unloaded since these tables were read.
     pub fn is_stale(&self) -> bool {
         objects::load_generation() != self.generation
+    }
+
+    /// Whether `address` lies in a loaded object. A binary search: no allocation, no lock.
+    fn in_loaded_object(&self, address: u64) -> bool {
+        let after = self.object_ranges.partition_point(|range| range.start <= address);
+        after > 0 && self.object_ranges[after - 1].contains(&address)
     }
 }
 
@@ -137,57 +157,6 @@ pub(crate) struct Unwound {
     pub truncated: bool,
     /// Why the walk did not start at all (only the leaf was written).
     pub not_walked: Option<NoWalk>,
-}
-
-/// Registers of an interrupted thread, from a signal handler's `ucontext`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct InterruptedRegs {
-    pub pc: u64,
-    pub sp: u64,
-    pub fp: u64,
-    /// The link register, which holds the leaf's return address on aarch64.
-    #[cfg(target_arch = "aarch64")]
-    pub lr: u64,
-}
-
-impl InterruptedRegs {
-    /// Reads the registers from the third argument of an `SA_SIGINFO` handler.
-    ///
-    /// # Safety
-    /// `ucontext` must be the context pointer the kernel passed to the running handler.
-    pub unsafe fn from_ucontext(ucontext: *const libc::c_void) -> Self {
-        // SAFETY: the caller passes the kernel's ucontext, valid during the handler.
-        let uc = unsafe { &*(ucontext as *const libc::ucontext_t) };
-        #[cfg(target_arch = "x86_64")]
-        {
-            let g = &uc.uc_mcontext.gregs;
-            InterruptedRegs {
-                pc: g[libc::REG_RIP as usize] as u64,
-                sp: g[libc::REG_RSP as usize] as u64,
-                fp: g[libc::REG_RBP as usize] as u64,
-            }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            let m = &uc.uc_mcontext;
-            InterruptedRegs {
-                pc: m.pc,
-                sp: m.sp,
-                fp: m.regs[29],
-                lr: m.regs[30],
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn unwind_regs(&self) -> UnwindRegsNative {
-        UnwindRegsNative::new(self.pc, self.sp, self.fp)
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    fn unwind_regs(&self) -> UnwindRegsNative {
-        UnwindRegsNative::new(self.lr, self.sp, self.fp)
-    }
 }
 
 /// Walks the stack of an interrupted thread into `out` (leaf first; callers as return
@@ -251,48 +220,6 @@ fn leaf_only(pc: u64, out: &mut [u64], why: NoWalk) -> Unwound {
     }
 }
 
-/// The program counter, stack pointer and frame pointer at the point of the call, read by
-/// one asm block so they describe the same instruction (what the unwind tables expect).
-#[inline(always)]
-pub(crate) fn current_regs() -> InterruptedRegs {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (pc, sp, fp): (u64, u64, u64);
-        // SAFETY: reads three registers into outputs; touches no memory and no flags.
-        unsafe {
-            std::arch::asm!(
-                "lea {pc}, [rip]",
-                "mov {sp}, rsp",
-                "mov {fp}, rbp",
-                pc = out(reg) pc,
-                sp = out(reg) sp,
-                fp = out(reg) fp,
-                options(nomem, nostack, preserves_flags)
-            );
-        }
-        InterruptedRegs { pc, sp, fp }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let (pc, sp, fp, lr): (u64, u64, u64, u64);
-        // SAFETY: reads four registers into outputs; touches no memory and no flags.
-        unsafe {
-            std::arch::asm!(
-                "adr {pc}, .",
-                "mov {sp}, sp",
-                "mov {fp}, x29",
-                "mov {lr}, x30",
-                pc = out(reg) pc,
-                sp = out(reg) sp,
-                fp = out(reg) fp,
-                lr = out(reg) lr,
-                options(nomem, nostack, preserves_flags)
-            );
-        }
-        InterruptedRegs { pc, sp, fp, lr }
-    }
-}
-
 /// Walks from `regs` with every stack read confined to `stack`. No allocation, no lock.
 fn walk(
     regs: InterruptedRegs,
@@ -324,7 +251,7 @@ fn walk(
     // stores `false` below.
     let cache = unsafe { &mut *slot.cache.get() };
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
-        if addr % 8 != 0 || addr < lo || addr.checked_add(8).is_none_or(|end| end > hi) {
+        if !addr.is_multiple_of(8) || addr < lo || addr.checked_add(8).is_none_or(|end| end > hi) {
             return Err(());
         }
         // SAFETY: `addr..addr+8` lies inside the caller-given range, which is readable stack
@@ -335,7 +262,12 @@ fn walk(
     let mut frames =
         tables
             .unwinder
-            .iter_frames(regs.pc, regs.unwind_regs(), cache, &mut read_stack);
+            .iter_frames(
+                regs.pc,
+                regs.unwind_regs(tables.highest_code_address),
+                cache,
+                &mut read_stack,
+            );
     let mut depth = 0;
     let truncated = loop {
         match frames.next() {
@@ -343,10 +275,14 @@ fn walk(
                 if depth == out.len() {
                     break true;
                 }
-                out[depth] = match frame {
+                let address = match frame {
                     FrameAddress::InstructionPointer(pc) => pc,
                     FrameAddress::ReturnAddress(ra) => ra.get() - 1,
                 };
+                if depth > 0 && !tables.in_loaded_object(address) {
+                    break true;
+                }
+                out[depth] = address;
                 depth += 1;
             }
             Ok(None) => break false,

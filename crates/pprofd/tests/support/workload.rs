@@ -50,8 +50,28 @@ impl Workload {
 
     /// Starts the workload binary at `path`, as [`Workload::start_with_env`] does.
     pub fn start_binary(path: &Path, args: &[&str], env: &[(&str, &str)]) -> Workload {
+        Workload::start_under(&[], path, args, env)
+    }
+
+    /// Starts the workload binary at `path` through `runner` (a program and its arguments,
+    /// such as `["qemu-aarch64", "-L", "/"]`; empty: directly), as [`Workload::start_with_env`]
+    /// does.
+    pub fn start_under(
+        runner: &[&str],
+        path: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Workload {
         let name = path.display();
-        let mut child = Command::new(path)
+        let mut command = match runner.split_first() {
+            Some((program, runner_args)) => {
+                let mut command = Command::new(program);
+                command.args(runner_args).arg(path);
+                command
+            }
+            None => Command::new(path),
+        };
+        let mut child = command
             .args(args)
             .env_remove("PPROF_ADDR")
             .env_remove("PPROF_TOKEN")

@@ -1,0 +1,156 @@
+//! pprofd on aarch64 Linux, run under qemu-user: the CPU split and whole stacks of a
+//! stock release build (no frame pointers), a goroutine dump and a heap profile.
+//!
+//! `.ci/run` builds `.ci/platform-service` for aarch64-unknown-linux-gnu with Debian's
+//! toolchain and passes its path in `PPROFD_AARCH64_SERVICE`; without it the test is skipped,
+//! except under `CI=true`. It runs as `qemu-aarch64 -L / SERVICE`: `/` holds Debian's arm64
+//! multiarch libraries (`-L /usr/aarch64-linux-gnu` mixes two glibc builds and hangs), and
+//! libc6-dbg:arm64 names glibc's thread roots, which Debian's arm64 libc has only in its
+//! separate debug file (its `.dynsym` lacks `thread_start` and `start_thread`). qemu reports
+//! the host's system call numbers in /proc/<tid>/syscall and its own signal mask in SigBlk, so
+//! the test keeps to what qemu shows faithfully: not block profiles, not system call names.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pprofd::profile::proto::Profile;
+use support::{function_names, Workload};
+
+fn aarch64_service() -> Option<PathBuf> {
+    match std::env::var_os("PPROFD_AARCH64_SERVICE") {
+        Some(path) => Some(PathBuf::from(path)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("PPROFD_AARCH64_SERVICE is not set: .ci/run builds the aarch64 service")
+        }
+        None => {
+            eprintln!(
+                "skipped: set PPROFD_AARCH64_SERVICE to an aarch64 build of .ci/platform-service"
+            );
+            None
+        }
+    }
+}
+
+fn share_of(profile: &Profile, function_suffix: &str) -> f64 {
+    let total: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    let matching: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| {
+            function_names(profile, s)
+                .iter()
+                .any(|f| f.ends_with(function_suffix))
+        })
+        .map(|s| s.value[0])
+        .sum();
+    matching as f64 / total as f64
+}
+
+/// The record of thread `name` in a `debug=2` dump.
+fn thread_record<'a>(dump: &'a str, name: &str) -> Option<&'a str> {
+    dump.split("\n\n")
+        .find(|record| record.contains(&format!("\"{name}\"")))
+}
+
+/// Whether a stack (leaf first) runs through the workers' code to a thread root.
+fn is_whole(functions: &[String]) -> bool {
+    let roots = ["thread_start", "clone3", "clone", "start_thread", "_start"];
+    functions
+        .last()
+        .is_some_and(|root| roots.contains(&root.as_str()))
+        && functions
+            .iter()
+            .any(|f| f.ends_with("platform_service::worker"))
+}
+
+#[test]
+fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_profile() {
+    let Some(path) = aarch64_service() else {
+        return;
+    };
+    let service = Workload::start_under(
+        &["qemu-aarch64", "-L", "/"],
+        &path,
+        &[],
+        &[("PPROF_ADDR", "127.0.0.1:0"), ("PPROF_MEM_RATE", "4096")],
+    );
+
+    // The dump first, once both workers run their loop: whole stacks, each worker's walked in a
+    // signal handler (like a CPU sample) from its leaf through the service's frames to glibc's
+    // thread root. Waiting for the workers also keeps the CPU profile below to threads that
+    // exist when it starts: under qemu, threads created during a profile get leaf-only
+    // (`[truncated]`) CPU stacks, which native x86_64 runs of the same service do not show.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dump = loop {
+        let dump = service.text("/debug/pprof/goroutine?debug=2");
+        let working = |worker: &str| {
+            thread_record(&dump, worker).is_some_and(|r| r.contains("platform_service::hot_"))
+        };
+        if working("worker-1") && working("worker-2") {
+            break dump;
+        }
+        assert!(Instant::now() < deadline, "the workers never ran: {dump}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(dump.contains("\"pprofd-http\""), "{dump}");
+    assert!(dump.contains("main.rs:"), "file:line in the dump: {dump}");
+    for worker in ["worker-1", "worker-2"] {
+        let record = thread_record(&dump, worker).unwrap();
+        let functions: Vec<String> = record
+            .lines()
+            .skip(1)
+            .filter(|line| !line.starts_with('\t'))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            is_whole(&functions),
+            "{worker}'s stack reaches its root: {record}"
+        );
+    }
+
+    let profile = service.profile("/debug/pprof/profile?seconds=4");
+    let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    assert!(
+        samples > 40,
+        "two busy threads for 4 s at 100 Hz give up to 800 samples (fewer on a loaded machine), got {samples}"
+    );
+    // 70/30 between the two functions; qemu's translation and this shared machine add noise.
+    let seventy = share_of(&profile, "hot_seventy");
+    let thirty = share_of(&profile, "hot_thirty");
+    let split = seventy / (seventy + thirty);
+    assert!(
+        seventy + thirty > 0.9 && (0.6..0.8).contains(&split),
+        "hot_seventy {:.1}%, hot_thirty {:.1}% of samples",
+        seventy * 100.0,
+        thirty * 100.0
+    );
+    let mut unrooted = Vec::new();
+    let rooted: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| {
+            let names = function_names(&profile, s);
+            let whole = is_whole(&names);
+            if !whole && unrooted.len() < 3 {
+                unrooted.push(names);
+            }
+            whole
+        })
+        .map(|s| s.value[0])
+        .sum();
+    assert!(
+        rooted as f64 > 0.95 * samples as f64,
+        "only {rooted} of {samples} CPU samples reach the thread root; for example {unrooted:#?}"
+    );
+
+    let heap = service.profile("/debug/pprof/heap");
+    let allocs: i64 = heap.sample.iter().map(|s| s.value[0]).sum();
+    assert!(allocs > 0, "the workers' allocations are sampled");
+    assert!(
+        share_of(&heap, "platform_service::worker") > 0.0,
+        "heap samples are charged to the workers"
+    );
+    service.finish();
+}
