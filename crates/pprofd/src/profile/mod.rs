@@ -92,7 +92,8 @@ pub struct MappingInfo {
 pub struct SourceFrame {
     /// Demangled function name.
     pub function: String,
-    /// Symbol name as in the object (mangled), or the same as `function`.
+    /// Symbol name as in the object (mangled), the same as `function` for C symbols, or
+    /// empty when only the source name is known (so pprof keeps `function` as it is).
     pub system_name: String,
     /// Source file, empty when unknown.
     pub file: String,
@@ -107,6 +108,10 @@ pub trait Resolver {
     fn mappings(&self) -> &[MappingInfo];
     /// The inline chain at `address`, innermost function first; empty when unknown.
     fn frames(&self, address: u64) -> &[SourceFrame];
+    /// What the profile should say about symbolization, such as objects left unsymbolized.
+    fn comments(&self) -> &[String] {
+        &[]
+    }
 }
 
 /// A resolver that knows nothing: locations keep their addresses only.
@@ -237,7 +242,12 @@ impl ProfileBuilder {
                 label,
             });
         }
-        profile.comment = self.comments.iter().map(|c| tables.intern(c)).collect();
+        profile.comment = self
+            .comments
+            .iter()
+            .chain(resolver.comments())
+            .map(|c| tables.intern(c))
+            .collect();
         tables.finish(&mut profile);
         profile
     }

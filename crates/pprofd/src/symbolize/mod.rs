@@ -1,28 +1,41 @@
 //! Symbolization of this process's addresses, outside any signal handler.
 //!
 //! [`ProcessSymbols::resolve`] reads the executable mappings from `/proc/self/maps` (with the
-//! build IDs of the loaded objects) and asks blazesym for the function, file, line and inline
-//! chain of each address. The blazesym symbolizer is created per call and dropped before it
-//! returns, so no symbol cache outlives a profile (docs/invariants.md invariant 5).
+//! build IDs of the loaded objects) and, object by object, names each address: the function
+//! symbol that holds it from `.symtab` (else `.dynsym`), then, where the object or its
+//! separate debug file has DWARF, the inline chain with file:line ([`dwarf`]). Debug files
+//! are found by build ID under `/usr/lib/debug/.build-id/` and by `.gnu_debuglink` beside the
+//! object, in its `.debug/` directory and under `/usr/lib/debug` ([`elf::debug_file`]).
 //!
-//! A symbolizer parses the binary's DWARF into tens of MiB of short-lived tables. glibc keeps
-//! such freed memory in the arena of the thread that freed it, so over many requests on
-//! pprofd's pool threads the service's RSS would creep up by tens of MiB; on glibc the freed
-//! memory is handed back with `malloc_trim` once the symbolizer is gone.
+//! Memory (docs/invariants.md invariant 5): objects are mapped read-only; only the DWARF
+//! units that hold an asked-for address are read, one at a time, and the pages read are
+//! handed back after each unit, so the resident cost follows the largest unit a profile
+//! touches rather than the size of the binary. Nothing is cached across calls: the mappings
+//! are dropped before `resolve` returns. The result holds only the frames of the addresses.
+//! glibc keeps freed memory in the arena of the thread that freed it, so the short-lived
+//! tables are handed back with `malloc_trim` at the end.
+//!
+//! Objects without any symbols are listed in [`Resolver::comments`], with how to symbolize
+//! their addresses later.
+
+mod dwarf;
+mod elf;
+mod names;
 
 use std::collections::HashMap;
-
-use blazesym::symbolize::source::{Process, Source};
-use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
-use blazesym::Pid;
+use std::path::Path;
 
 use crate::objects;
 use crate::profile::{MappingInfo, Resolver, SourceFrame};
+
+use elf::{Elf, ObjectBytes};
+use names::FunctionName;
 
 /// Mappings and symbols for a set of addresses of this process.
 pub(crate) struct ProcessSymbols {
     mappings: Vec<MappingInfo>,
     frames: HashMap<u64, Vec<SourceFrame>>,
+    comments: Vec<String>,
 }
 
 impl ProcessSymbols {
@@ -32,31 +45,49 @@ impl ProcessSymbols {
         let mut addresses: Vec<u64> = addresses.into_iter().collect();
         addresses.sort_unstable();
         addresses.dedup();
-        let addresses = addresses.as_slice();
         let mappings = executable_mappings();
+        let exe = std::fs::read_link("/proc/self/exe")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut frames = HashMap::with_capacity(addresses.len());
-        let symbolizer = Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .build();
-        let mut process = Process::new(Pid::Slf);
-        // Paths from /proc/self/maps rather than /proc/self/map_files, which needs
-        // CAP_SYS_ADMIN that production containers rarely grant. Our own paths resolve in our
-        // own mount namespace.
-        process.map_files = false;
-        let source = Source::Process(process);
-        // Sorted input is blazesym's fast path.
-        if let Ok(results) = symbolizer.symbolize(&source, Input::AbsAddr(addresses)) {
-            for (&address, result) in addresses.iter().zip(results) {
-                if let Symbolized::Sym(sym) = result {
-                    frames.insert(address, inline_chain(&sym));
+        let mut comments = Vec::new();
+        for object in objects::loaded_objects(false) {
+            let first = addresses.partition_point(|&a| a < object.avma_range.start);
+            let last = addresses.partition_point(|&a| a < object.avma_range.end);
+            let here = &addresses[first..last];
+            if here.is_empty() {
+                continue;
+            }
+            let bytes = if object.path == "[vdso]" {
+                vdso_bytes(&mappings)
+            } else if object.path == exe {
+                // The executable through its magic link: still there when the file on disk
+                // was replaced or deleted since the service started.
+                ObjectBytes::map(Path::new("/proc/self/exe")).ok()
+            } else {
+                ObjectBytes::map(Path::new(&object.path)).ok()
+            };
+            let svmas: Vec<u64> = here.iter().map(|&a| a - object.bias).collect();
+            let chains = bytes
+                .as_ref()
+                .map(|bytes| object_frames(Path::new(&object.path), bytes, &svmas))
+                .unwrap_or_default();
+            let named = chains.iter().filter(|c| !c.is_empty()).count();
+            if named == 0 {
+                comments.push(unsymbolized_comment(&object, here.len()));
+            }
+            for (&address, chain) in here.iter().zip(chains) {
+                if !chain.is_empty() {
+                    frames.insert(address, chain);
                 }
             }
         }
-        drop(symbolizer);
         release_freed_memory();
-        ProcessSymbols { mappings, frames }
+        ProcessSymbols {
+            mappings,
+            frames,
+            comments,
+        }
     }
 }
 
@@ -68,6 +99,111 @@ impl Resolver for ProcessSymbols {
     fn frames(&self, address: u64) -> &[SourceFrame] {
         self.frames.get(&address).map_or(&[], Vec::as_slice)
     }
+
+    fn comments(&self) -> &[String] {
+        &self.comments
+    }
+}
+
+/// The inline chain (innermost first) of each of `svmas`, sorted file addresses of the object
+/// at `path` whose bytes are `bytes`; empty where nothing names the address.
+fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> Vec<Vec<SourceFrame>> {
+    let Ok(object) = Elf::parse(bytes.data()) else {
+        return vec![Vec::new(); svmas.len()];
+    };
+    let symbols: Vec<Option<FunctionName>> = elf::function_symbols(&object, svmas)
+        .into_iter()
+        .map(|s| s.map(FunctionName::from_symbol))
+        .collect();
+    bytes.release_pages();
+    let separate = (!elf::has_debug_info(&object))
+        .then(|| elf::debug_file(path, &object))
+        .flatten();
+    let (debug_bytes, debug_object) = match &separate {
+        Some((_, debug_bytes)) => (debug_bytes, Elf::parse(debug_bytes.data()).ok()),
+        None => (bytes, Some(object)),
+    };
+    let chains = match debug_object.as_ref().and_then(dwarf::load) {
+        Some(sections) => dwarf::resolve(&sections, svmas, || debug_bytes.release_pages()),
+        None => vec![Vec::new(); svmas.len()],
+    };
+    debug_bytes.release_pages();
+    chains
+        .into_iter()
+        .zip(symbols)
+        .map(|(chain, symbol)| source_frames(chain, symbol))
+        .collect()
+}
+
+/// pprof's frames from DWARF's chain, with the symbol table's name for the outermost
+/// function when DWARF has none (or no chain at all).
+fn source_frames(chain: Vec<dwarf::DwarfFrame>, symbol: Option<FunctionName>) -> Vec<SourceFrame> {
+    if chain.is_empty() {
+        return symbol
+            .map(|s| {
+                vec![SourceFrame {
+                    function: s.name,
+                    system_name: s.system_name,
+                    file: String::new(),
+                    line: 0,
+                }]
+            })
+            .unwrap_or_default();
+    }
+    let outermost = chain.len() - 1;
+    chain
+        .into_iter()
+        .enumerate()
+        .map(|(i, frame)| {
+            let name = frame
+                .name
+                .or_else(|| (i == outermost).then(|| symbol.clone()).flatten())
+                .unwrap_or_else(|| FunctionName::from_source_name("??"));
+            SourceFrame {
+                function: name.name,
+                system_name: name.system_name,
+                file: frame.file,
+                line: frame.line as i64,
+            }
+        })
+        .collect()
+}
+
+/// The vDSO's image, as the kernel mapped it (the whole `[vdso]` mapping, so every header
+/// the ELF parser reads lies inside it).
+fn vdso_bytes(mappings: &[MappingInfo]) -> Option<ObjectBytes> {
+    let vdso = mappings.iter().find(|m| m.path == "[vdso]")?;
+    // SAFETY: the kernel maps the vDSO readable for the life of the process and never
+    // unmaps it; `start..limit` is that mapping as /proc/self/maps lists it.
+    let image = unsafe {
+        std::slice::from_raw_parts(vdso.start as *const u8, (vdso.limit - vdso.start) as usize)
+    };
+    Some(ObjectBytes::Vdso(image))
+}
+
+/// The profile comment for an object none of whose addresses could be named.
+fn unsymbolized_comment(object: &objects::LoadedObject, addresses: usize) -> String {
+    let build_id = if object.build_id.is_empty() {
+        "no build ID".to_string()
+    } else {
+        format!("build ID {}", object.build_id)
+    };
+    let base = Path::new(&object.path)
+        .file_name()
+        .map_or(object.path.clone(), |n| n.to_string_lossy().into_owned());
+    format!(
+        "pprofd: {addresses} addresses in {} ({build_id}) are not symbolized: it has no symbol \
+         table and no debug file was found. To symbolize them later, put the unstripped file \
+         (or its debug file) in DIR as DIR/{}/{base} or DIR/{base} and run \
+         `PPROF_BINARY_PATH=DIR go tool pprof PROFILE`, or run \
+         `pprofd symbolize PROFILE --debug-dir DIR -o OUT`",
+        object.path,
+        if object.build_id.is_empty() {
+            "BUILD_ID"
+        } else {
+            &object.build_id
+        },
+    )
 }
 
 /// Returns free memory at the top of glibc's heaps and in whole free pages of its arenas to
@@ -93,40 +229,6 @@ pub(crate) fn function_names(addresses: &[u64]) -> Vec<(u64, String)> {
             Some((a, name))
         })
         .collect()
-}
-
-/// Turns blazesym's answer (outermost function first, each with the location inside it)
-/// into pprof's order: innermost first.
-fn inline_chain(sym: &blazesym::symbolize::Sym<'_>) -> Vec<SourceFrame> {
-    let frame = |name: &str, code: Option<&CodeInfo<'_>>| {
-        let function = clean_name(name);
-        SourceFrame {
-            system_name: function.clone(),
-            function,
-            file: code
-                .map(|c| c.to_path().to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            line: code.and_then(|c| c.line).unwrap_or(0) as i64,
-        }
-    };
-    let mut chain: Vec<SourceFrame> = sym
-        .inlined
-        .iter()
-        .rev()
-        .map(|f| frame(&f.name, f.code_info.as_ref()))
-        .collect();
-    chain.push(frame(&sym.name, sym.code_info.as_deref()));
-    chain
-}
-
-/// Drops the `::h0123456789abcdef` hash that legacy Rust mangling leaves on demangled names.
-fn clean_name(name: &str) -> String {
-    match name.rsplit_once("::h") {
-        Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            head.to_string()
-        }
-        _ => name.to_string(),
-    }
 }
 
 /// Executable, file-backed mappings of this process (plus the vDSO), main executable first.
@@ -191,11 +293,5 @@ mod tests {
         assert_eq!(main.path, exe.to_string_lossy());
         assert!((main.start..main.limit).contains(&address));
         assert!(!main.build_id.is_empty(), "rustc links with a GNU build ID");
-    }
-
-    #[test]
-    fn strips_legacy_hashes_only() {
-        assert_eq!(clean_name("app::work::h0123456789abcdef"), "app::work");
-        assert_eq!(clean_name("app::hello"), "app::hello");
     }
 }
