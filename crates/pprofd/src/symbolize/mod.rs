@@ -15,8 +15,8 @@
 //! glibc keeps freed memory in the arena of the thread that freed it, so the short-lived
 //! tables are handed back with `malloc_trim` at the end.
 //!
-//! Objects without any symbols are listed in [`Resolver::comments`], with how to symbolize
-//! their addresses later.
+//! [`Resolver::comments`] says what symbolization cost (thread CPU time) and lists objects
+//! without any symbols, with how to symbolize their addresses later.
 
 mod dwarf;
 mod elf;
@@ -42,6 +42,7 @@ impl ProcessSymbols {
     /// Reads the mappings and symbolizes `addresses` (absolute, already normalised; in any
     /// order, repeats allowed).
     pub fn resolve(addresses: impl IntoIterator<Item = u64>) -> Self {
+        let started = thread_cpu_time();
         let mut addresses: Vec<u64> = addresses.into_iter().collect();
         addresses.sort_unstable();
         addresses.dedup();
@@ -83,6 +84,11 @@ impl ProcessSymbols {
             }
         }
         release_freed_memory();
+        comments.push(format!(
+            "pprofd: symbolized {} addresses in {:.1} ms of CPU time",
+            addresses.len(),
+            (thread_cpu_time() - started).as_secs_f64() * 1e3
+        ));
         ProcessSymbols {
             mappings,
             frames,
@@ -103,6 +109,18 @@ impl Resolver for ProcessSymbols {
     fn comments(&self) -> &[String] {
         &self.comments
     }
+}
+
+/// CPU time this thread has used: symbolization runs on one thread, so the difference is
+/// what it cost, whatever else the machine does.
+fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the valid pointer it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// The inline chain (innermost first) of each of `svmas`, sorted file addresses of the object
