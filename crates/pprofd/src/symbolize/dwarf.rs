@@ -201,18 +201,23 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
             return Ok(found);
         };
         let mut rows = program.rows();
-        // The row in effect from its address up to the next row's, within a sequence.
+        // The row in effect from its address up to the next row's, within a sequence, and
+        // the first address not below it: rows rise within a sequence, so that index only
+        // moves forward until the next sequence starts.
         let mut current: Option<(u64, u64, u32)> = None;
+        let mut next = 0;
         while let Some((_, row)) = rows.next_row()? {
             if let Some((start, file, line)) = current {
                 let end = row.address();
-                if end > start {
-                    let first = addresses.partition_point(|&a| a < start);
-                    let last = addresses.partition_point(|&a| a < end);
-                    for slot in &mut found[first..last] {
-                        slot.get_or_insert((file, line));
-                    }
+                while next < addresses.len() && addresses[next] < start {
+                    next += 1;
                 }
+                while next < addresses.len() && addresses[next] < end {
+                    found[next].get_or_insert((file, line));
+                    next += 1;
+                }
+            } else {
+                next = addresses.partition_point(|&a| a < row.address());
             }
             current = (!row.end_sequence()).then(|| {
                 let line = row.line().map_or(0, |l| l.get() as u32);
@@ -223,44 +228,56 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
     }
 
     /// For each address, the function DIEs whose ranges hold it, outermost first.
+    ///
+    /// The DIEs are read raw: only function DIEs outside skipped subtrees have their
+    /// attributes parsed; every other DIE's are stepped over by their forms' sizes.
     fn functions(&mut self, addresses: &[u64]) -> gimli::Result<Vec<Vec<Function>>> {
         let mut chains: Vec<Vec<Function>> = (0..addresses.len()).map(|_| Vec::new()).collect();
         let mut hits = Vec::new();
+        let mut attrs = Vec::new();
         let unit = self.unit;
-        let mut entries = unit.entries();
+        let mut entries = unit.entries_raw(None)?;
         // Depth of a function that holds none of the addresses: its subtree is skipped.
         let mut skip_below: Option<isize> = None;
-        while let Some(entry) = entries.next_dfs()? {
-            let depth = entry.depth();
-            match skip_below {
-                Some(d) if depth > d => continue,
-                _ => skip_below = None,
-            }
-            if entry.tag() != gimli::DW_TAG_subprogram
-                && entry.tag() != gimli::DW_TAG_inlined_subroutine
-            {
+        while !entries.is_empty() {
+            let depth = entries.next_depth();
+            let offset = entries.next_offset();
+            let Some(abbrev) = entries.read_abbreviation()? else {
+                continue;
+            };
+            let skipped = match skip_below {
+                Some(d) if depth > d => true,
+                _ => {
+                    skip_below = None;
+                    false
+                }
+            };
+            let function = abbrev.tag() == gimli::DW_TAG_subprogram
+                || abbrev.tag() == gimli::DW_TAG_inlined_subroutine;
+            if skipped || !function {
+                entries.skip_attributes(abbrev.attributes())?;
                 continue;
             }
+            entries.read_attributes(abbrev.attributes(), &mut attrs)?;
             hits.clear();
-            let mut ranges = self.dwarf.die_ranges(unit, entry)?;
-            while let Some(range) = ranges.next()? {
-                let first = addresses.partition_point(|&a| a < range.begin);
-                let last = addresses.partition_point(|&a| a < range.end);
+            self.for_each_range(&attrs, |begin, end| {
+                let first = addresses.partition_point(|&a| a < begin);
+                let last = first + addresses[first..].partition_point(|&a| a < end);
                 hits.extend(first..last);
-            }
+            })?;
             if hits.is_empty() {
                 skip_below = Some(depth);
                 continue;
             }
             let (mut call_file, mut call_line) = (u64::MAX, 0);
-            for attr in entry.attrs() {
+            for attr in &attrs {
                 match (attr.name(), attr.udata_value()) {
                     (gimli::DW_AT_call_file, Some(f)) => call_file = f,
                     (gimli::DW_AT_call_line, Some(l)) => call_line = l as u32,
                     _ => {}
                 }
             }
-            let name = self.names.name(unit, entry.offset(), entry.attrs(), 0);
+            let name = self.names.name(unit, offset, &attrs, 0);
             for &i in &hits {
                 let chain = &mut chains[i];
                 // Ranges nest; one that does not (bad DWARF) replaces the deeper entries.
@@ -276,6 +293,38 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
             }
         }
         Ok(chains)
+    }
+
+    /// Calls `f` with each address range of the DIE with `attrs` (`DW_AT_low_pc` with
+    /// `DW_AT_high_pc`, or `DW_AT_ranges`), as gimli's `Dwarf::die_ranges` reads them.
+    fn for_each_range(
+        &self,
+        attrs: &[gimli::Attribute<Reader<'d>>],
+        mut f: impl FnMut(u64, u64),
+    ) -> gimli::Result<()> {
+        let (mut low, mut high, mut size) = (None, None, None);
+        for attr in attrs {
+            match attr.name() {
+                gimli::DW_AT_low_pc => low = self.dwarf.attr_address(self.unit, attr.value())?,
+                gimli::DW_AT_high_pc => match attr.value() {
+                    AttributeValue::Udata(n) => size = Some(n),
+                    value => high = self.dwarf.attr_address(self.unit, value)?,
+                },
+                gimli::DW_AT_ranges => {
+                    if let Some(mut ranges) = self.dwarf.attr_ranges(self.unit, attr.value())? {
+                        while let Some(range) = ranges.next()? {
+                            f(range.begin, range.end);
+                        }
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let (Some(begin), Some(end)) = (low, size.map(|n| low.unwrap_or(0) + n).or(high)) {
+            f(begin, end);
+        }
+        Ok(())
     }
 
     /// The path of line-program file `index` (u64::MAX: none).

@@ -90,6 +90,12 @@ pub(crate) fn function_symbols<'d>(elf: &Elf<'d>, svmas: &[u64]) -> Vec<Option<&
     best.into_iter().map(|b| b.map(|(_, name)| name)).collect()
 }
 
+/// Whether the file has a full symbol table (`.symtab`), not only the exported names of
+/// `.dynsym`.
+pub(crate) fn has_symbol_table(elf: &Elf<'_>) -> bool {
+    elf.symbol_table().is_some()
+}
+
 /// Whether the file carries DWARF debug information of its own.
 pub(crate) fn has_debug_info(elf: &Elf<'_>) -> bool {
     elf.section_by_name(".debug_info")

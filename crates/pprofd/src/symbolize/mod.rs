@@ -69,13 +69,13 @@ impl ProcessSymbols {
                 ObjectBytes::map(Path::new(&object.path)).ok()
             };
             let svmas: Vec<u64> = here.iter().map(|&a| a - object.bias).collect();
-            let chains = bytes
+            let (chains, full_symbols) = bytes
                 .as_ref()
                 .map(|bytes| object_frames(Path::new(&object.path), bytes, &svmas))
-                .unwrap_or_default();
-            let named = chains.iter().filter(|c| !c.is_empty()).count();
-            if named == 0 {
-                comments.push(unsymbolized_comment(&object, here.len()));
+                .unwrap_or_else(|| (vec![Vec::new(); svmas.len()], false));
+            let unnamed = chains.iter().filter(|c| c.is_empty()).count();
+            if unnamed > 0 && !full_symbols {
+                comments.push(unsymbolized_comment(&object, unnamed, here.len()));
             }
             for (&address, chain) in here.iter().zip(chains) {
                 if !chain.is_empty() {
@@ -124,11 +124,14 @@ fn thread_cpu_time() -> std::time::Duration {
 }
 
 /// The inline chain (innermost first) of each of `svmas`, sorted file addresses of the object
-/// at `path` whose bytes are `bytes`; empty where nothing names the address.
-fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> Vec<Vec<SourceFrame>> {
+/// at `path` whose bytes are `bytes`; empty where nothing names the address. And whether the
+/// object has its full symbols: a `.symtab` or DWARF (its own or a debug file's), not just
+/// the exported names of `.dynsym`.
+fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<SourceFrame>>, bool) {
     let Ok(object) = Elf::parse(bytes.data()) else {
-        return vec![Vec::new(); svmas.len()];
+        return (vec![Vec::new(); svmas.len()], false);
     };
+    let has_symtab = elf::has_symbol_table(&object);
     let symbols: Vec<Option<FunctionName>> = elf::function_symbols(&object, svmas)
         .into_iter()
         .map(|s| s.map(FunctionName::from_symbol))
@@ -141,16 +144,19 @@ fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> Vec<Vec<Sou
         Some((_, debug_bytes)) => (debug_bytes, Elf::parse(debug_bytes.data()).ok()),
         None => (bytes, Some(object)),
     };
-    let chains = match debug_object.as_ref().and_then(dwarf::load) {
+    let sections = debug_object.as_ref().and_then(dwarf::load);
+    let has_dwarf = sections.is_some();
+    let chains = match sections {
         Some(sections) => dwarf::resolve(&sections, svmas, || debug_bytes.release_pages()),
         None => vec![Vec::new(); svmas.len()],
     };
     debug_bytes.release_pages();
-    chains
+    let frames = chains
         .into_iter()
         .zip(symbols)
         .map(|(chain, symbol)| source_frames(chain, symbol))
-        .collect()
+        .collect();
+    (frames, has_symtab || has_dwarf)
 }
 
 /// pprof's frames from DWARF's chain, with the symbol table's name for the outermost
@@ -199,8 +205,13 @@ fn vdso_bytes(mappings: &[MappingInfo]) -> Option<ObjectBytes> {
     Some(ObjectBytes::Vdso(image))
 }
 
-/// The profile comment for an object none of whose addresses could be named.
-fn unsymbolized_comment(object: &objects::LoadedObject, addresses: usize) -> String {
+/// The profile comment for an object with `unnamed` of its `addresses` left unnamed, having
+/// neither a symbol table nor debug info.
+fn unsymbolized_comment(
+    object: &objects::LoadedObject,
+    unnamed: usize,
+    addresses: usize,
+) -> String {
     let build_id = if object.build_id.is_empty() {
         "no build ID".to_string()
     } else {
@@ -209,18 +220,18 @@ fn unsymbolized_comment(object: &objects::LoadedObject, addresses: usize) -> Str
     let base = Path::new(&object.path)
         .file_name()
         .map_or(object.path.clone(), |n| n.to_string_lossy().into_owned());
+    let id_dir = if object.build_id.is_empty() {
+        "BUILD_ID"
+    } else {
+        &object.build_id
+    };
     format!(
-        "pprofd: {addresses} addresses in {} ({build_id}) are not symbolized: it has no symbol \
-         table and no debug file was found. To symbolize them later, put the unstripped file \
-         (or its debug file) in DIR as DIR/{}/{base} or DIR/{base} and run \
+        "pprofd: {unnamed} of {addresses} addresses in {} ({build_id}) are not symbolized: it \
+         has no symbol table and no debug file was found. To symbolize them later, put the \
+         unstripped file in DIR as DIR/{id_dir}/{base} or DIR/{base} and run \
          `PPROF_BINARY_PATH=DIR go tool pprof PROFILE`, or run \
          `pprofd symbolize PROFILE --debug-dir DIR -o OUT`",
         object.path,
-        if object.build_id.is_empty() {
-            "BUILD_ID"
-        } else {
-            &object.build_id
-        },
     )
 }
 
