@@ -72,10 +72,18 @@ impl StackRing {
     /// this size) rather than written one by one, so a slot costs resident memory only once a
     /// sample has used it: a short profile of a few threads touches a fraction of the 8 MiB.
     pub fn new(capacity: usize) -> Self {
-        let slots = Box::<[Slot]>::new_zeroed_slice(capacity.max(PROBES));
-        // SAFETY: all zeros is a valid Slot: state FREE (0), and a StackRecord of zero
-        // integers, `false` booleans and zero frames.
-        let slots = unsafe { slots.assume_init() };
+        let len = capacity.max(PROBES);
+        let layout = std::alloc::Layout::array::<Slot>(len).expect("the ring fits in memory");
+        // SAFETY: the layout has a non-zero size (len >= PROBES slots of ~1 KiB).
+        let memory = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Slot;
+        if memory.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: `memory` holds `len` zeroed slots allocated with the global allocator and
+        // the layout of `[Slot; len]`, as `Box<[Slot]>` frees it; all zeros is a valid Slot:
+        // state FREE (0) and a StackRecord of zero integers, `false` booleans, zero frames.
+        let slots: Box<[Slot]> =
+            unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(memory, len)) };
         StackRing {
             slots,
             next: AtomicUsize::new(0),
