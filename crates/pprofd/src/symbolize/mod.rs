@@ -15,8 +15,9 @@
 //! glibc keeps freed memory in the arena of the thread that freed it, so the short-lived
 //! tables are handed back with `malloc_trim` at the end.
 //!
-//! [`Resolver::comments`] says what symbolization cost (thread CPU time) and lists objects
-//! without any symbols, with how to symbolize their addresses later.
+//! [`Resolver::comments`] says what symbolization cost (thread CPU time) and names the
+//! objects with unnamed addresses and neither a symbol table nor debug info, with how to
+//! symbolize them later.
 
 mod dwarf;
 mod elf;
