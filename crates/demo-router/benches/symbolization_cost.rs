@@ -2,6 +2,11 @@
 //! workspace's release build (`debug = "limited"`) and one with full debug info
 //! (`debug = true`), to show the cost grows far slower than the binary.
 //!
+//! Measured on the 2-core dev machine (load average ~10 from other builds): CPU profile
+//! 5.2 MiB peak growth with `debug = "limited"` (39 MB binary, 27 MiB of DWARF) and 6.0 MiB
+//! with `debug = true` (75 MB, 67 MiB of DWARF); heap and goroutine dumps 2.9 and 3.4-4.1
+//! MiB; symbolization of the 10 s CPU profile 55 and 82 ms of thread CPU.
+//!
 //! Per request kind it prints the peak RSS growth while the request runs (`clear_refs` +
 //! `VmHWM`), RSS after the answer against before, the router's CPU time for the request
 //! (whole process, measured with no load) and, where the profile says, the thread CPU time
@@ -145,7 +150,7 @@ fn measure_build(build: &str, binary: &str) {
             format!("{cpu:.1} ms")
         };
         println!(
-            "{:<16} {:>6.1}MB {:>6.1}MB  {:<22} {:>7.1} MiB {:>5.1} MiB {:>12} {:>10}",
+            "{:<16} {:>5.1}MiB {:>5.1}MiB  {:<22} {:>7.1} MiB {:>5.1} MiB {:>12} {:>10}",
             build,
             mib(size),
             mib(dwarf),
