@@ -77,7 +77,12 @@ pub(crate) fn function_symbols<'d>(elf: &Elf<'d>, svmas: &[u64]) -> Vec<Option<&
             .zip(&svmas[first..])
             .take_while(|(_, &a)| a < end)
         {
-            if slot.is_none_or(|(s, _)| start > s) {
+            // The innermost symbol wins; of aliases at one address, the public name
+            // (`clone3` over `__clone3`), as debuggers show it.
+            let underscores = |n: &str| n.len() - n.trim_start_matches('_').len();
+            if slot.is_none_or(|(s, other)| {
+                start > s || (start == s && underscores(name) < underscores(other))
+            }) {
                 *slot = Some((start, name));
             }
         }

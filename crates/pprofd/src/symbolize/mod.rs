@@ -132,20 +132,32 @@ fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<So
     let Ok(object) = Elf::parse(bytes.data()) else {
         return (vec![Vec::new(); svmas.len()], false);
     };
-    let has_symtab = elf::has_symbol_table(&object);
-    let symbols: Vec<Option<FunctionName>> = elf::function_symbols(&object, svmas)
+    let own_symtab = elf::has_symbol_table(&object);
+    // A separate debug file also brings the symbol table a stripped object lacks (Debian's
+    // libc6-dbg: `start_thread`, `clone3`).
+    let separate = (!own_symtab || !elf::has_debug_info(&object))
+        .then(|| elf::debug_file(path, &object))
+        .flatten();
+    let separate_object = separate
+        .as_ref()
+        .and_then(|(_, debug_bytes)| Elf::parse(debug_bytes.data()).ok());
+    let symbol_source = match &separate_object {
+        Some(debug) if !own_symtab && elf::has_symbol_table(debug) => debug,
+        _ => &object,
+    };
+    let has_symtab = elf::has_symbol_table(symbol_source);
+    let symbols: Vec<Option<FunctionName>> = elf::function_symbols(symbol_source, svmas)
         .into_iter()
         .map(|s| s.map(FunctionName::from_symbol))
         .collect();
     bytes.release_pages();
-    let separate = (!elf::has_debug_info(&object))
-        .then(|| elf::debug_file(path, &object))
-        .flatten();
-    let (debug_bytes, debug_object) = match &separate {
-        Some((_, debug_bytes)) => (debug_bytes, Elf::parse(debug_bytes.data()).ok()),
-        None => (bytes, Some(object)),
+    let (debug_bytes, debug_object) = match (&separate, &separate_object) {
+        (Some((_, debug_bytes)), Some(debug)) if !elf::has_debug_info(&object) => {
+            (debug_bytes, debug)
+        }
+        _ => (bytes, &object),
     };
-    let sections = debug_object.as_ref().and_then(dwarf::load);
+    let sections = dwarf::load(debug_object);
     let has_dwarf = sections.is_some();
     let chains = match sections {
         Some(sections) => dwarf::resolve(&sections, svmas, || debug_bytes.release_pages()),
