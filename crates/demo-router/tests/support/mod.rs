@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary and the bench use a different part of these helpers.
 
+pub mod footprint;
 pub mod steady_load;
 
 use std::io::{BufRead, BufReader};
@@ -46,7 +47,13 @@ pub fn read_addresses(router: &mut Child) -> (String, String) {
 
 impl ProfiledRouter {
     pub fn start() -> ProfiledRouter {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_demo-router"))
+        Self::start_binary(env!("CARGO_BIN_EXE_demo-router"))
+    }
+
+    /// [`ProfiledRouter::start`] for another build of the router (another debug-info level,
+    /// a stripped copy).
+    pub fn start_binary(binary: &str) -> ProfiledRouter {
+        let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0", "--exit-on-stdin-close"])
             .env("PPROF_ADDR", "127.0.0.1:0")
             // Whatever the caller's shell has set, measure pprofd's defaults.

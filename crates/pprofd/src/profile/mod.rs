@@ -95,7 +95,8 @@ pub struct MappingInfo {
 pub struct SourceFrame {
     /// Demangled function name.
     pub function: String,
-    /// Symbol name as in the object (mangled), or the same as `function`.
+    /// Symbol name as in the object (mangled), the same as `function` for C symbols, or
+    /// empty when only the source name is known (so pprof keeps `function` as it is).
     pub system_name: String,
     /// Source file, empty when unknown.
     pub file: String,
@@ -110,6 +111,10 @@ pub trait Resolver {
     fn mappings(&self) -> &[MappingInfo];
     /// The inline chain at `address`, innermost function first; empty when unknown.
     fn frames(&self, address: u64) -> &[SourceFrame];
+    /// What the profile should say about symbolization, such as objects left unsymbolized.
+    fn comments(&self) -> &[String] {
+        &[]
+    }
 }
 
 /// A resolver that knows nothing: locations keep their addresses only.
@@ -249,7 +254,12 @@ impl ProfileBuilder {
                 label,
             });
         }
-        profile.comment = self.comments.iter().map(|c| tables.intern(c)).collect();
+        profile.comment = self
+            .comments
+            .iter()
+            .chain(resolver.comments())
+            .map(|c| tables.intern(c))
+            .collect();
         if !self.drop_frames.is_empty() {
             profile.drop_frames = tables.intern(&self.drop_frames);
         }

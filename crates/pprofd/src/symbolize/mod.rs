@@ -1,64 +1,102 @@
 //! Symbolization of this process's addresses, outside any signal handler.
 //!
 //! [`ProcessSymbols::resolve`] reads the executable mappings from `/proc/self/maps` (with the
-//! build IDs of the loaded objects) and asks blazesym for the function, file, line and inline
-//! chain of each address. The blazesym symbolizer is created per call and dropped before it
-//! returns, so no symbol cache outlives a profile (docs/invariants.md invariant 5).
+//! build IDs of the loaded objects) and, object by object, names each address: the function
+//! symbol that holds it from `.symtab` (else `.dynsym`), then, where the object or its
+//! separate debug file has DWARF, the inline chain with file:line ([`dwarf`]). Debug files
+//! are found by build ID under `/usr/lib/debug/.build-id/` and by `.gnu_debuglink` beside the
+//! object, in its `.debug/` directory and under `/usr/lib/debug` ([`elf::debug_file`]).
 //!
-//! A symbolizer parses the binary's DWARF into tens of MiB of short-lived tables. glibc keeps
-//! such freed memory in the arena of the thread that freed it, so over many requests on
-//! pprofd's pool threads the service's RSS would creep up by tens of MiB; on glibc the freed
-//! memory is handed back with `malloc_trim` once the symbolizer is gone.
+//! Memory (docs/invariants.md invariant 5): objects are mapped read-only; only the DWARF
+//! units that hold an asked-for address are read, one at a time, and the pages read are
+//! handed back after each unit, so the resident cost follows the largest unit a profile
+//! touches rather than the size of the binary. Nothing is cached across calls: the mappings
+//! are dropped before `resolve` returns. The result holds only the frames of the addresses.
+//! glibc keeps freed memory in the arena of the thread that freed it, so the short-lived
+//! tables are handed back with `malloc_trim` at the end.
+//!
+//! [`Resolver::comments`] says what symbolization cost (thread CPU time) and names the
+//! objects with unnamed addresses and neither a symbol table nor debug info, with how to
+//! symbolize them later.
+
+mod dwarf;
+mod elf;
+mod names;
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use blazesym::symbolize::source::{Process, Source};
-use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
-use blazesym::Pid;
-
+use crate::objects;
 use crate::profile::{MappingInfo, Resolver, SourceFrame};
 
 mod mappings;
 use mappings::executable_mappings;
+use elf::{Elf, ObjectBytes};
+use names::FunctionName;
 
 /// Mappings and symbols for a set of addresses of this process.
 pub(crate) struct ProcessSymbols {
     mappings: Vec<MappingInfo>,
     frames: HashMap<u64, Vec<SourceFrame>>,
+    comments: Vec<String>,
 }
 
 impl ProcessSymbols {
     /// Reads the mappings and symbolizes `addresses` (absolute, already normalised; in any
     /// order, repeats allowed).
     pub fn resolve(addresses: impl IntoIterator<Item = u64>) -> Self {
+        let started = thread_cpu_time();
         let mut addresses: Vec<u64> = addresses.into_iter().collect();
         addresses.sort_unstable();
         addresses.dedup();
-        let addresses = addresses.as_slice();
         let mappings = executable_mappings();
+        let exe = std::fs::read_link("/proc/self/exe")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut frames = HashMap::with_capacity(addresses.len());
-        let symbolizer = Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .build();
-        let mut process = Process::new(Pid::Slf);
-        // Paths from /proc/self/maps rather than /proc/self/map_files, which needs
-        // CAP_SYS_ADMIN that production containers rarely grant. Our own paths resolve in our
-        // own mount namespace.
-        process.map_files = false;
-        let source = Source::Process(process);
-        // Sorted input is blazesym's fast path.
-        if let Ok(results) = symbolizer.symbolize(&source, Input::AbsAddr(addresses)) {
-            for (&address, result) in addresses.iter().zip(results) {
-                if let Symbolized::Sym(sym) = result {
-                    frames.insert(address, inline_chain(&sym));
+        let mut comments = Vec::new();
+        for object in objects::loaded_objects(false) {
+            let first = addresses.partition_point(|&a| a < object.avma_range.start);
+            let last = addresses.partition_point(|&a| a < object.avma_range.end);
+            let here = &addresses[first..last];
+            if here.is_empty() {
+                continue;
+            }
+            let bytes = if object.path == "[vdso]" {
+                vdso_bytes(&mappings)
+            } else if object.path == exe {
+                // The executable through its magic link: still there when the file on disk
+                // was replaced or deleted since the service started.
+                ObjectBytes::map(Path::new("/proc/self/exe")).ok()
+            } else {
+                ObjectBytes::map(Path::new(&object.path)).ok()
+            };
+            let svmas: Vec<u64> = here.iter().map(|&a| a - object.bias).collect();
+            let (chains, full_symbols) = bytes
+                .as_ref()
+                .map(|bytes| object_frames(Path::new(&object.path), bytes, &svmas))
+                .unwrap_or_else(|| (vec![Vec::new(); svmas.len()], false));
+            let unnamed = chains.iter().filter(|c| c.is_empty()).count();
+            if unnamed > 0 && !full_symbols {
+                comments.push(unsymbolized_comment(&object, unnamed, here.len()));
+            }
+            for (&address, chain) in here.iter().zip(chains) {
+                if !chain.is_empty() {
+                    frames.insert(address, chain);
                 }
             }
         }
-        drop(symbolizer);
         release_freed_memory();
-        ProcessSymbols { mappings, frames }
+        comments.push(format!(
+            "pprofd: symbolized {} addresses in {:.1} ms of CPU time",
+            addresses.len(),
+            (thread_cpu_time() - started).as_secs_f64() * 1e3
+        ));
+        ProcessSymbols {
+            mappings,
+            frames,
+            comments,
+        }
     }
 }
 
@@ -70,6 +108,147 @@ impl Resolver for ProcessSymbols {
     fn frames(&self, address: u64) -> &[SourceFrame] {
         self.frames.get(&address).map_or(&[], Vec::as_slice)
     }
+
+    fn comments(&self) -> &[String] {
+        &self.comments
+    }
+}
+
+/// CPU time this thread has used: symbolization runs on one thread, so the difference is
+/// what it cost, whatever else the machine does.
+fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the valid pointer it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The inline chain (innermost first) of each of `svmas`, sorted file addresses of the object
+/// at `path` whose bytes are `bytes`; empty where nothing names the address. And whether the
+/// object has its full symbols: a `.symtab` or DWARF (its own or a debug file's), not just
+/// the exported names of `.dynsym`.
+fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<SourceFrame>>, bool) {
+    let Ok(object) = Elf::parse(bytes.data()) else {
+        return (vec![Vec::new(); svmas.len()], false);
+    };
+    let own_symtab = elf::has_symbol_table(&object);
+    // A separate debug file also brings the symbol table a stripped object lacks (Debian's
+    // libc6-dbg: `start_thread`, `clone3`).
+    let separate = (!own_symtab || !elf::has_debug_info(&object))
+        .then(|| elf::debug_file(path, &object))
+        .flatten();
+    let separate_object = separate
+        .as_ref()
+        .and_then(|(_, debug_bytes)| Elf::parse(debug_bytes.data()).ok());
+    let symbol_source = match &separate_object {
+        Some(debug) if !own_symtab && elf::has_symbol_table(debug) => debug,
+        _ => &object,
+    };
+    let has_symtab = elf::has_symbol_table(symbol_source);
+    let symbols: Vec<Option<FunctionName>> = elf::function_symbols(symbol_source, svmas)
+        .into_iter()
+        .map(|s| s.map(FunctionName::from_symbol))
+        .collect();
+    bytes.release_pages();
+    let (debug_bytes, debug_object) = match (&separate, &separate_object) {
+        (Some((_, debug_bytes)), Some(debug)) if !elf::has_debug_info(&object) => {
+            (debug_bytes, debug)
+        }
+        _ => (bytes, &object),
+    };
+    let sections = dwarf::load(debug_object);
+    let has_dwarf = sections.is_some();
+    let chains = match sections {
+        Some(sections) => dwarf::resolve(&sections, svmas, || debug_bytes.release_pages()),
+        None => vec![Vec::new(); svmas.len()],
+    };
+    debug_bytes.release_pages();
+    let frames = chains
+        .into_iter()
+        .zip(symbols)
+        .map(|(chain, symbol)| source_frames(chain, symbol))
+        .collect();
+    (frames, has_symtab || has_dwarf)
+}
+
+/// pprof's frames from DWARF's chain, with the symbol table's name for the outermost
+/// function when DWARF has none (or no chain at all).
+fn source_frames(chain: Vec<dwarf::DwarfFrame>, symbol: Option<FunctionName>) -> Vec<SourceFrame> {
+    if chain.is_empty() {
+        return symbol
+            .map(|s| {
+                vec![SourceFrame {
+                    function: s.name,
+                    system_name: s.system_name,
+                    file: String::new(),
+                    line: 0,
+                }]
+            })
+            .unwrap_or_default();
+    }
+    let outermost = chain.len() - 1;
+    chain
+        .into_iter()
+        .enumerate()
+        .map(|(i, frame)| {
+            let name = frame
+                .name
+                .or_else(|| (i == outermost).then(|| symbol.clone()).flatten())
+                .unwrap_or_else(|| FunctionName::from_source_name("??"));
+            SourceFrame {
+                function: name.name,
+                system_name: name.system_name,
+                file: frame.file,
+                line: frame.line as i64,
+            }
+        })
+        .collect()
+}
+
+/// The vDSO's image, as the kernel mapped it (the whole `[vdso]` mapping, so every header
+/// the ELF parser reads lies inside it).
+fn vdso_bytes(mappings: &[MappingInfo]) -> Option<ObjectBytes> {
+    let vdso = mappings.iter().find(|m| m.path == "[vdso]")?;
+    // SAFETY: the kernel maps the vDSO readable for the life of the process and never
+    // unmaps it; `start..limit` is that mapping as /proc/self/maps lists it.
+    let image = unsafe {
+        std::slice::from_raw_parts(vdso.start as *const u8, (vdso.limit - vdso.start) as usize)
+    };
+    Some(ObjectBytes::Vdso(image))
+}
+
+/// The profile comment for an object with `unnamed` of its `addresses` left unnamed, having
+/// neither a symbol table nor debug info.
+fn unsymbolized_comment(
+    object: &objects::LoadedObject,
+    unnamed: usize,
+    addresses: usize,
+) -> String {
+    let build_id = if object.build_id.is_empty() {
+        "no build ID".to_string()
+    } else {
+        format!("build ID {}", object.build_id)
+    };
+    let base = Path::new(&object.path)
+        .file_name()
+        .map_or(object.path.clone(), |n| n.to_string_lossy().into_owned());
+    let id_dir = if object.build_id.is_empty() {
+        "BUILD_ID"
+    } else {
+        &object.build_id
+    };
+    format!(
+        "pprofd: {unnamed} of {addresses} addresses in {} ({build_id}) are not symbolized: it \
+         has no symbol table and no debug file was found. To symbolize them later, put the \
+         unstripped file in DIR as DIR/{id_dir}/{base} and run \
+         `pprofd symbolize PROFILE --debug-dir DIR -o OUT`, or upstream pprof's \
+         `PPROF_BINARY_PATH=DIR pprof PROFILE` (Go 1.19's `go tool pprof` matches no build \
+         IDs; for the executable, `go tool pprof UNSTRIPPED PROFILE` works)",
+        object.path,
+    )
 }
 
 /// Returns free memory at the top of glibc's heaps and in whole free pages of its arenas to
@@ -95,40 +274,6 @@ pub(crate) fn function_names(addresses: &[u64]) -> Vec<(u64, String)> {
             Some((a, name))
         })
         .collect()
-}
-
-/// Turns blazesym's answer (outermost function first, each with the location inside it)
-/// into pprof's order: innermost first.
-fn inline_chain(sym: &blazesym::symbolize::Sym<'_>) -> Vec<SourceFrame> {
-    let frame = |name: &str, code: Option<&CodeInfo<'_>>| {
-        let function = clean_name(name);
-        SourceFrame {
-            system_name: function.clone(),
-            function,
-            file: code
-                .map(|c| c.to_path().to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            line: code.and_then(|c| c.line).unwrap_or(0) as i64,
-        }
-    };
-    let mut chain: Vec<SourceFrame> = sym
-        .inlined
-        .iter()
-        .rev()
-        .map(|f| frame(&f.name, f.code_info.as_ref()))
-        .collect();
-    chain.push(frame(&sym.name, sym.code_info.as_deref()));
-    chain
-}
-
-/// Drops the `::h0123456789abcdef` hash that legacy Rust mangling leaves on demangled names.
-fn clean_name(name: &str) -> String {
-    match name.rsplit_once("::h") {
-        Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            head.to_string()
-        }
-        _ => name.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -157,11 +302,5 @@ mod tests {
         assert_eq!(main.path, exe.to_string_lossy());
         assert!((main.start..main.limit).contains(&address));
         assert!(!main.build_id.is_empty(), "rustc links with a GNU build ID");
-    }
-
-    #[test]
-    fn strips_legacy_hashes_only() {
-        assert_eq!(clean_name("app::work::h0123456789abcdef"), "app::work");
-        assert_eq!(clean_name("app::hello"), "app::hello");
     }
 }

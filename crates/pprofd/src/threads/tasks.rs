@@ -6,9 +6,11 @@
 //! tracing runs outside any signal handler and unwinds with the `backtrace` crate, which is
 //! fine there; pprofd only turns the frames' addresses into its own stacks.
 //!
-//! tokio resolves the traces with the `backtrace` crate, whose global cache of parsed debug
-//! info would stay resident for the life of the process (docs/invariants.md invariant 5); pprofd
-//! clears it once the task dump is read, as it drops its own symbolizer after each profile.
+//! tokio hands the frames out only symbolized by the `backtrace` crate (tens of MiB of parsed
+//! debug info); pprofd reads the unresolved instruction pointers from the trace instead and
+//! symbolizes them itself, unit by unit ([`crate::symbolize`]). Should a tokio version not
+//! show them, it falls back to tokio's resolution and then clears the `backtrace` crate's
+//! global cache, which would otherwise stay resident (docs/invariants.md invariant 5).
 //!
 //! Multi-thread runtimes are dumped only with `PPROF_TOKIO_TASKS=all`. tokio (1.54 and
 //! before) makes the workers of a multi-thread runtime meet at a barrier that gives up after
@@ -356,20 +358,27 @@ mod watch {
     }
 
     fn tasks_of(dump: &tokio::runtime::Dump) -> Vec<DumpedTask> {
+        let mut resolved_with_backtrace = false;
         let tasks = dump
             .tasks()
             .iter()
             .map(|task| {
-                let mut await_points: Vec<Vec<Frame>> = task
-                    .trace()
-                    .resolve_backtraces()
+                let trace = task.trace();
+                let instruction_pointers = instruction_pointers(trace).unwrap_or_else(|| {
+                    resolved_with_backtrace = true;
+                    trace
+                        .resolve_backtraces()
+                        .iter()
+                        .map(|backtrace| backtrace.frames().map(|f| f.ip() as u64).collect())
+                        .collect()
+                });
+                let mut await_points: Vec<Vec<Frame>> = instruction_pointers
                     .iter()
-                    .map(|backtrace| {
-                        backtrace
-                            .frames()
-                            // Every frame is a caller: its return address minus one points into
-                            // the call, as pprofd's stacks expect.
-                            .map(|frame| Frame::Address((frame.ip() as u64).saturating_sub(1)))
+                    .map(|ips| {
+                        // Every frame is a caller: its return address minus one points into
+                        // the call, as pprofd's stacks expect.
+                        ips.iter()
+                            .map(|&ip| Frame::Address(ip.saturating_sub(1)))
                             .collect()
                     })
                     .collect();
@@ -385,10 +394,64 @@ mod watch {
                 }
             })
             .collect();
-        // tokio's resolution filled the backtrace crate's cache: release it (and let glibc
-        // hand the freed pages back, as after pprofd's own symbolizer).
-        backtrace::clear_symbol_cache();
-        crate::symbolize::release_freed_memory();
+        if resolved_with_backtrace {
+            // tokio's resolution filled the backtrace crate's cache: release it (and let
+            // glibc hand the freed pages back, as after pprofd's own symbolizer).
+            backtrace::clear_symbol_cache();
+            crate::symbolize::release_freed_memory();
+        }
         tasks
+    }
+
+    /// The instruction pointers of each of `trace`'s backtraces, without symbolizing them.
+    ///
+    /// tokio offers the frames only through `resolve_backtraces`, which symbolizes every frame
+    /// with the `backtrace` crate: 20 MiB of parsed debug info and 20 MiB of the binary's
+    /// pages on the demo router, for addresses pprofd then symbolizes itself, unit by unit.
+    /// The trace's `Debug` form lists the captured, unresolved frames
+    /// (`backtraces: [[BacktraceFrame { ip: 0x…, symbol_address: 0x… }, …], …]`), so the
+    /// addresses are read from it. `None` when the form is not that one (another tokio
+    /// version): the caller then resolves as tokio does.
+    fn instruction_pointers(trace: &tokio::runtime::dump::Trace) -> Option<Vec<Vec<u64>>> {
+        let debug = format!("{trace:?}");
+        let list = &debug[debug.find("backtraces: [")? + "backtraces: ".len()..];
+        let mut backtraces = Vec::new();
+        let mut depth = 0;
+        let mut rest = list;
+        while let Some(i) = rest.find(['[', ']', 'i']) {
+            let tail = &rest[i..];
+            match tail.as_bytes()[0] {
+                b'[' => {
+                    depth += 1;
+                    if depth == 2 {
+                        backtraces.push(Vec::new());
+                    }
+                    rest = &tail[1..];
+                }
+                b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(backtraces);
+                    }
+                    rest = &tail[1..];
+                }
+                _ => {
+                    let Some(hex) = tail.strip_prefix("ip: 0x") else {
+                        rest = &tail[1..];
+                        continue;
+                    };
+                    let end = hex
+                        .find(|c: char| !c.is_ascii_hexdigit())
+                        .unwrap_or(hex.len());
+                    let ip = u64::from_str_radix(&hex[..end], 16).ok()?;
+                    if depth != 2 {
+                        return None;
+                    }
+                    backtraces.last_mut()?.push(ip);
+                    rest = &hex[end..];
+                }
+            }
+        }
+        None
     }
 }

@@ -67,20 +67,23 @@ impl SlotWriter<'_> {
 
 impl StackRing {
     /// A ring of `capacity` slots (about 1 KiB each), allocated now.
+    ///
+    /// The slots are zeroed by the allocator (calloc: fresh pages from the kernel for a ring
+    /// this size) rather than written one by one, so a slot costs resident memory only once a
+    /// sample has used it: a short profile of a few threads touches a fraction of the 8 MiB.
     pub fn new(capacity: usize) -> Self {
-        let slots = (0..capacity.max(PROBES))
-            .map(|_| Slot {
-                state: AtomicU8::new(FREE),
-                record: UnsafeCell::new(StackRecord {
-                    tid: 0,
-                    weight: 0,
-                    truncated: false,
-                    no_room: false,
-                    depth: 0,
-                    frames: [0; MAX_DEPTH],
-                }),
-            })
-            .collect();
+        let len = capacity.max(PROBES);
+        let layout = std::alloc::Layout::array::<Slot>(len).expect("the ring fits in memory");
+        // SAFETY: the layout has a non-zero size (len >= PROBES slots of ~1 KiB).
+        let memory = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Slot;
+        if memory.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: `memory` holds `len` zeroed slots allocated with the global allocator and
+        // the layout of `[Slot; len]`, as `Box<[Slot]>` frees it; all zeros is a valid Slot:
+        // state FREE (0) and a StackRecord of zero integers, `false` booleans, zero frames.
+        let slots: Box<[Slot]> =
+            unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(memory, len)) };
         StackRing {
             slots,
             next: AtomicUsize::new(0),

@@ -1,0 +1,530 @@
+//! Addresses to inline chains with file:line, from DWARF, one compilation unit at a time.
+//!
+//! `.debug_aranges` says which unit holds each address (when it is missing, each unit's own
+//! ranges do). Each unit that holds an address is then read once: its line program is run to
+//! the rows covering the addresses, and its DIE tree walked for the subprograms and inlined
+//! subroutines whose ranges hold them, skipping every function that holds none. Nothing of a
+//! unit is kept but the frames of its addresses, and the file's pages are handed back after
+//! each unit, so memory follows the largest unit a profile touches, not the binary.
+
+use std::collections::HashMap;
+
+use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
+use object::{Object, ObjectSection};
+
+use super::elf::Elf;
+use super::names::FunctionName;
+
+type Reader<'d> = EndianSlice<'d, RunTimeEndian>;
+type Unit<'d> = gimli::Unit<Reader<'d>>;
+
+/// One frame of an inline chain as DWARF gives it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DwarfFrame {
+    /// The function, when its DIE names it.
+    pub name: Option<FunctionName>,
+    /// Source file, empty when unknown.
+    pub file: String,
+    /// Source line, 0 when unknown.
+    pub line: u32,
+}
+
+/// The DWARF sections of an object file, borrowed from its bytes. Compressed sections
+/// (`SHF_COMPRESSED`) are left out: decompressing one would cost as much memory as the
+/// section, so such objects get function names from their symbol table only.
+pub(crate) fn load<'d>(elf: &Elf<'d>) -> Option<gimli::Dwarf<Reader<'d>>> {
+    let endian = if elf.is_little_endian() {
+        RunTimeEndian::Little
+    } else {
+        RunTimeEndian::Big
+    };
+    let section = |id: gimli::SectionId| -> Result<Reader<'d>, ()> {
+        let data = elf
+            .section_by_name(id.name())
+            .filter(|s| {
+                s.compressed_file_range()
+                    .is_ok_and(|r| r.format == object::CompressionFormat::None)
+            })
+            .and_then(|s| s.data().ok())
+            .unwrap_or(&[]);
+        Ok(EndianSlice::new(data, endian))
+    };
+    let dwarf = gimli::Dwarf::load(section).ok()?;
+    (!gimli::Section::reader(&dwarf.debug_info).is_empty()).then_some(dwarf)
+}
+
+/// The inline chain of each of `svmas` (sorted file addresses), innermost frame first;
+/// empty where DWARF does not cover the address. `release_pages` hands the pages read so far
+/// back; it runs after each unit.
+pub(crate) fn resolve(
+    dwarf: &gimli::Dwarf<Reader<'_>>,
+    svmas: &[u64],
+    release_pages: impl Fn(),
+) -> Vec<Vec<DwarfFrame>> {
+    let mut chains = vec![Vec::new(); svmas.len()];
+    let mut by_unit: Vec<(usize, usize)> = units_of(dwarf, svmas)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, unit)| Some((unit?, i)))
+        .collect();
+    by_unit.sort_unstable();
+    let mut names = Names::new(dwarf, &release_pages);
+    for group in by_unit.chunk_by(|a, b| a.0 == b.0) {
+        let offset = gimli::DebugInfoOffset(group[0].0);
+        let indices: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
+        let addresses: Vec<u64> = indices.iter().map(|&i| svmas[i]).collect();
+        let unit = dwarf
+            .debug_info
+            .header_from_offset(offset)
+            .and_then(|header| dwarf.unit(header));
+        if let Ok(unit) = unit {
+            // A malformed unit leaves its addresses with symbol-table names only.
+            if let Ok(unit_chains) = UnitFrames::new(dwarf, &unit, &mut names).chains(&addresses) {
+                for (i, chain) in indices.into_iter().zip(unit_chains) {
+                    chains[i] = chain;
+                }
+            }
+        }
+        release_pages();
+    }
+    chains
+}
+
+/// The `.debug_info` offset of the unit that holds each address.
+fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize>> {
+    let mut units = vec![None; svmas.len()];
+    let mut assign = |begin: u64, end: u64, unit: usize| {
+        let first = svmas.partition_point(|&a| a < begin);
+        let last = svmas.partition_point(|&a| a < end);
+        for slot in &mut units[first..last] {
+            slot.get_or_insert(unit);
+        }
+    };
+    let mut headers = dwarf.debug_aranges.headers();
+    let mut any_aranges = false;
+    while let Ok(Some(header)) = headers.next() {
+        any_aranges = true;
+        let unit = header.debug_info_offset().0;
+        let mut entries = header.entries();
+        while let Ok(Some(entry)) = entries.next() {
+            let range = entry.range();
+            assign(range.begin, range.end, unit);
+        }
+    }
+    if !any_aranges {
+        // No index: read each unit's root DIE for its ranges.
+        let mut headers = dwarf.units();
+        while let Ok(Some(header)) = headers.next() {
+            let Some(offset) = header.debug_info_offset() else {
+                continue;
+            };
+            let Ok(unit) = dwarf.unit(header) else {
+                continue;
+            };
+            let Ok(mut ranges) = dwarf.unit_ranges(&unit) else {
+                continue;
+            };
+            while let Ok(Some(range)) = ranges.next() {
+                assign(range.begin, range.end, offset.0);
+            }
+        }
+    }
+    units
+}
+
+/// A function DIE that holds an address: the chain is built from these, outermost first.
+struct Function {
+    depth: isize,
+    name: Option<FunctionName>,
+    /// Where the inlined call was made (`DW_AT_call_file`, `DW_AT_call_line`), in the
+    /// function one level out.
+    call_file: u64,
+    call_line: u32,
+}
+
+/// One unit being read.
+struct UnitFrames<'u, 'a, 'd> {
+    dwarf: &'a gimli::Dwarf<Reader<'d>>,
+    unit: &'u Unit<'d>,
+    /// File paths rendered so far, by line-program file index.
+    files: HashMap<u64, String>,
+    names: &'u mut Names<'a, 'd>,
+}
+
+impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
+    fn new(
+        dwarf: &'a gimli::Dwarf<Reader<'d>>,
+        unit: &'u Unit<'d>,
+        names: &'u mut Names<'a, 'd>,
+    ) -> Self {
+        UnitFrames {
+            dwarf,
+            unit,
+            files: HashMap::new(),
+            names,
+        }
+    }
+
+    /// The inline chains of `addresses` (sorted, all in this unit), innermost first.
+    fn chains(&mut self, addresses: &[u64]) -> gimli::Result<Vec<Vec<DwarfFrame>>> {
+        let rows = self.line_rows(addresses)?;
+        let functions = self.functions(addresses)?;
+        let mut chains = Vec::with_capacity(addresses.len());
+        for (row, functions) in rows.into_iter().zip(functions) {
+            let (mut file, mut line) = row.unwrap_or((u64::MAX, 0));
+            let mut chain = Vec::with_capacity(functions.len().max(1));
+            for function in functions.iter().rev() {
+                chain.push(DwarfFrame {
+                    name: function.name.clone(),
+                    file: self.file(file),
+                    line,
+                });
+                (file, line) = (function.call_file, function.call_line);
+            }
+            if chain.is_empty() && row.is_some() {
+                // A line row but no function DIE: keep the line, the symbol table names it.
+                chain.push(DwarfFrame {
+                    name: None,
+                    file: self.file(file),
+                    line,
+                });
+            }
+            chains.push(chain);
+        }
+        Ok(chains)
+    }
+
+    /// The `(file index, line)` of the line-table row covering each address.
+    fn line_rows(&self, addresses: &[u64]) -> gimli::Result<Vec<Option<(u64, u32)>>> {
+        let mut found = vec![None; addresses.len()];
+        let Some(program) = self.unit.line_program.clone() else {
+            return Ok(found);
+        };
+        let mut rows = program.rows();
+        // The row in effect from its address up to the next row's, within a sequence, and
+        // the first address not below it: rows rise within a sequence, so that index only
+        // moves forward until the next sequence starts.
+        let mut current: Option<(u64, u64, u32)> = None;
+        let mut next = 0;
+        while let Some((_, row)) = rows.next_row()? {
+            if let Some((start, file, line)) = current {
+                let end = row.address();
+                while next < addresses.len() && addresses[next] < start {
+                    next += 1;
+                }
+                while next < addresses.len() && addresses[next] < end {
+                    found[next].get_or_insert((file, line));
+                    next += 1;
+                }
+            } else {
+                next = addresses.partition_point(|&a| a < row.address());
+            }
+            current = (!row.end_sequence()).then(|| {
+                let line = row.line().map_or(0, |l| l.get() as u32);
+                (row.address(), row.file_index(), line)
+            });
+        }
+        Ok(found)
+    }
+
+    /// For each address, the function DIEs whose ranges hold it, outermost first.
+    ///
+    /// The DIEs are read raw: only function DIEs outside skipped subtrees have their
+    /// attributes parsed; every other DIE's are stepped over by their forms' sizes.
+    fn functions(&mut self, addresses: &[u64]) -> gimli::Result<Vec<Vec<Function>>> {
+        let mut chains: Vec<Vec<Function>> = (0..addresses.len()).map(|_| Vec::new()).collect();
+        let mut hits = Vec::new();
+        let mut attrs = Vec::new();
+        let unit = self.unit;
+        let mut entries = unit.entries_raw(None)?;
+        // Depth of a function that holds none of the addresses: its subtree is skipped.
+        let mut skip_below: Option<isize> = None;
+        while !entries.is_empty() {
+            let depth = entries.next_depth();
+            let offset = entries.next_offset();
+            let Some(abbrev) = entries.read_abbreviation()? else {
+                continue;
+            };
+            let skipped = match skip_below {
+                Some(d) if depth > d => true,
+                _ => {
+                    skip_below = None;
+                    false
+                }
+            };
+            let function = abbrev.tag() == gimli::DW_TAG_subprogram
+                || abbrev.tag() == gimli::DW_TAG_inlined_subroutine;
+            if skipped || !function {
+                entries.skip_attributes(abbrev.attributes())?;
+                continue;
+            }
+            entries.read_attributes(abbrev.attributes(), &mut attrs)?;
+            hits.clear();
+            self.for_each_range(&attrs, |begin, end| {
+                let first = addresses.partition_point(|&a| a < begin);
+                let last = first + addresses[first..].partition_point(|&a| a < end);
+                hits.extend(first..last);
+            })?;
+            if hits.is_empty() {
+                skip_below = Some(depth);
+                continue;
+            }
+            let (mut call_file, mut call_line) = (u64::MAX, 0);
+            for attr in &attrs {
+                match (attr.name(), attr.udata_value()) {
+                    (gimli::DW_AT_call_file, Some(f)) => call_file = f,
+                    (gimli::DW_AT_call_line, Some(l)) => call_line = l as u32,
+                    _ => {}
+                }
+            }
+            let name = self.names.name(unit, offset, &attrs, 0);
+            for &i in &hits {
+                let chain = &mut chains[i];
+                // Ranges nest; one that does not (bad DWARF) replaces the deeper entries.
+                while chain.last().is_some_and(|f| f.depth >= depth) {
+                    chain.pop();
+                }
+                chain.push(Function {
+                    depth,
+                    name: name.clone(),
+                    call_file,
+                    call_line,
+                });
+            }
+        }
+        Ok(chains)
+    }
+
+    /// Calls `f` with each address range of the DIE with `attrs` (`DW_AT_low_pc` with
+    /// `DW_AT_high_pc`, or `DW_AT_ranges`), as gimli's `Dwarf::die_ranges` reads them.
+    fn for_each_range(
+        &self,
+        attrs: &[gimli::Attribute<Reader<'d>>],
+        mut f: impl FnMut(u64, u64),
+    ) -> gimli::Result<()> {
+        let (mut low, mut high, mut size) = (None, None, None);
+        for attr in attrs {
+            match attr.name() {
+                gimli::DW_AT_low_pc => low = self.dwarf.attr_address(self.unit, attr.value())?,
+                gimli::DW_AT_high_pc => match attr.value() {
+                    AttributeValue::Udata(n) => size = Some(n),
+                    value => high = self.dwarf.attr_address(self.unit, value)?,
+                },
+                gimli::DW_AT_ranges => {
+                    if let Some(mut ranges) = self.dwarf.attr_ranges(self.unit, attr.value())? {
+                        while let Some(range) = ranges.next()? {
+                            f(range.begin, range.end);
+                        }
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let (Some(begin), Some(end)) = (low, size.map(|n| low.unwrap_or(0) + n).or(high)) {
+            f(begin, end);
+        }
+        Ok(())
+    }
+
+    /// The path of line-program file `index` (u64::MAX: none).
+    fn file(&mut self, index: u64) -> String {
+        if index == u64::MAX {
+            return String::new();
+        }
+        if let Some(path) = self.files.get(&index) {
+            return path.clone();
+        }
+        let path = self.render_file(index).unwrap_or_default();
+        self.files.insert(index, path.clone());
+        path
+    }
+
+    fn render_file(&self, index: u64) -> Option<String> {
+        let header = self.unit.line_program.as_ref()?.header();
+        let file = header.file(index)?;
+        let string = |value| {
+            self.dwarf
+                .attr_string(self.unit, value)
+                .ok()
+                .map(|s| s.to_string_lossy().into_owned())
+        };
+        let mut path = self
+            .unit
+            .comp_dir
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Directory 0 is the compilation directory.
+        if file.directory_index() != 0 {
+            if let Some(dir) = file.directory(header).and_then(string) {
+                push_path(&mut path, &dir);
+            }
+        }
+        push_path(&mut path, &string(file.path_name())?);
+        Some(path)
+    }
+}
+
+/// Function names of one object's DWARF, by the `.debug_info` offset of the DIE that gives
+/// them, and what it takes to follow references into other units.
+struct Names<'a, 'd> {
+    dwarf: &'a gimli::Dwarf<Reader<'d>>,
+    names: HashMap<usize, Option<FunctionName>>,
+    /// Start offsets of the units, read the first time a reference leads out of a unit.
+    unit_starts: Option<Vec<usize>>,
+    /// Hands the object's pages read so far back.
+    release_pages: &'a dyn Fn(),
+    /// The units references led into, parsed once (a few: LTO's inlined functions come
+    /// from a handful of units). Bounded by [`REFERENCED_UNITS`].
+    referenced_units: HashMap<usize, Unit<'d>>,
+}
+
+/// Most units kept parsed for cross-unit references at once; the cache starts over past it.
+const REFERENCED_UNITS: usize = 16;
+/// Most references followed for one name (bad DWARF could loop).
+const REFERENCE_HOPS: u32 = 8;
+
+impl<'a, 'd> Names<'a, 'd> {
+    fn new(dwarf: &'a gimli::Dwarf<Reader<'d>>, release_pages: &'a dyn Fn()) -> Self {
+        Names {
+            dwarf,
+            release_pages,
+            names: HashMap::new(),
+            unit_starts: None,
+            referenced_units: HashMap::new(),
+        }
+    }
+
+    /// The name of the function DIE at `offset` in `unit` with `attrs`: its linkage name,
+    /// else that of the DIE it refers to (`DW_AT_abstract_origin` for inlined and
+    /// out-of-line instances, `DW_AT_specification` for definitions of declarations; in this
+    /// unit or, after cross-unit inlining, another), else its plain `DW_AT_name`.
+    fn name(
+        &mut self,
+        unit: &Unit<'d>,
+        offset: gimli::UnitOffset,
+        attrs: &[gimli::Attribute<Reader<'d>>],
+        hops: u32,
+    ) -> Option<FunctionName> {
+        let key = offset.to_debug_info_offset(&unit.header)?.0;
+        if let Some(name) = self.names.get(&key) {
+            return name.clone();
+        }
+        let mut plain = None;
+        let mut origin = None;
+        for attr in attrs {
+            match attr.name() {
+                gimli::DW_AT_linkage_name | gimli::DW_AT_MIPS_linkage_name => {
+                    if let Ok(s) = self.dwarf.attr_string(unit, attr.value()) {
+                        let name = Some(FunctionName::from_symbol(&s.to_string_lossy()));
+                        self.names.insert(key, name.clone());
+                        return name;
+                    }
+                }
+                gimli::DW_AT_name => plain = self.dwarf.attr_string(unit, attr.value()).ok(),
+                gimli::DW_AT_abstract_origin | gimli::DW_AT_specification => {
+                    origin = match attr.value() {
+                        AttributeValue::UnitRef(target) => {
+                            target.to_debug_info_offset(&unit.header).map(|o| o.0)
+                        }
+                        AttributeValue::DebugInfoRef(target) => Some(target.0),
+                        _ => None,
+                    };
+                }
+                _ => {}
+            }
+        }
+        // Inserted before following the reference, so a cycle in bad DWARF ends here.
+        self.names.insert(key, None);
+        let referred = origin
+            .filter(|&target| target != key && hops < REFERENCE_HOPS)
+            .and_then(|target| self.name_at(unit, target, hops + 1));
+        let name = referred
+            .or_else(|| plain.map(|p| FunctionName::from_source_name(&p.to_string_lossy())));
+        self.names.insert(key, name.clone());
+        name
+    }
+
+    /// The name of the DIE at `.debug_info` offset `target`, referred to from `from`.
+    fn name_at(&mut self, from: &Unit<'d>, target: usize, hops: u32) -> Option<FunctionName> {
+        let in_from = gimli::DebugInfoOffset(target)
+            .to_unit_offset(&from.header)
+            .filter(|o| o.0 >= from.header.header_size());
+        if let Some(offset) = in_from {
+            let entry = from.entry(offset).ok()?;
+            return self.name(from, offset, entry.attrs(), hops);
+        }
+        let start = self.unit_start(target)?;
+        if !self.referenced_units.contains_key(&start) {
+            if self.referenced_units.len() >= REFERENCED_UNITS {
+                self.referenced_units.clear();
+            }
+            let header = self
+                .dwarf
+                .debug_info
+                .header_from_offset(gimli::DebugInfoOffset(start))
+                .ok()?;
+            let unit = self.dwarf.unit(header).ok()?;
+            self.referenced_units.insert(start, unit);
+        }
+        // Taken out while its DIEs are read (the cache is borrowed mutably meanwhile).
+        let unit = self.referenced_units.remove(&start)?;
+        let name = gimli::DebugInfoOffset(target)
+            .to_unit_offset(&unit.header)
+            .and_then(|offset| {
+                let entry = unit.entry(offset).ok()?;
+                self.name(&unit, offset, entry.attrs(), hops)
+            });
+        self.referenced_units.insert(start, unit);
+        name
+    }
+
+    /// The start of the unit holding `.debug_info` offset `target`.
+    fn unit_start(&mut self, target: usize) -> Option<usize> {
+        let dwarf = self.dwarf;
+        let release_pages = self.release_pages;
+        let starts = self.unit_starts.get_or_insert_with(|| {
+            // Every unit header, code-less ones included (`.debug_aranges` lists only units
+            // with code; the abstract DIEs that inlined copies refer to often live in others).
+            // Each header is on its own page, handed back every few hundred units.
+            let mut starts = Vec::new();
+            let mut headers = dwarf.debug_info.units();
+            while let Ok(Some(header)) = headers.next() {
+                starts.extend(header.debug_info_offset().map(|o| o.0));
+                if starts.len() % 256 == 0 {
+                    release_pages();
+                }
+            }
+            starts
+        });
+        let i = starts.partition_point(|&s| s <= target);
+        starts.get(i.checked_sub(1)?).copied()
+    }
+}
+
+/// Appends `part` to `path` with a `/`, or replaces `path` when `part` is absolute.
+fn push_path(path: &mut String, part: &str) {
+    if part.starts_with('/') || path.is_empty() {
+        *path = part.to_string();
+    } else {
+        if !path.ends_with('/') {
+            path.push('/');
+        }
+        path.push_str(part);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_paths_like_the_compiler_wrote_them() {
+        let mut path = "/src/app".to_string();
+        push_path(&mut path, "src");
+        push_path(&mut path, "main.rs");
+        assert_eq!(path, "/src/app/src/main.rs");
+        push_path(&mut path, "/rustc/abc/library/core/src/iter.rs");
+        assert_eq!(path, "/rustc/abc/library/core/src/iter.rs");
+    }
+}
