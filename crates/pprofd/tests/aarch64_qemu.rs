@@ -15,8 +15,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pprofd::profile::proto::Profile;
-use support::{function_names, Workload};
+use support::{function_names, share_of, Workload};
 
 fn aarch64_service() -> Option<PathBuf> {
     match std::env::var_os("PPROFD_AARCH64_SERVICE") {
@@ -31,21 +30,6 @@ fn aarch64_service() -> Option<PathBuf> {
             None
         }
     }
-}
-
-fn share_of(profile: &Profile, function_suffix: &str) -> f64 {
-    let total: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
-    let matching: i64 = profile
-        .sample
-        .iter()
-        .filter(|s| {
-            function_names(profile, s)
-                .iter()
-                .any(|f| f.ends_with(function_suffix))
-        })
-        .map(|s| s.value[0])
-        .sum();
-    matching as f64 / total as f64
 }
 
 /// The record of thread `name` in a `debug=2` dump.

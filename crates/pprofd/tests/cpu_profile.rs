@@ -7,22 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{function_names, get, request, Workload};
-
-fn share_of(profile: &pprofd::profile::proto::Profile, function_suffix: &str) -> f64 {
-    let total: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
-    let matching: i64 = profile
-        .sample
-        .iter()
-        .filter(|s| {
-            function_names(profile, s)
-                .iter()
-                .any(|f| f.ends_with(function_suffix))
-        })
-        .map(|s| s.value[0])
-        .sum();
-    matching as f64 / total as f64
-}
+use support::{function_names, get, request, share_of, Workload};
 
 #[test]
 fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {

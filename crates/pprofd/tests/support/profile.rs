@@ -1,4 +1,5 @@
-//! Reading decoded profiles: the functions of a sample's stack, a sample's labels.
+//! Reading decoded profiles: the functions of a sample's stack, a function's share, a
+//! sample's labels.
 
 use std::collections::HashMap;
 
@@ -14,6 +15,23 @@ pub fn function_names(profile: &Profile, sample: &Sample) -> Vec<String> {
         .flat_map(|id| locations[id].line.iter())
         .map(|line| profile.string_table[functions[&line.function_id].name as usize].clone())
         .collect()
+}
+
+/// The share of the first sample value (the sample count) held by stacks through a function
+/// whose name ends with `function_suffix`.
+pub fn share_of(profile: &Profile, function_suffix: &str) -> f64 {
+    let total: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    let matching: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| {
+            function_names(profile, s)
+                .iter()
+                .any(|f| f.ends_with(function_suffix))
+        })
+        .map(|s| s.value[0])
+        .sum();
+    matching as f64 / total as f64
 }
 
 /// The string value of `sample`'s label `key`.
