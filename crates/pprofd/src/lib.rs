@@ -47,6 +47,7 @@ macro_rules! where_pprofd_profiles {
 
 mod error;
 mod flame_graph;
+pub mod labels;
 pub mod profile;
 
 where_pprofd_profiles! {
@@ -84,6 +85,9 @@ pub use unsupported::{heap, init_from_env, server};
 
 pub use error::Error;
 pub use heap::Allocator;
+#[cfg(feature = "tracing")]
+pub use labels::TracingLabels;
+pub use labels::{Instrumented, Labels};
 pub use server::{Config, Server};
 
 /// The environment variable holding the listen address (`127.0.0.1:6060`, `:6060`, ...).

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::labels::LabelSetId;
 use crate::procfs;
 use crate::profile::{Frame, Label, ProfileBuilder};
 use crate::sighandler::Disposition;
@@ -76,8 +77,18 @@ enum Ending {
     NoRoom,
 }
 
-/// Aggregated samples, keyed by thread, stack and how it ends.
-type StackCounts = HashMap<(i32, Ending, Vec<u64>), Caught>;
+/// What tells one aggregated sample from another.
+#[derive(PartialEq, Eq, Hash)]
+struct SampleKey {
+    tid: i32,
+    ending: Ending,
+    labels: LabelSetId,
+    task: u64,
+    stack: Vec<u64>,
+}
+
+/// Aggregated samples.
+type StackCounts = HashMap<SampleKey, Caught>;
 
 /// How often one stack was caught: signals taken, and the timer periods they stand for.
 #[derive(Default)]
@@ -160,7 +171,14 @@ impl CpuProfile {
         );
         builder.set_time(self.started, self.started_at.elapsed());
         let (mut truncated, mut no_room, mut signals, mut periods) = (0, 0, 0, 0);
-        for ((tid, ending, stack), caught) in collected.counts {
+        for (key, caught) in collected.counts {
+            let SampleKey {
+                tid,
+                ending,
+                labels,
+                task,
+                stack,
+            } = key;
             signals += caught.signals;
             periods += caught.periods;
             let mut frames: Vec<Frame> = stack.into_iter().map(Frame::Address).collect();
@@ -180,10 +198,9 @@ impl CpuProfile {
                 .get(&tid)
                 .cloned()
                 .unwrap_or_else(|| format!("thread-{tid}"));
-            let labels = vec![
-                Label::str("thread", name),
-                Label::num("thread_id", tid as i64, None),
-            ];
+            let mut labels = crate::labels::profile_labels(labels, task);
+            labels.push(Label::str("thread", name));
+            labels.push(Label::num("thread_id", tid as i64, None));
             // `samples` counts the stacks caught; `cpu` every period they stand for.
             builder.add_sample(
                 frames,
@@ -332,10 +349,14 @@ fn collect(hz: u32, stop: &AtomicBool, displaced: Option<Disposition>) -> Collec
 fn drain(ring: &StackRing, collected: &mut Collected) {
     ring.drain(|record: &StackRecord| {
         let stack = record.frames[..record.depth].to_vec();
-        let caught = collected
-            .counts
-            .entry((record.tid, ending(record), stack))
-            .or_default();
+        let key = SampleKey {
+            tid: record.tid,
+            ending: ending(record),
+            labels: record.labels,
+            task: record.task,
+            stack,
+        };
+        let caught = collected.counts.entry(key).or_default();
         caught.signals += 1;
         caught.periods += record.weight;
     });

@@ -21,6 +21,8 @@
 //! - Stack room: the walk runs only with `unwind::WALK_STACK_NEED` bytes of stack left below
 //!   the handler, on the thread's stack or the sigaltstack it is on; otherwise the sample is
 //!   recorded as "[lost: no stack room]" with its leaf address alone.
+//! - Labels: the handler copies the thread's label-set id and task id (two thread-local
+//!   words, `crate::labels::current`), never the labels themselves.
 //! - Each thread has its own `CLOCK_THREAD_CPUTIME_ID` timer delivering to that thread
 //!   (`SIGEV_THREAD_ID`), so samples are proportional to each thread's CPU time.
 
@@ -144,6 +146,8 @@ unsafe fn record_sample(ucontext: *mut libc::c_void, periods: u64) {
     record.no_room = unwound.not_walked == Some(unwind::NoWalk::NoRoom);
     record.tid = crate::procfs::gettid();
     record.weight = periods;
+    // Two loads of const thread-locals without destructors (see `crate::labels`).
+    (record.labels, record.task) = crate::labels::current();
     slot.commit();
 }
 
@@ -214,7 +218,7 @@ mod tests {
         let deepest = collected
             .counts
             .keys()
-            .map(|(_, _, stack)| stack.len())
+            .map(|key| key.stack.len())
             .max();
         assert!(
             deepest.is_some_and(|d| d > 2),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::sampler;
 use super::tables::{self, HeapTables, SiteCounters, FIXED_ONE, OVERFLOW_SITE};
+use crate::labels::LabelSetId;
 use crate::profile::{self, Frame, Label, ProfileBuilder, Resolver};
 use crate::symbolize::ProcessSymbols;
 
@@ -95,7 +96,7 @@ impl HeapSnapshot {
             let sites = sampler::tables()
                 .map(|t| {
                     t.sites()
-                        .map(|(site, _)| (site, read(t.counters(site))))
+                        .map(|(site, _, _)| (site, read(t.counters(site))))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -157,7 +158,8 @@ impl HeapSnapshot {
                 if values.iter().all(|&v| v == 0) {
                     continue;
                 }
-                let labels = vec![Label::num("bytes", record.block_size, None)];
+                let mut labels = crate::labels::profile_labels(record.labels, 0);
+                labels.push(Label::num("bytes", record.block_size, None));
                 builder.add_sample(record.frames.clone(), values, labels);
             }
             if !allocator_frames {
@@ -256,19 +258,19 @@ impl HeapSnapshot {
             };
         };
         let mut raw = Vec::new();
-        for (site, stack) in tables.sites() {
+        for (site, stack, labels) in tables.sites() {
             let Some(&counts) = self.sites.get(&site) else {
                 continue;
             };
             if counts.iter().all(|&c| c == 0) {
                 continue;
             }
-            raw.push((counts, stored_stack(tables, site, stack)));
+            raw.push((counts, labels, stored_stack(tables, site, stack)));
         }
         let mut symbols = AllocatorTrimmed {
             symbols: ProcessSymbols::resolve(
                 raw.iter()
-                    .flat_map(|(_, (frames, _))| frames.iter().copied()),
+                    .flat_map(|(_, _, (frames, _))| frames.iter().copied()),
             ),
             skip_inline: HashMap::new(),
         };
@@ -276,7 +278,7 @@ impl HeapSnapshot {
             .expect("ALLOCATOR_FRAMES is a valid pattern (tested)");
         let list = raw
             .into_iter()
-            .map(|(counts, (frames, marker))| {
+            .map(|(counts, labels, (frames, marker))| {
                 let (callers, skip_inline) = match trim {
                     Trim::AllocatorPrefix => {
                         allocator_prefix(&symbols.symbols, &frames, &allocator_frames)
@@ -299,6 +301,7 @@ impl HeapSnapshot {
                     counts,
                     frames,
                     block_size,
+                    labels,
                 }
             })
             .collect();
@@ -380,6 +383,8 @@ struct Record {
     counts: Counts,
     frames: Vec<Frame>,
     block_size: i64,
+    /// The labels active on the allocating thread.
+    labels: LabelSetId,
 }
 
 struct Records {
@@ -492,7 +497,7 @@ fn allocator_prefix(
 pub(super) fn sampled_allocations() -> u64 {
     sampler::tables().map_or(0, |t| {
         t.sites()
-            .map(|(site, _)| t.counters(site).alloc_samples.load(Relaxed))
+            .map(|(site, _, _)| t.counters(site).alloc_samples.load(Relaxed))
             .sum()
     })
 }

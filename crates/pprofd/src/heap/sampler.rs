@@ -11,7 +11,9 @@
 //!
 //! A sampled allocation ([`record_allocation`]) sets the thread's re-entrancy flag, unwinds
 //! its own stack with unwind tables published beforehand, and records the stack and size in
-//! the bounded [`HeapTables`], which were allocated through the inner allocator. It
+//! the bounded [`HeapTables`], which were allocated through the inner allocator, at the site
+//! of its stack, size class and the thread's label-set id (a thread-local word,
+//! [`crate::labels`]). It
 //! allocates nothing through the global allocator and takes no lock, so it never recurses
 //! and never deadlocks; with the flag set, nothing this thread allocates is sampled.
 
@@ -285,7 +287,9 @@ fn record_with_stack<A: GlobalAlloc>(
 /// Counts the allocation at the site of its interned `stack` (`None`: the stack table was
 /// full) and enters it in the live set.
 fn record_at(tables: &HeapTables, stack: Option<usize>, ptr: *mut u8, size: usize, rate: u32) {
-    let site = tables.site(stack, size_class(size));
+    // The allocating thread's labels: one load of a const thread-local (see `crate::labels`).
+    let (labels, _task) = crate::labels::current();
+    let site = tables.site(stack, labels, size_class(size));
     count(tables, site, size, rate, Event::Alloc);
     track_live(tables, ptr as usize, LiveBlock { site, rate }, size);
 }
@@ -438,7 +442,7 @@ mod stack_room_tests {
         let tables = tables().expect("the sample allocated the tables");
         let walked = tables
             .sites()
-            .filter_map(|(_, stack)| tables.stack(stack?))
+            .filter_map(|(_, stack, _)| tables.stack(stack?))
             .any(|s| s.frames.len() > 2);
         assert!(walked, "the allocation was recorded with its stack");
         println!("a sampled allocation used {used} bytes of stack");

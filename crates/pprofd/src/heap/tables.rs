@@ -22,6 +22,8 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
+use crate::labels::LabelSetId;
+
 /// Distinct stacks kept.
 pub(super) const STACKS: usize = 8192;
 /// Frames per arena chunk (256 KiB), allocated when the previous chunk is full.
@@ -72,7 +74,8 @@ pub(super) const FIXED_ONE: f64 = 65536.0;
 
 #[repr(C)]
 struct Site {
-    /// `(stack index + 1) << 16 | size class`; zero when empty.
+    /// `(stack index + 1) << 32 | label set id << 16 | size class`; zero when empty. Label set
+    /// ids fit 16 bits (`labels::MAX_LABEL_SETS`), size classes 8.
     key: AtomicU64,
     counters: SiteCounters,
 }
@@ -255,13 +258,14 @@ impl HeapTables {
         })
     }
 
-    /// The site of (`stack`, `size class`), claimed if new; the overflow site when full.
-    pub fn site(&self, stack: Option<usize>, size_class: u64) -> usize {
+    /// The site of (`stack`, `labels`, `size class`), claimed if new; the overflow site when
+    /// full.
+    pub fn site(&self, stack: Option<usize>, labels: LabelSetId, size_class: u64) -> usize {
         let Some(stack) = stack else {
             self.losses.table_full.fetch_add(1, Relaxed);
             return OVERFLOW_SITE;
         };
-        let key = (stack as u64 + 1) << 16 | size_class;
+        let key = (stack as u64 + 1) << 32 | (labels.0 as u64) << 16 | size_class;
         let start = (mix(key) as usize) % SITES;
         for probe in 0..MAX_PROBES {
             let index = (start + probe) % SITES;
@@ -286,17 +290,18 @@ impl HeapTables {
         }
     }
 
-    /// Every claimed site as `(site index, stack index)`, plus the overflow site as
-    /// `(OVERFLOW_SITE, None)`.
-    pub fn sites(&self) -> impl Iterator<Item = (usize, Option<usize>)> + '_ {
+    /// Every claimed site as `(site index, stack index, labels)`, plus the overflow site as
+    /// `(OVERFLOW_SITE, None, no labels)`.
+    pub fn sites(&self) -> impl Iterator<Item = (usize, Option<usize>, LabelSetId)> + '_ {
         self.sites
             .iter()
             .enumerate()
             .filter_map(|(index, site)| {
                 let key = site.key.load(Acquire);
-                (key != 0).then(|| (index, Some((key >> 16) as usize - 1)))
+                let labels = LabelSetId((key >> 16 & 0xffff) as u32);
+                (key != 0).then(|| (index, Some((key >> 32) as usize - 1), labels))
             })
-            .chain(std::iter::once((OVERFLOW_SITE, None)))
+            .chain(std::iter::once((OVERFLOW_SITE, None, LabelSetId::NONE)))
     }
 
     /// Records `addr` as a live sampled block; `false` when the live set is full.
@@ -445,19 +450,24 @@ mod tests {
             (&[1u64, 2, 3][..], false)
         );
 
-        let site = tables.site(Some(a), size_class(100));
+        let none = LabelSetId::NONE;
+        let labelled = LabelSetId(7);
+        let site = tables.site(Some(a), none, size_class(100));
         assert_eq!(
-            tables.site(Some(a), size_class(101)),
+            tables.site(Some(a), none, size_class(101)),
             site,
             "same size class"
         );
-        assert_ne!(tables.site(Some(a), size_class(1000)), site);
-        assert_ne!(tables.site(Some(b), size_class(100)), site);
-        assert_eq!(tables.site(None, 1), OVERFLOW_SITE);
+        assert_ne!(tables.site(Some(a), none, size_class(1000)), site);
+        assert_ne!(tables.site(Some(b), none, size_class(100)), site);
+        let with_labels = tables.site(Some(a), labelled, size_class(100));
+        assert_ne!(with_labels, site, "other labels, another site");
+        assert_eq!(tables.site(None, none, 1), OVERFLOW_SITE);
         assert_eq!(tables.losses.table_full.load(Relaxed), 1);
         let sites: Vec<_> = tables.sites().collect();
-        assert_eq!(sites.len(), 4, "three sites and the overflow site");
-        assert!(sites.contains(&(site, Some(a))));
+        assert_eq!(sites.len(), 5, "four sites and the overflow site");
+        assert!(sites.contains(&(site, Some(a), none)));
+        assert!(sites.contains(&(with_labels, Some(a), labelled)));
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! keeps synchronization waits (mutex, rwlock, condvar, channel, other futex); the mutex
 //! profile keeps lock acquisitions (mutex, rwlock). I/O readiness waits, sleeps, other system
 //! calls and the idle parking of runtimes and pools are left out unless `idle=1` asks for
-//! them; every sample carries `thread` and `wait` labels.
+//! them; every sample carries `thread` and `wait` labels, and the labels active on the waiting
+//! thread (`crate::labels`).
 //!
 //! Side effects (docs/invariants.md, "Signals and system calls"): each thread receives one signal per
 //! new wait it enters while a profile runs (at most `hz` a second). The handler is installed with `SA_RESTART`:
@@ -37,6 +38,7 @@
 
 mod classify;
 
+use crate::labels::LabelSetId;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,7 +94,7 @@ impl std::fmt::Display for BlockProfileError {
 impl std::error::Error for BlockProfileError {}
 
 /// One distinct wait site: thread, stack (leaf first), truncation and system call.
-type WaitKey = (i32, Vec<u64>, bool, libc::c_long);
+type WaitKey = (i32, Vec<u64>, bool, libc::c_long, LabelSetId);
 
 #[derive(Clone, Default)]
 struct Totals {
@@ -305,6 +307,7 @@ fn sample(hz: u32, stop: &AtomicBool, shared: &Mutex<Gathered>) -> std::io::Resu
                     captured.frames[..captured.depth].to_vec(),
                     captured.truncated,
                     nr,
+                    captured.labels,
                 );
                 // Read at each new wait: a thread names itself after it starts.
                 gathered.names.insert(tid, procfs::thread_name(tid));
@@ -377,6 +380,8 @@ struct Site<'a> {
     stack: &'a [u64],
     truncated: bool,
     kind: WaitKind,
+    /// The labels active on the waiting thread.
+    labels: LabelSetId,
     totals: &'a Totals,
 }
 
@@ -432,11 +437,12 @@ impl OffCpuSamples {
             if site.truncated {
                 frames.push(Frame::Synthetic("[truncated]".into()));
             }
-            let labels = vec![
+            let mut labels = crate::labels::profile_labels(site.labels, 0);
+            labels.extend([
                 Label::str("thread", self.name(site.tid)),
                 Label::num("thread_id", site.tid as i64, None),
                 Label::str("wait", site.kind.label()),
-            ];
+            ]);
             builder.add_sample(
                 frames,
                 vec![site.totals.contentions, site.totals.delay_ns],
@@ -491,7 +497,7 @@ impl OffCpuSamples {
             self.gathered
                 .waits
                 .keys()
-                .flat_map(|(_, stack, _, _)| stack.iter().copied()),
+                .flat_map(|(_, stack, _, _, _)| stack.iter().copied()),
         )
     }
 
@@ -505,7 +511,7 @@ impl OffCpuSamples {
             .gathered
             .waits
             .iter()
-            .map(|((tid, stack, truncated, nr), totals)| {
+            .map(|((tid, stack, truncated, nr, labels), totals)| {
                 let frames: Vec<&SourceFrame> =
                     stack.iter().flat_map(|&a| symbols.frames(a)).collect();
                 Site {
@@ -513,6 +519,7 @@ impl OffCpuSamples {
                     stack,
                     truncated: *truncated,
                     kind: classify::classify(*nr, &frames),
+                    labels: *labels,
                     totals,
                 }
             })
@@ -592,7 +599,7 @@ mod tests {
                     .iter()
                     .map(|&(tid, contentions, delay_ns)| {
                         (
-                            (tid, vec![0x10], false, libc::SYS_futex),
+                            (tid, vec![0x10], false, libc::SYS_futex, LabelSetId::NONE),
                             Totals {
                                 contentions,
                                 delay_ns,

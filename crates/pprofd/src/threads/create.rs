@@ -39,6 +39,7 @@ impl Creations {
                 name,
                 state: None,
                 stack: stack.clone(),
+                labels: crate::labels::LabelSetId::NONE,
             })
             .collect()
     }

@@ -206,6 +206,7 @@ impl ThreadDump {
                 name: &t.proc.name,
                 state: Some(t.proc.activity()),
                 stack: self.frames(t),
+                labels: self.labels(t).unwrap_or_default(),
             })
             .collect();
         entries.extend(self.tasks.iter().flat_map(TaskDump::entries));
@@ -215,6 +216,14 @@ impl ThreadDump {
     /// What the dump says about tasks it does not list.
     fn task_notes(&self) -> Vec<String> {
         self.tasks.as_ref().map(TaskDump::notes).unwrap_or_default()
+    }
+
+    /// The labels active on `thread` when its handler ran, if it answered.
+    fn labels(&self, thread: &DumpedThread) -> Option<crate::labels::LabelSetId> {
+        match &thread.answer {
+            Answer::Stack(captured) => Some(captured.labels),
+            _ => None,
+        }
     }
 
     fn frames(&self, thread: &DumpedThread) -> Vec<Frame> {

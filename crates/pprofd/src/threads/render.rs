@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use super::ThreadDump;
+use crate::labels::{self, LabelSetId};
 use crate::profile::{Frame, Label, ProfileBuilder, Resolver, SourceFrame};
 use crate::symbolize::ProcessSymbols;
 
@@ -19,6 +20,8 @@ pub(super) struct Entry<'a> {
     pub state: Option<String>,
     /// Leaf first.
     pub stack: Vec<Frame>,
+    /// The labels active on the thread, or of the task's `Labels::instrument` wrapper.
+    pub labels: LabelSetId,
 }
 
 fn symbols_for<'a>(stacks: impl Iterator<Item = &'a [Frame]>) -> ProcessSymbols {
@@ -63,6 +66,9 @@ pub(super) fn full_text(dump: &ThreadDump) -> String {
             let _ = write!(state, ", {seconds} s");
         }
         let _ = writeln!(out, "thread {} {:?} [{state}]:", p.tid, p.name);
+        if let Some(labels) = dump.labels(thread).filter(|l| *l != LabelSetId::NONE) {
+            let _ = writeln!(out, "labels: {}", labels::go_text(labels));
+        }
         write_stack(&mut out, &symbols, stack, &p.wchan);
         out.push('\n');
     }
@@ -105,12 +111,14 @@ fn write_stack(out: &mut String, symbols: &ProcessSymbols, stack: &[Frame], wcha
 /// Go's `debug=1` text: `N @ addr addr ...`, the threads, then one `#` line per frame.
 pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
     let symbols = symbols_for(entries.iter().map(|e| e.stack.as_slice()));
-    // Keyed by member kind and stack: threads and tasks never share a group.
-    type Group<'e, 'a> = ((&'e str, &'e [Frame]), Vec<&'e Entry<'a>>);
+    // Keyed by member kind, labels and stack: threads and tasks never share a group, and
+    // as in Go, one stack under other labels is another group.
+    type Key<'e> = (&'e str, LabelSetId, &'e [Frame]);
+    type Group<'e, 'a> = (Key<'e>, Vec<&'e Entry<'a>>);
     let mut groups: Vec<Group<'_, '_>> = Vec::new();
-    let mut index: HashMap<(&str, &[Frame]), usize> = HashMap::new();
+    let mut index: HashMap<Key<'_>, usize> = HashMap::new();
     for entry in entries {
-        let key = (entry.member, entry.stack.as_slice());
+        let key = (entry.member, entry.labels, entry.stack.as_slice());
         let i = *index.entry(key).or_insert_with(|| {
             groups.push((key, Vec::new()));
             groups.len() - 1
@@ -119,7 +127,7 @@ pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
     }
     groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
     let mut out = format!("{kind} profile: total {}\n", entries.len());
-    for ((member, stack), members) in groups {
+    for ((member, group_labels, stack), members) in groups {
         let addresses: Vec<String> = stack
             .iter()
             .filter_map(|f| match f {
@@ -128,6 +136,10 @@ pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
             })
             .collect();
         let _ = writeln!(out, "{} @ {}", members.len(), addresses.join(" "));
+        if group_labels != LabelSetId::NONE {
+            // Go's form: `# labels: {"operation":"GetUser"}`.
+            let _ = writeln!(out, "# labels: {}", labels::go_text(group_labels));
+        }
         let threads: Vec<String> = members
             .iter()
             .map(|e| match &e.state {
@@ -175,13 +187,19 @@ pub(super) fn count_delta_profile(
     later: &[Entry<'_>],
 ) -> ProfileBuilder {
     let mut builder = ProfileBuilder::new(&[(kind, "count")], (kind, "count"), 1);
-    // Stack, member kind, name and state.
-    type Key<'e> = (&'e [Frame], &'e str, &'e str, Option<&'e str>);
+    // Stack, member kind, name, state and labels.
+    type Key<'e> = (&'e [Frame], &'e str, &'e str, Option<&'e str>, LabelSetId);
     let mut counts: HashMap<Key<'_>, i64> = HashMap::new();
     let mut order = Vec::new();
     for (entries, sign) in [(later, 1), (earlier, -1)] {
         for e in entries {
-            let key = (e.stack.as_slice(), e.member, e.name, e.state.as_deref());
+            let key = (
+                e.stack.as_slice(),
+                e.member,
+                e.name,
+                e.state.as_deref(),
+                e.labels,
+            );
             let count = counts.entry(key).or_insert_with(|| {
                 order.push(key);
                 0
@@ -189,11 +207,12 @@ pub(super) fn count_delta_profile(
             *count += sign;
         }
     }
-    for key @ (stack, member, name, state) in order {
+    for key @ (stack, member, name, state, set) in order {
         if counts[&key] == 0 {
             continue;
         }
-        let mut labels = vec![Label::str(member, name)];
+        let mut labels = labels::profile_labels(set, 0);
+        labels.push(Label::str(member, name));
         if let Some(state) = state {
             labels.push(Label::str("state", state));
         }
@@ -215,6 +234,7 @@ mod tests {
             name,
             state: Some(state.into()),
             stack: stack.clone(),
+            labels: LabelSetId::NONE,
         };
         let entries = [
             entry("1", "a", "futex wait"),
@@ -225,6 +245,7 @@ mod tests {
                 name: "c",
                 state: None,
                 stack: vec![Frame::Address(0x20)],
+                labels: LabelSetId::NONE,
             },
         ];
         let text = grouped_text("goroutine", &entries);

@@ -6,7 +6,7 @@
 //! - The handler reads registers from the ucontext, unwinds with tables loaded beforehand and
 //!   writes addresses into the slot for its thread id, allocated beforehand. It allocates
 //!   nothing, takes no lock, calls no libgcc unwinder or symbolizer, and saves/restores errno.
-//!   Besides the stack it reads only code bytes on the page of the interrupted PC (to tell a
+//!   Besides the stack it reads only the thread's label-set id (a thread-local word), code bytes on the page of the interrupted PC (to tell a
 //!   blocked system call from running code), and it ends with one `FUTEX_WAKE` system call
 //!   that wakes the requester.
 //! - The handler is installed once (on the first dump) and never removed: a dump signal that
@@ -83,6 +83,8 @@ pub(crate) struct Captured {
     pub truncated: bool,
     /// The signal interrupted a blocking system call (rather than the thread's own code).
     pub in_syscall: bool,
+    /// The labels active on the thread when it was interrupted.
+    pub labels: crate::labels::LabelSetId,
     pub frames: [u64; MAX_DEPTH],
 }
 
@@ -167,6 +169,8 @@ unsafe fn answer(generation: u32, ucontext: *mut libc::c_void) {
     stack.truncated = unwound.truncated;
     // SAFETY: forwarded from the caller.
     stack.in_syscall = interrupted_in_syscall(regs.pc, unsafe { arch::syscall_result(ucontext) });
+    // One load of a const thread-local without a destructor (see `crate::labels`).
+    stack.labels = crate::labels::current().0;
     slot.state.store(DONE, Ordering::Release);
     dump.answered.fetch_add(1, Ordering::Release);
     // SAFETY: FUTEX_WAKE on a live atomic owned by the published dump; no memory is written.
@@ -312,6 +316,7 @@ pub(crate) fn collect(
                 depth: 0,
                 truncated: false,
                 in_syscall: false,
+                labels: crate::labels::LabelSetId::NONE,
                 frames: [0; MAX_DEPTH],
             }),
         })

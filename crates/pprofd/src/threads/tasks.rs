@@ -93,6 +93,9 @@ enum Outcome {
 
 struct DumpedTask {
     id: String,
+    /// The labels of the task's `Labels::instrument` wrapper (or labelled span) as it was
+    /// traced.
+    labels: crate::labels::LabelSetId,
     /// One stack per await point, innermost frame first; a task tokio could not trace has
     /// one stack saying so.
     await_points: Vec<Vec<Frame>>,
@@ -140,6 +143,7 @@ impl TaskDump {
                         name: &runtime.description,
                         state: None,
                         stack: stack.clone(),
+                        labels: task.labels,
                     });
                 }
             }
@@ -197,6 +201,9 @@ impl TaskDump {
                         String::new()
                     };
                     let _ = writeln!(out, "task {} [{}{place}]:", task.id, runtime.description);
+                    if task.labels != crate::labels::LabelSetId::NONE {
+                        let _ = writeln!(out, "labels: {}", crate::labels::go_text(task.labels));
+                    }
                     render(&mut out, stack);
                     out.push('\n');
                 }
@@ -315,9 +322,9 @@ mod watch {
             // later and clear the flag.
             let pending = tokio::spawn(request_dump(handle, dumping));
             match tokio::time::timeout(deadline, pending).await {
-                Ok(Ok(Ok(dump))) => {
+                Ok(Ok(Ok((dump, labels)))) => {
                     // Symbol resolution reads debug info: off the server's thread.
-                    match tokio::task::spawn_blocking(move || tasks_of(&dump)).await {
+                    match tokio::task::spawn_blocking(move || tasks_of(&dump, &labels)).await {
                         Ok(tasks) => Outcome::Tasks(tasks),
                         Err(e) => Outcome::Missing(format!("reading the task traces failed: {e}")),
                     }
@@ -343,7 +350,9 @@ mod watch {
     async fn request_dump(
         handle: Handle,
         dumping: Arc<AtomicBool>,
-    ) -> Result<tokio::runtime::Dump, String> {
+    ) -> Result<(tokio::runtime::Dump, TaskLabels), String> {
+        // Tracing a task polls it: its `Labels::instrument` wrapper says what labels it has.
+        let noting = crate::labels::TaskLabelNotes::start();
         let dump = if handle.runtime_flavor() == RuntimeFlavor::CurrentThread {
             // A current-thread runtime can only be dumped from within itself.
             handle
@@ -354,10 +363,14 @@ mod watch {
             Ok(handle.dump().await)
         };
         dumping.store(false, Ordering::Release);
-        dump
+        let labels = noting.finish();
+        dump.map(|dump| (dump, labels))
     }
 
-    fn tasks_of(dump: &tokio::runtime::Dump) -> Vec<DumpedTask> {
+    /// Task id to the labels its wrapper had while tokio traced it.
+    type TaskLabels = std::collections::HashMap<u64, crate::labels::LabelSetId>;
+
+    fn tasks_of(dump: &tokio::runtime::Dump, labels: &TaskLabels) -> Vec<DumpedTask> {
         let mut resolved_with_backtrace = false;
         let tasks = dump
             .tasks()
@@ -388,8 +401,14 @@ mod watch {
                         "[no tokio await point: running, or waiting on a non-tokio future]".into(),
                     )]);
                 }
+                let id = task.id().to_string();
                 DumpedTask {
-                    id: task.id().to_string(),
+                    labels: id
+                        .parse()
+                        .ok()
+                        .and_then(|id| labels.get(&id).copied())
+                        .unwrap_or_default(),
+                    id,
                     await_points,
                 }
             })

@@ -22,6 +22,10 @@ pub(crate) struct StackRecord {
     pub tid: i32,
     /// Per-sample value chosen by the writer (e.g. nanoseconds represented).
     pub weight: u64,
+    /// The labels active on the thread ([`crate::labels`]; 0: none).
+    pub labels: crate::labels::LabelSetId,
+    /// The tokio task being polled inside an instrumented future (0: none).
+    pub task: u64,
     /// Whether the unwinder stopped before the thread's entry.
     pub truncated: bool,
     /// The walk did not start: too little stack was left below the handler to run it.
@@ -81,7 +85,7 @@ impl StackRing {
         }
         // SAFETY: `memory` holds `len` zeroed slots allocated with the global allocator and
         // the layout of `[Slot; len]`, as `Box<[Slot]>` frees it; all zeros is a valid Slot:
-        // state FREE (0) and a StackRecord of zero integers, `false` booleans, zero frames.
+        // state FREE (0) and a StackRecord of zero integers, `false` booleans, no labels (id 0), zero frames.
         let slots: Box<[Slot]> =
             unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(memory, len)) };
         StackRing {
