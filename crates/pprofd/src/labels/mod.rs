@@ -111,9 +111,12 @@ impl Labels {
     /// polled, and inactive between polls: they follow a task across worker threads and never
     /// stay behind for the next task a worker polls. Under tokio, samples taken while it is
     /// polled also carry the task's id as the label `task`.
-    pub fn instrument<F: Future>(&self, future: F) -> Instrumented<F> {
+    ///
+    /// Takes `self` by value (`Labels` is `Copy`) so that this method, not
+    /// `tracing::Instrument::instrument`, is the one called where that trait is in scope.
+    pub fn instrument<F: Future>(self, future: F) -> Instrumented<F> {
         Instrumented {
-            labels: *self,
+            labels: self,
             future,
         }
     }
