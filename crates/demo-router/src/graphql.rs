@@ -178,12 +178,32 @@ fn tokenize(query: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
-/// Parses `{ field(arg: 1) { sub } ... }` (an optional leading `query` keyword is accepted).
+/// The operation's name, as routers label requests: the request's `operationName`, else the
+/// name after `query` in the document (`query ProductsWithReviews { ... }`), else
+/// `anonymous`.
+pub fn operation_name(request: &Value, query: &str) -> String {
+    if let Some(name) = request
+        .get("operationName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return name.to_string();
+    }
+    match tokenize(query).ok().as_deref() {
+        Some([Token::Name(keyword), Token::Name(name), ..]) if keyword == "query" => name.clone(),
+        _ => "anonymous".to_string(),
+    }
+}
+
+/// Parses `{ field(arg: 1) { sub } ... }`, optionally after `query` or `query Name`.
 fn parse(query: &str) -> Result<Vec<Field>, String> {
     let tokens = tokenize(query)?;
     let mut pos = 0;
     if tokens.first() == Some(&Token::Name("query".into())) {
         pos = 1;
+        if let Some(Token::Name(_)) = tokens.get(1) {
+            pos = 2;
+        }
     }
     let fields = parse_selection(&tokens, &mut pos)?;
     if pos != tokens.len() {
@@ -266,6 +286,17 @@ mod tests {
         );
         assert!(products[3]["stock"]["available"].is_u64());
         assert!(response.get("errors").is_none());
+    }
+
+    #[test]
+    fn operations_are_named_by_the_request_or_the_document() {
+        let named = json!({"operationName": "GetUser"});
+        assert_eq!(operation_name(&named, "query Other { products { id } }"), "GetUser");
+        let document = "query ProductsWithReviews { products(first: 1) { id } }";
+        assert_eq!(operation_name(&json!({}), document), "ProductsWithReviews");
+        assert_eq!(operation_name(&json!({}), "{ products { id } }"), "anonymous");
+        let data = execute(document, Incidents::default());
+        assert_eq!(data["data"]["products"][0]["id"], "p0", "{data}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
 use serde_json::{json, Value};
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use incidents::Incidents;
 
@@ -75,6 +78,10 @@ fn run() -> Result<(), String> {
     {
         incidents.enable(name)?;
     }
+    // Span fields named `operation` label profiles (pprofd feature `tracing`).
+    tracing_subscriber::registry()
+        .with(pprofd::TracingLabels::new(["operation"]))
+        .init();
     let pprof = pprofd::init_from_env().map_err(|e| e.to_string())?;
     if options.exit_on_stdin_close {
         std::thread::spawn(|| {
@@ -129,13 +136,21 @@ async fn graphql(State(state): State<AppState>, body: Bytes) -> Response {
             &json!({"errors": [{"message": "body has no \"query\" string"}]}),
         );
     };
-    let result = graphql::execute(query, state.incidents);
-    let body = if state.incidents.hotspot {
-        serialize::to_json_by_reformatting(&result)
-    } else {
-        serialize::to_json(&result)
-    };
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    // Each request runs in a span named after its operation, as routers instrument; pprofd's
+    // TracingLabels layer makes `operation` a label of the CPU samples and allocations in it.
+    let operation = graphql::operation_name(&request, query);
+    let span = tracing::info_span!("graphql", operation = operation.as_str());
+    async {
+        let result = graphql::execute(query, state.incidents);
+        let body = if state.incidents.hotspot {
+            serialize::to_json_by_reformatting(&result)
+        } else {
+            serialize::to_json(&result)
+        };
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+    .instrument(span)
+    .await
 }
 
 async fn subscribe(
@@ -143,7 +158,8 @@ async fn subscribe(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let topic = params.get("topic").map(String::as_str).unwrap_or("prices");
-    let (id, first_event) = subscriptions::register(topic);
+    let (id, first_event) =
+        tracing::info_span!("subscribe", operation = "Subscribe").in_scope(|| subscriptions::register(topic));
     // This handler answers with the first event and the client leaves. The handler must then be
     // unregistered; the leak incident is the version of this code that forgot.
     if !state.incidents.leak {

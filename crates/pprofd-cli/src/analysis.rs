@@ -148,6 +148,80 @@ impl<'a> View<'a> {
     pub fn total(&self, index: usize) -> i64 {
         self.profile.sample.iter().map(|s| s.value[index]).sum()
     }
+
+    /// The value of `sample`'s label `key`: its string, or its number (with its unit).
+    pub fn label(&self, sample: &Sample, key: &str) -> Option<String> {
+        let label = sample.label.iter().find(|l| self.string(l.key) == key)?;
+        Some(match (label.str, self.string(label.num_unit)) {
+            (0, "") => label.num.to_string(),
+            (0, unit) => format!("{}{unit}", label.num),
+            (value, _) => self.string(value).to_string(),
+        })
+    }
+}
+
+/// `--tag-focus KEY=VALUE`: keep only the samples whose label KEY is VALUE.
+#[derive(Clone, Debug)]
+pub struct TagFocus {
+    /// The label key.
+    pub key: String,
+    /// The label value a sample must have, exactly.
+    pub value: String,
+}
+
+impl std::str::FromStr for TagFocus {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<TagFocus, String> {
+        match spec.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok(TagFocus {
+                key: key.to_string(),
+                value: value.to_string(),
+            }),
+            _ => Err(format!(
+                "{spec:?} is not KEY=VALUE (e.g. operation=GetUser)"
+            )),
+        }
+    }
+}
+
+impl TagFocus {
+    /// A copy of `profile` with only the samples labelled `key=value`; an error that lists the
+    /// values there are when none is.
+    pub fn apply(&self, profile: &Profile) -> Result<Profile, String> {
+        let view = View::new(profile);
+        let mut kept = profile.clone();
+        kept.sample
+            .retain(|s| view.label(s, &self.key).as_deref() == Some(self.value.as_str()));
+        if kept.sample.is_empty() {
+            let values: Vec<String> = by_label(&view, 0, &self.key)
+                .into_iter()
+                .filter_map(|(value, _)| value)
+                .collect();
+            return Err(match values.is_empty() {
+                true => format!("no sample has the label {:?}", self.key),
+                false => format!(
+                    "no sample has {}={:?}; its values are: {}",
+                    self.key,
+                    self.value,
+                    values.join(", ")
+                ),
+            });
+        }
+        Ok(kept)
+    }
+}
+
+/// Sums of sample type `index` by the value of label `key` (`None`: samples without it),
+/// largest first.
+pub fn by_label(view: &View, index: usize, key: &str) -> Vec<(Option<String>, i64)> {
+    let mut totals: HashMap<Option<String>, i64> = HashMap::new();
+    for sample in &view.profile().sample {
+        *totals.entry(view.label(sample, key)).or_default() += sample.value[index];
+    }
+    let mut totals: Vec<(Option<String>, i64)> = totals.into_iter().collect();
+    totals.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    totals
 }
 
 /// Flat and cumulative value of one function, with the line that carries most of it.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
 
-use crate::analysis::{by_function, format_value, percent, View};
+use crate::analysis::{by_function, by_label, format_value, percent, TagFocus, View};
 use crate::collect::{fetch_endpoint, write_archive, Endpoint, Outcome};
 use crate::fetch::{Token, TOKEN_ENV};
 use crate::{diff, dump, flame};
@@ -26,8 +26,11 @@ pub struct DemoArgs {
     pub seconds: u64,
 }
 
-/// The query every load client sends: products with reviews and stock, about 20 KB of JSON.
-const QUERY: &str = r#"{"query":"{ products(first: 20) { id name price description reviews { author rating body } stock { warehouse available } } }"}"#;
+/// The operation most load clients send: products with reviews and stock, about 20 KB of JSON.
+const QUERY: &str = r#"{"operationName":"ProductsWithReviews","query":"query ProductsWithReviews { products(first: 20) { id name price description reviews { author rating body } stock { warehouse available } } }"}"#;
+/// The operation every fourth request is: a short product list.
+const LIGHT_QUERY: &str =
+    r#"{"operationName":"ProductNames","query":"query ProductNames { products(first: 20) { id name } }"}"#;
 /// Subscriptions opened (and abandoned) during the leak incident.
 const SUBSCRIPTIONS: usize = 1000;
 /// Heap sampling rate asked of the router: finer than Go's 512 KiB so a short demo leaks
@@ -355,13 +358,18 @@ fn agent(timeout: Duration) -> ureq::Agent {
 
 fn graphql_load(router: &Router, clients: usize) -> Load {
     let url = format!("{}/graphql", router.url);
+    let sent = AtomicU64::new(0);
     Load::start(
         clients,
         Arc::new(move |agent: &ureq::Agent| {
+            let query = match sent.fetch_add(1, Ordering::Relaxed) % 4 {
+                3 => LIGHT_QUERY,
+                _ => QUERY,
+            };
             agent
                 .post(&url)
                 .header("content-type", "application/json")
-                .send(QUERY)
+                .send(query)
                 .and_then(|mut r| r.body_mut().read_to_vec())
                 .is_ok()
         }),
@@ -456,6 +464,7 @@ fn hotspot(
         percent(top.cum, total),
     ));
     out.push_str(&source_excerpt(&top.hottest_line));
+    out.push_str(&by_operation(&view, index, "CPU"));
     let svg = write_flame(
         &view,
         index,
@@ -464,6 +473,70 @@ fn hotspot(
     )?;
     out.push_str(&format!("   flame graph: {svg}\n"));
     Ok(out)
+}
+
+/// The operations (label `operation`, from the router's request spans) with the largest
+/// shares of sample type `index`, each with its hottest function: `operation
+/// ProductsWithReviews: 78% of CPU, in write_json_rechecking`.
+fn by_operation(view: &View, index: usize, what: &str) -> String {
+    let total = view.total(index);
+    let mut out = String::new();
+    for (operation, value) in by_label(view, index, OPERATION).into_iter().take(3) {
+        let Some(operation) = operation else {
+            continue;
+        };
+        let focus = TagFocus {
+            key: OPERATION.to_string(),
+            value: operation.clone(),
+        };
+        let hottest = focus.apply(view.profile()).ok().and_then(|only| {
+            let only_view = View::new(&only);
+            by_function(&only_view, index)
+                .into_iter()
+                .max_by_key(|r| r.flat)
+                .map(|r| r.function)
+        });
+        out.push_str(&format!(
+            "   operation `{operation}`: {} of {what}{}\n",
+            percent(value, total),
+            hottest.map(|f| format!(", in `{f}`")).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// The label the demo router puts each request's GraphQL operation name in.
+const OPERATION: &str = "operation";
+
+/// Which operation allocated the heap's growth between two heap profiles: in-use bytes by
+/// `operation` label, after less before, largest first.
+fn growth_by_operation(
+    before: &pprofd::profile::proto::Profile,
+    after: &pprofd::profile::proto::Profile,
+) -> Result<String, String> {
+    let in_use = |profile| -> Result<BTreeMap<Option<String>, i64>, String> {
+        let view = View::new(profile);
+        let index = view.sample_index(Some("inuse_space"))?;
+        Ok(by_label(&view, index, OPERATION).into_iter().collect())
+    };
+    let (before, after) = (in_use(before)?, in_use(after)?);
+    let growth: i64 = after.values().sum::<i64>() - before.values().sum::<i64>();
+    let mut grown: Vec<(String, i64)> = after
+        .iter()
+        .filter_map(|(op, bytes)| {
+            let delta = bytes - before.get(op).copied().unwrap_or(0);
+            Some((op.clone()?, delta)).filter(|_| delta > 0)
+        })
+        .collect();
+    grown.sort_by_key(|(_, delta)| std::cmp::Reverse(*delta));
+    Ok(match grown.first() {
+        Some((operation, delta)) if growth > 0 => format!(
+            "   operation `{operation}` allocated +{} of it ({} of the growth)\n",
+            format_value(*delta, "bytes"),
+            percent(*delta, growth)
+        ),
+        _ => String::new(),
+    })
 }
 
 /// Incident 2: heap before and after abandoned subscriptions; the call site that grew is the culprit.
@@ -539,6 +612,7 @@ fn leak(
     }
     out.push('\n');
     out.push_str(&source_excerpt(&site.position));
+    out.push_str(&growth_by_operation(&base, &new)?);
     let view = View::new(&new);
     let index = view.sample_index(Some("inuse_space"))?;
     let svg = write_flame(
@@ -603,6 +677,7 @@ fn contention(
         format_value(*delay, "nanoseconds"),
     ));
     out.push_str(&source_excerpt(position));
+    out.push_str(&by_operation(&view, index, "lock wait"));
     let svg = write_flame(
         &view,
         index,

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::analysis::View;
+use crate::analysis::{TagFocus, View};
 use crate::fetch::Token;
 use crate::input;
 
@@ -17,12 +17,19 @@ pub struct FlameArgs {
     /// Which value sets the widths, e.g. cpu, inuse_space, delay. Defaults as in `top`.
     #[arg(long, value_name = "NAME")]
     pub sample_index: Option<String>,
+    /// Draw only the samples whose label KEY is VALUE, e.g. `--tag-focus operation=GetUser`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub tag_focus: Option<TagFocus>,
 }
 
 /// Runs `pprofd flame` and returns the line to print; `token` is sent when the profile is a URL.
 pub fn run(args: &FlameArgs, token: Option<&Token>) -> Result<String, String> {
     let loaded = input::load(&args.profile, token)?;
-    let view = View::new(&loaded.profile);
+    let profile = match &args.tag_focus {
+        Some(focus) => focus.apply(&loaded.profile)?,
+        None => loaded.profile,
+    };
+    let view = View::new(&profile);
     let index = view.sample_index(args.sample_index.as_deref())?;
     let svg = render(&view, index, &loaded.origin)?;
     std::fs::write(&args.output, svg).map_err(|e| format!("{}: {e}", args.output))?;

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::analysis::{by_function, format_value, percent, View};
+use crate::analysis::{by_function, by_label, format_value, percent, TagFocus, View};
 use crate::fetch::Token;
 use crate::input;
 
@@ -21,14 +21,74 @@ pub struct TopArgs {
     /// Rank by cumulative value (the function and everything it calls) instead of flat.
     #[arg(long)]
     pub cum: bool,
+    /// Print the table by the values of this label (e.g. `--tag operation`), each with its
+    /// hottest function, instead of by function.
+    #[arg(long, value_name = "KEY")]
+    pub tag: Option<String>,
+    /// Keep only the samples whose label KEY is VALUE, e.g. `--tag-focus operation=GetUser`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub tag_focus: Option<TagFocus>,
 }
 
 /// Runs `pprofd top` and returns the table; `token` is sent when the profile is a URL.
 pub fn run(args: &TopArgs, token: Option<&Token>) -> Result<String, String> {
     let loaded = input::load(&args.profile, token)?;
-    let view = View::new(&loaded.profile);
+    let profile = match &args.tag_focus {
+        Some(focus) => focus.apply(&loaded.profile)?,
+        None => loaded.profile,
+    };
+    let view = View::new(&profile);
     let index = view.sample_index(args.sample_index.as_deref())?;
-    Ok(table(&view, index, args.count, args.cum, &loaded.origin))
+    Ok(match &args.tag {
+        Some(key) => tag_table(&view, index, key, args.count, &loaded.origin),
+        None => table(&view, index, args.count, args.cum, &loaded.origin),
+    })
+}
+
+/// The table by the values of label `key`: each value's total and share, and the function
+/// with most of its flat value.
+pub fn tag_table(view: &View, index: usize, key: &str, count: usize, origin: &str) -> String {
+    let (kind, unit) = view.sample_types()[index];
+    let total = view.total(index);
+    let rows = by_label(view, index, key);
+    let mut out = format!(
+        "Profile: {origin}\nType: {kind} ({unit}), total {}, by label {key:?} ({} values)\n",
+        format_value(total, unit),
+        rows.iter().filter(|(value, _)| value.is_some()).count(),
+    );
+    out.push_str(&format!(
+        "{:>10} {:>7}  {key} (hottest function)\n",
+        "value", "share"
+    ));
+    for (value, sum) in rows.into_iter().take(count) {
+        let focus = TagFocus {
+            key: key.to_string(),
+            value: value.clone().unwrap_or_default(),
+        };
+        let hottest = value
+            .as_ref()
+            .and_then(|_| focus.apply(view.profile()).ok())
+            .and_then(|only| {
+                let only_view = View::new(&only);
+                by_function(&only_view, index)
+                    .into_iter()
+                    .max_by(|a, b| a.flat.cmp(&b.flat).then_with(|| b.function.cmp(&a.function)))
+                    .map(|row| row.function)
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:>10} {:>7}  {} {}\n",
+            format_value(sum, unit),
+            percent(sum, total),
+            value.as_deref().unwrap_or("(no label)"),
+            if hottest.is_empty() {
+                String::new()
+            } else {
+                format!("({hottest})")
+            },
+        ));
+    }
+    out
 }
 
 /// The table for sample type `index`, `count` rows, ranked by flat or cumulative value.
