@@ -291,10 +291,16 @@ mod tests {
     #[test]
     fn operations_are_named_by_the_request_or_the_document() {
         let named = json!({"operationName": "GetUser"});
-        assert_eq!(operation_name(&named, "query Other { products { id } }"), "GetUser");
+        assert_eq!(
+            operation_name(&named, "query Other { products { id } }"),
+            "GetUser"
+        );
         let document = "query ProductsWithReviews { products(first: 1) { id } }";
         assert_eq!(operation_name(&json!({}), document), "ProductsWithReviews");
-        assert_eq!(operation_name(&json!({}), "{ products { id } }"), "anonymous");
+        assert_eq!(
+            operation_name(&json!({}), "{ products { id } }"),
+            "anonymous"
+        );
         let data = execute(document, Incidents::default());
         assert_eq!(data["data"]["products"][0]["id"], "p0", "{data}");
     }

@@ -158,8 +158,8 @@ async fn subscribe(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let topic = params.get("topic").map(String::as_str).unwrap_or("prices");
-    let (id, first_event) =
-        tracing::info_span!("subscribe", operation = "Subscribe").in_scope(|| subscriptions::register(topic));
+    let (id, first_event) = tracing::info_span!("subscribe", operation = "Subscribe")
+        .in_scope(|| subscriptions::register(topic));
     // This handler answers with the first event and the client leaves. The handler must then be
     // unregistered; the leak incident is the version of this code that forgot.
     if !state.incidents.leak {

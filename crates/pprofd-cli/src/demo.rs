@@ -29,8 +29,7 @@ pub struct DemoArgs {
 /// The operation most load clients send: products with reviews and stock, about 20 KB of JSON.
 const QUERY: &str = r#"{"operationName":"ProductsWithReviews","query":"query ProductsWithReviews { products(first: 20) { id name price description reviews { author rating body } stock { warehouse available } } }"}"#;
 /// The operation every fourth request is: a short product list.
-const LIGHT_QUERY: &str =
-    r#"{"operationName":"ProductNames","query":"query ProductNames { products(first: 20) { id name } }"}"#;
+const LIGHT_QUERY: &str = r#"{"operationName":"ProductNames","query":"query ProductNames { products(first: 20) { id name } }"}"#;
 /// Subscriptions opened (and abandoned) during the leak incident.
 const SUBSCRIPTIONS: usize = 1000;
 /// Heap sampling rate asked of the router: finer than Go's 512 KiB so a short demo leaks

@@ -72,7 +72,11 @@ pub fn tag_table(view: &View, index: usize, key: &str, count: usize, origin: &st
                 let only_view = View::new(&only);
                 by_function(&only_view, index)
                     .into_iter()
-                    .max_by(|a, b| a.flat.cmp(&b.flat).then_with(|| b.function.cmp(&a.function)))
+                    .max_by(|a, b| {
+                        a.flat
+                            .cmp(&b.flat)
+                            .then_with(|| b.function.cmp(&a.function))
+                    })
                     .map(|row| row.function)
             })
             .unwrap_or_default();

@@ -54,7 +54,13 @@ fn hotspot_wasteful_serializer_holds_the_largest_flat_share() {
     let router = RouterProcess::start(&["hotspot"]);
     let _load = Load::start(&router, 4);
     let url = format!("{}/debug/pprof/profile?seconds=5", router.pprof);
-    let output = pprofd(&["top", &url, "-n", "5", "--sample-index", "cpu"]);
+    let (status, profile) = get(&url, Duration::from_secs(60));
+    assert_eq!(status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cpu.pb.gz");
+    std::fs::write(&file, profile).unwrap();
+    let file = file.to_str().unwrap();
+    let output = pprofd(&["top", file, "-n", "5", "--sample-index", "cpu"]);
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -78,6 +84,27 @@ fn hotspot_wasteful_serializer_holds_the_largest_flat_share() {
         flat_share > 30.0,
         "the serializer holds only {flat_share}%:\n{report}"
     );
+    // By operation: the router labels each request with its operation's name.
+    let output = pprofd(&["top", file, "--tag", "operation"]);
+    let by_operation = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{by_operation}");
+    let top = first_row(&by_operation, "share");
+    assert!(
+        top.contains("ProductsWithReviews (demo_router::serialize::write_json_rechecking)"),
+        "{by_operation}"
+    );
+    let output = pprofd(&["top", file, "--tag-focus", "operation=NoSuchOperation"]);
+    let refused = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        refused.contains(
+            "no sample has operation=\"NoSuchOperation\"; its values are: ProductsWithReviews"
+        ),
+        "{refused}"
+    );
+    let focused = pprofd(&["top", file, "--tag-focus", "operation=ProductsWithReviews"]);
+    assert!(focused.status.success());
+    assert!(String::from_utf8_lossy(&focused.stdout).contains("write_json_rechecking"));
 }
 
 #[test]
@@ -326,6 +353,11 @@ fn demo_names_each_culprit_or_says_which_profile_was_unavailable() {
         stdout.contains("culprit: demo_router::serialize::write_json_rechecking"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("operation `ProductsWithReviews`: ")
+            && stdout.contains("of CPU, in `demo_router::serialize::write_json_rechecking`"),
+        "the hotspot names its operation:\n{stdout}"
+    );
     assert!(dir.path().join("hotspot-cpu.svg").is_file());
     assert!(dir.path().join("demo-profiles.tar.gz").is_file());
     // Each later incident either names its culprit or says which profile was missing and why.
@@ -338,7 +370,13 @@ fn demo_names_each_culprit_or_says_which_profile_was_unavailable() {
         rest[..end].to_string()
     };
     for (number, culprits) in [
-        ("2", &["demo_router::subscriptions::register"][..]),
+        (
+            "2",
+            &[
+                "demo_router::subscriptions::register",
+                "operation `Subscribe` allocated",
+            ][..],
+        ),
         ("3", &["demo_router::cache::stock_holding_lock"][..]),
         (
             "4",

@@ -99,7 +99,10 @@ fn scope_costs() {
         let mut future = pin!(YieldOnce(false));
         while future.as_mut().poll(&mut cx).is_pending() {}
     });
-    println!("scope enter+leave, one label set:       {:.1} ns", one - empty);
+    println!(
+        "scope enter+leave, one label set:       {:.1} ns",
+        one - empty
+    );
     println!(
         "scope enter+leave, nested (two scopes): {:.1} ns",
         nested - empty

@@ -145,8 +145,8 @@ pub fn get(url: &str, timeout: Duration) -> (u16, Vec<u8>) {
     (status, body)
 }
 
-/// The query the load clients send.
-pub const QUERY: &str = r#"{"query":"{ products(first: 20) { id name price description reviews { author rating body } stock { warehouse available } } }"}"#;
+/// The query the load clients send: the operation `ProductsWithReviews`, named in the document.
+pub const QUERY: &str = r#"{"query":"query ProductsWithReviews { products(first: 20) { id name price description reviews { author rating body } stock { warehouse available } } }"}"#;
 
 /// GraphQL clients posting [`QUERY`] until dropped.
 pub struct Load {
