@@ -2,7 +2,8 @@
 //! workload to profile where pprofd profiles: two threads (`worker-1`, `worker-2`) each loop
 //! over `hot_seventy` (7 units of work) and `hot_thirty` (3 units), allocating a little on
 //! each round, so a correct CPU profile gives them 70% and 30% and the heap profile has
-//! samples. Prints `listening <addr>` (or `listening none`) and stops when stdin closes.
+//! samples. Each round runs in a `pprofd::Labels` scope, as a service labels its requests.
+//! Prints `listening <addr>` (or `listening none`) and stops when stdin closes.
 
 use std::hint::black_box;
 use std::io::BufRead;
@@ -39,10 +40,13 @@ fn hot_thirty(seed: u64) -> u64 {
 
 fn worker(stop: &AtomicBool) {
     let mut x = 88172645463325252u64;
+    let labels = pprofd::Labels::new([("operation", "Round")]);
     while !stop.load(Ordering::Relaxed) {
-        x = hot_seventy(x);
-        x = hot_thirty(x);
-        black_box(vec![x; 4096]);
+        x = labels.scope(|| {
+            let x = hot_thirty(hot_seventy(x));
+            black_box(vec![x; 4096]);
+            x
+        });
     }
 }
 

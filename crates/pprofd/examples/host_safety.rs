@@ -4,8 +4,9 @@
 //!
 //! Prints `listening <addr>` once serving; then reads one command a line from stdin and
 //! answers each with one line:
-//! - `fork N`: forks N times while other threads create threads and allocate; each child
-//!   creates threads, allocates, checks it inherited no running profile and exits.
+//! - `fork N`: forks N times while other threads create threads, allocate and create label
+//!   sets; each child creates threads, allocates, creates a label set, checks it inherited no
+//!   running profile and exits.
 //!   Answers `forked N hung H failed F`.
 //! - `sigprof default|ignore|handler`: sets SIGPROF's disposition; `raise-sigprof` sends the
 //!   process SIGPROF; `sigprof-count` answers how often the host's own handler ran.
@@ -119,10 +120,15 @@ fn fork_many(n: usize) -> String {
     let churners: Vec<_> = (0..2)
         .map(|_| {
             std::thread::spawn(|| {
+                let mut round = 0u64;
                 while CHURN.load(Ordering::SeqCst) {
                     std::thread::spawn(|| std::hint::black_box(vec![1u8; 4096]).len())
                         .join()
                         .expect("churn thread");
+                    // New label sets take the label registry's lock.
+                    let labels = pprofd::Labels::new([("round", (round % 64).to_string())]);
+                    labels.scope(|| std::hint::black_box(vec![2u8; 512]).len());
+                    round += 1;
                 }
             })
         })
@@ -155,11 +161,12 @@ fn child_work() -> ! {
         .map(|_| std::thread::spawn(|| std::hint::black_box(vec![7u8; 1 << 16]).len()))
         .collect();
     let spawned = threads.into_iter().all(|t| t.join().is_ok());
+    let labelled = pprofd::Labels::new([("in", "child")]).scope(|| 1);
     let sampling_off = pprofd::heap::sample_rate() == 0;
     let cpu_free = pprofd::cpu::CpuProfile::start(100)
         .map(|p| drop(p.stop()))
         .is_ok();
-    let status = if !spawned {
+    let status = if !spawned || labelled != 1 {
         2
     } else if !sampling_off {
         3

@@ -54,7 +54,9 @@ fn main() {
     let (held_tx, held) = std::sync::mpsc::channel();
     handle.spawn(boxed(hold_orders_lock(orders.clone(), held_tx)));
     held.recv().expect("the lock holder runs");
-    handle.spawn(boxed(wait_for_orders_lock(orders)));
+    // The waiter is labelled: dumps show its labels beside its stack.
+    let checkout = pprofd::Labels::new([("operation", "Checkout")]);
+    handle.spawn(boxed(checkout.instrument(wait_for_orders_lock(orders))));
 
     println!("listening {}", server.local_addr());
     for line in std::io::stdin().lock().lines() {

@@ -37,13 +37,16 @@ pub(crate) fn register_handlers() {
 
 extern "C" fn prepare() {
     crate::threads::before_fork();
+    crate::labels::before_fork();
 }
 
 extern "C" fn parent() {
+    crate::labels::after_fork();
     crate::threads::after_fork_in_parent();
 }
 
 extern "C" fn child() {
+    crate::labels::after_fork_in_child();
     crate::unwind::published::after_fork_in_child();
     crate::cpu::after_fork_in_child();
     crate::heap::after_fork_in_child();

@@ -19,6 +19,11 @@
 //! With the `tokio-tasks` feature (and `--cfg tokio_unstable`), `watch_tokio_runtime` adds
 //! a runtime's async tasks to the dumps, each with the stacks of its await points.
 //!
+//! [`Labels`] say which operation, route or tenant a sample belongs to: CPU samples,
+//! allocations, dumps and waits taken inside `labels.scope(..)` or a future wrapped with
+//! `labels.instrument(..)` carry them (`go tool pprof -tagfocus operation=GetUser`); with the
+//! `tracing` feature, [`TracingLabels`] takes them from span fields.
+//!
 //! The crate is split by concern: [`server`] is the only module that knows HTTP; [`cpu`]
 //! samples; [`threads`] dumps every thread's stack and records thread creation; [`offcpu`]
 //! samples blocked threads for the block and mutex profiles; `unwind` walks stacks inside

@@ -191,6 +191,15 @@ fn a_sync_scope_labels_a_plain_thread_and_its_waits() {
         waiter.contains("labels: {\"operation\":\"Waiting\"}"),
         "{waiter}"
     );
+    let counted = workload.profile("/debug/pprof/goroutine");
+    assert!(
+        counted
+            .sample
+            .iter()
+            .any(|s| label(&counted, s, "thread") == Some("lock-waiter")
+                && label(&counted, s, "operation") == Some("Waiting")),
+        "the goroutine profile labels the waiter's sample"
+    );
     // Its waits for the lock carry them in the mutex profile.
     let mutex = workload.profile("/debug/pprof/mutex?seconds=2");
     let labelled_waits: i64 = mutex

@@ -30,10 +30,18 @@ fn tasks_show_where_they_await() {
         "the waiter awaits the orders lock:\n{waiter}"
     );
     assert!(waiter.contains("task_workload.rs:"), "{waiter}");
+    assert!(
+        waiter.contains("\nlabels: {\"operation\":\"Checkout\"}\n"),
+        "the waiter's Labels::instrument wrapper names its labels:\n{waiter}"
+    );
     let holder = task_block(&text, "task_workload::hold_orders_lock::{{closure}}");
     assert!(
         holder.contains("tokio::time::sleep"),
         "the holder sleeps:\n{holder}"
+    );
+    assert!(
+        !holder.contains("labels: "),
+        "the holder has no labels:\n{holder}"
     );
     // Threads come first, as before.
     assert!(text.starts_with("thread "), "{text}");

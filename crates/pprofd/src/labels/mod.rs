@@ -201,13 +201,15 @@ fn set_current_task(task: u64) -> u64 {
     previous
 }
 
-/// The calling thread's active labels and tokio task id (0: none). Async-signal-safe: two
-/// loads of `const` thread-locals without destructors; no lock, no allocation.
-#[inline(always)]
-pub(crate) fn current() -> (LabelSetId, u64) {
-    let labels = CURRENT.with(|current| current.load(Ordering::Relaxed));
-    let task = CURRENT_TASK.with(|current| current.load(Ordering::Relaxed));
-    (LabelSetId(labels), task)
+where_pprofd_profiles! {
+    /// The calling thread's active labels and tokio task id (0: none). Async-signal-safe: two
+    /// loads of `const` thread-locals without destructors; no lock, no allocation.
+    #[inline(always)]
+    pub(crate) fn current() -> (LabelSetId, u64) {
+        let labels = CURRENT.with(|current| current.load(Ordering::Relaxed));
+        let task = CURRENT_TASK.with(|current| current.load(Ordering::Relaxed));
+        (LabelSetId(labels), task)
+}
 }
 
 /// Restores the labels active before [`Labels::enter`]. Not `Send`: scopes are entered and
@@ -261,10 +263,48 @@ static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
 });
 
 fn registry() -> MutexGuard<'static, Registry> {
+    // A child forked while another thread held the lock must not find it held (crate::fork).
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    crate::fork::register_handlers();
     // A panic while the lock was held left the table consistent (every change is one insert).
     REGISTRY
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+where_pprofd_profiles! {
+    thread_local! {
+        /// The registry's lock, held by the forking thread from `pthread_atfork`'s prepare
+        /// handler to its parent and child handlers.
+        static HELD_ACROSS_FORK: std::cell::RefCell<Option<MutexGuard<'static, Registry>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// `pthread_atfork` prepare: takes the registry's lock, so no other thread holds it at the
+    /// fork.
+    pub(crate) fn before_fork() {
+        let guard = REGISTRY
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = HELD_ACROSS_FORK.try_with(|held| *held.borrow_mut() = Some(guard));
+    }
+
+    /// `pthread_atfork` parent: releases the lock.
+    pub(crate) fn after_fork() {
+        let _ = HELD_ACROSS_FORK.try_with(|held| held.borrow_mut().take());
+    }
+
+    /// `pthread_atfork` child: releases the lock (the forking thread is the child's only
+    /// thread, and the table is whole); a task dump in progress in the parent is not the
+    /// child's, so its polls stop noting labels.
+    pub(crate) fn after_fork_in_child() {
+        #[cfg(feature = "tokio-tasks")]
+        NOTING.store(0, Ordering::Relaxed);
+        after_fork();
+    }
 }
 
 impl Registry {
@@ -335,29 +375,33 @@ pub(crate) fn pairs_of(id: LabelSetId) -> Arc<[Pair]> {
     }
 }
 
-/// The labels a profile sample of set `id` and tokio task `task` (0: none) carries.
-pub(crate) fn profile_labels(id: LabelSetId, task: u64) -> Vec<crate::profile::Label> {
-    let mut labels: Vec<crate::profile::Label> = pairs_of(id)
-        .iter()
-        .map(|(key, value)| crate::profile::Label::str(*key, value.to_string()))
-        .collect();
-    if task != 0 {
-        labels.push(crate::profile::Label::str(TASK_LABEL, task.to_string()));
-    }
-    labels
+where_pprofd_profiles! {
+    /// The labels a profile sample of set `id` and tokio task `task` (0: none) carries.
+    pub(crate) fn profile_labels(id: LabelSetId, task: u64) -> Vec<crate::profile::Label> {
+        let mut labels: Vec<crate::profile::Label> = pairs_of(id)
+            .iter()
+            .map(|(key, value)| crate::profile::Label::str(*key, value.to_string()))
+            .collect();
+        if task != 0 {
+            labels.push(crate::profile::Label::str(TASK_LABEL, task.to_string()));
+        }
+        labels
+}
 }
 
 /// The label key of a sample's tokio task id.
 pub const TASK_LABEL: &str = "task";
 
-/// Go's rendering of a label set in `goroutine?debug=1`: `{"key":"value", ...}`.
-pub(crate) fn go_text(id: LabelSetId) -> String {
-    let pairs = pairs_of(id);
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(key, value)| format!("{key:?}:{:?}", value.as_ref()))
-        .collect();
-    format!("{{{}}}", inner.join(", "))
+where_pprofd_profiles! {
+    /// Go's rendering of a label set in `goroutine?debug=1`: `{"key":"value", ...}`.
+    pub(crate) fn go_text(id: LabelSetId) -> String {
+        let pairs = pairs_of(id);
+        let inner: Vec<String> = pairs
+            .iter()
+            .map(|(key, value)| format!("{key:?}:{:?}", value.as_ref()))
+            .collect();
+        format!("{{{}}}", inner.join(", "))
+}
 }
 
 pin_project_lite::pin_project! {
