@@ -120,19 +120,23 @@ fn fork_many(n: usize) -> String {
     let churners: Vec<_> = (0..2)
         .map(|_| {
             std::thread::spawn(|| {
-                let mut round = 0u64;
                 while CHURN.load(Ordering::SeqCst) {
                     std::thread::spawn(|| std::hint::black_box(vec![1u8; 4096]).len())
                         .join()
                         .expect("churn thread");
-                    // New label sets take the label registry's lock.
-                    let labels = pprofd::Labels::new([("round", (round % 64).to_string())]);
-                    labels.scope(|| std::hint::black_box(vec![2u8; 512]).len());
-                    round += 1;
                 }
             })
         })
         .collect();
+    // Label sets made in a tight loop hold the label registry's lock most of the time.
+    let labeller = std::thread::spawn(|| {
+        let mut round = 0u64;
+        while CHURN.load(Ordering::SeqCst) {
+            let labels = pprofd::Labels::new([("round", (round % 64).to_string())]);
+            labels.scope(|| std::hint::black_box(round));
+            round += 1;
+        }
+    });
     let (mut hung, mut failed) = (0, 0);
     for _ in 0..n {
         // SAFETY: the child only runs `child_work` and `_exit`s.
@@ -151,6 +155,7 @@ fn fork_many(n: usize) -> String {
     for churner in churners {
         churner.join().expect("churner");
     }
+    labeller.join().expect("labeller");
     format!("forked {n} hung {hung} failed {failed}")
 }
 
