@@ -138,7 +138,7 @@ fn run_tasks(form: Form, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
             // Four requests in flight, Alpha and Beta in turn.
             while requests.len() < 4 {
-                let alpha = next % 2 == 0;
+                let alpha = next.is_multiple_of(2);
                 let work = request(alpha, next + 1);
                 match form {
                     Form::Instrument => {
@@ -166,7 +166,7 @@ fn run_threads(stop: Arc<AtomicBool>) {
             let mut x = 1;
             let mut next = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let alpha = next % 2 == 0;
+                let alpha = next.is_multiple_of(2);
                 let labels = Labels::new([("operation", operation(alpha))]);
                 // Requests of tens of milliseconds, longer than the kernel's tick (which paces
                 // CPU timers), so their rhythm cannot alias with the sampling.

@@ -380,7 +380,7 @@ where_pprofd_profiles! {
     pub(crate) fn profile_labels(id: LabelSetId, task: u64) -> Vec<crate::profile::Label> {
         let mut labels: Vec<crate::profile::Label> = pairs_of(id)
             .iter()
-            .map(|(key, value)| crate::profile::Label::str(*key, value.to_string()))
+            .map(|(key, value)| crate::profile::Label::str(key, value.to_string()))
             .collect();
         if task != 0 {
             labels.push(crate::profile::Label::str(TASK_LABEL, task.to_string()));
