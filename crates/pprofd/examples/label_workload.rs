@@ -5,7 +5,7 @@
 //! runtime, labelled `operation=Alpha` or `operation=Beta` by `Labels::instrument` or by a
 //! tracing span under `TracingLabels`; each request yields between chunks of work, so it
 //! migrates between the workers. Each chunk of Alpha spins 3 units and allocates 64 KiB; each
-//! of Beta spins 1 unit and allocates 192 KiB. An unlabelled task (`unlabelled_work`) runs
+//! of Beta spins 1 unit and allocates 192 KiB. Alpha's last 200 buffers stay alive. An unlabelled task (`unlabelled_work`) runs
 //! beside them on the same workers. `--form scope` does the same on plain threads with
 //! `Labels::scope`, and adds a thread that waits for a lock inside `operation=Waiting`.
 //!
@@ -67,11 +67,23 @@ fn measured(truth: &Truth, bytes: usize, work: impl FnOnce() -> u64) -> u64 {
     result
 }
 
+/// Alpha's last buffers, kept alive: in-use memory that its sampled allocations must keep
+/// labelled until they are freed.
+static RETAINED: Mutex<std::collections::VecDeque<Vec<u8>>> =
+    Mutex::new(std::collections::VecDeque::new());
+const RETAINED_BUFFERS: usize = 200;
+
 #[inline(never)]
 fn alpha_work(seed: u64) -> u64 {
     measured(&ALPHA, 64 << 10, || {
         let buffer = black_box(vec![seed as u8; 64 << 10]);
-        spin(seed ^ buffer[7] as u64, 3 * UNIT)
+        let x = spin(seed ^ buffer[7] as u64, 3 * UNIT);
+        let mut retained = RETAINED.lock().unwrap();
+        retained.push_back(buffer);
+        if retained.len() > RETAINED_BUFFERS {
+            retained.pop_front();
+        }
+        x
     })
 }
 

@@ -139,6 +139,15 @@ fn check_cpu_and_allocs(form: &str) {
         alpha.1 / (alpha.1 + beta.1),
         &format!("{form} alloc_space"),
     );
+    // In-use memory keeps the labels of the allocation until the free: Alpha's retained buffers.
+    let heap = workload.profile("/debug/pprof/heap");
+    let in_use = by_operation(&heap, "alpha_work", value_index(&heap, "inuse_space"));
+    println!("{form} inuse_space of alpha_work: {in_use:?}");
+    assert!(
+        in_use.get("Alpha").copied().unwrap_or(0) > 4 << 20,
+        "{form}: Alpha's retained buffers (12.5 MiB) are in use under its label: {in_use:?}"
+    );
+    assert_eq!(in_use.len(), 1, "{form}: {in_use:?}");
     if form != "scope" {
         // Samples in a polled, instrumented task name the task.
         let with_task = cpu
