@@ -15,7 +15,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::{function_names, share_of, Workload};
+use support::{function_names, label, share_of, Workload};
 
 fn aarch64_service() -> Option<PathBuf> {
     match std::env::var_os("PPROFD_AARCH64_SERVICE") {
@@ -127,6 +127,28 @@ fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_pro
     assert!(
         rooted as f64 > 0.95 * samples as f64,
         "only {rooted} of {samples} CPU samples reach the thread root; for example {unrooted:#?}"
+    );
+
+    // The workers' rounds run in a `Labels` scope: their samples carry it on aarch64 too.
+    let in_rounds: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| {
+            function_names(&profile, s)
+                .iter()
+                .any(|f| f.ends_with("hot_seventy") || f.ends_with("hot_thirty"))
+        })
+        .map(|s| s.value[0])
+        .sum();
+    let labelled: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| label(&profile, s, "operation") == Some("Round"))
+        .map(|s| s.value[0])
+        .sum();
+    assert!(
+        labelled as f64 >= 0.95 * in_rounds as f64,
+        "{labelled} of the {in_rounds} samples in the rounds carry operation=Round"
     );
 
     let heap = service.profile("/debug/pprof/heap");
