@@ -124,10 +124,10 @@ impl HeapSnapshot {
         self
     }
 
-    /// The gzipped protobuf profile, symbolized. Stacks are cut at the allocator's frames
+    /// The profile, symbolized. Stacks are cut at the allocator's frames
     /// ([`ALLOCATOR_FRAMES`], also written as the profile's `drop_frames` so that tools cut
     /// what only they can symbolize, as for stripped builds) unless `allocator_frames`.
-    pub fn encode(&self, kind: ProfileKind, allocator_frames: bool) -> Vec<u8> {
+    pub fn profile(&self, kind: ProfileKind, allocator_frames: bool) -> profile::proto::Profile {
         sampler::without_sampling(|| {
             let records = self.records(Trim::None);
             let mut builder = ProfileBuilder::new(
@@ -168,7 +168,7 @@ impl HeapSnapshot {
             // crate's flame graphs) show what `go tool pprof` shows.
             profile::remove_uninteresting_frames(&mut built)
                 .expect("ALLOCATOR_FRAMES is a valid pattern (tested)");
-            profile::encode_gzip(&built)
+            built
         })
     }
 

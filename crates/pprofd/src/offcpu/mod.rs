@@ -415,9 +415,9 @@ impl OffCpuSamples {
         self.gathered.signals
     }
 
-    /// Builds the `view` as a gzipped pprof profile (`contentions/count`, `delay/nanoseconds`),
+    /// Builds the `view` as a symbolized pprof profile (`contentions/count`, `delay/nanoseconds`),
     /// with idle and I/O waits when `include_idle`.
-    pub fn encode(&self, view: View, include_idle: bool) -> Vec<u8> {
+    pub fn profile(&self, view: View, include_idle: bool) -> profile::proto::Profile {
         let symbols = self.symbols();
         let sites = self.sites(&symbols, view, include_idle);
         let mut builder = ProfileBuilder::new(
@@ -446,7 +446,7 @@ impl OffCpuSamples {
         for comment in self.comments(view, include_idle, sites.is_empty()) {
             builder.add_comment(comment);
         }
-        profile::encode_gzip(&builder.build(&symbols))
+        builder.build(&symbols)
     }
 
     /// Go's `debug=1` text: `--- contention:`, then `delay count @ addresses` per stack.

@@ -27,13 +27,12 @@
 //! prints the token.
 
 mod flame;
-/// Query parsing and the routes' parameter checks without HTTP, for the fuzz targets in
+/// Query parsing and every endpoint's parameter checks without HTTP, for the fuzz targets in
 /// `fuzz/` (`cargo fuzz` builds with `--cfg fuzzing`) and this crate's tests; not an API.
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzzing;
-mod query;
-mod routes;
+pub(crate) mod routes;
 
 pub use crate::flame_graph::flame_graph_svg;
 
@@ -43,6 +42,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::endpoints::ENDPOINTS;
+use crate::produce::Settings;
 use crate::Error;
 
 /// Longest CPU profile accepted by default, in seconds.
@@ -159,18 +160,18 @@ impl Server {
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
         let protected = config.token.is_some();
         let read_timeout = config.request_read_timeout;
-        let settings = Arc::new(routes::Settings {
-            max_profile_seconds: config.max_profile_seconds,
-            token: config.token,
-            long_running: Arc::new(tokio::sync::Semaphore::new(MAX_LONG_RUNNING)),
-        });
+        let settings = Arc::new(Settings::new(config.max_profile_seconds, config.token));
         let thread = std::thread::Builder::new()
             .name("pprofd-http".into())
             .spawn(move || serve(listener, settings, read_timeout, shutdown_rx))
             .map_err(Error::Spawn)?;
         log::info!(
             "pprofd: serving http://{local_addr}/debug/pprof/ ({})",
-            routes::ENDPOINTS.join(", ")
+            ENDPOINTS
+                .iter()
+                .map(|e| e.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if !local_addr.ip().is_loopback() && !protected {
             log::warn!(
@@ -267,7 +268,7 @@ fn bind(addrs: &[SocketAddr]) -> std::io::Result<TcpListener> {
 /// The server thread: a current-thread runtime accepting connections until shutdown.
 fn serve(
     listener: TcpListener,
-    settings: Arc<routes::Settings>,
+    settings: Arc<Settings>,
     read_timeout: Duration,
     shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -326,7 +327,7 @@ fn serve(
 /// read deadline (the body's deadline is the handler's, which answers 408).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
-    settings: Arc<routes::Settings>,
+    settings: Arc<Settings>,
     read_timeout: Duration,
 ) {
     let deadline = tokio::time::Instant::now() + read_timeout;
@@ -334,7 +335,10 @@ async fn serve_connection(
     let arrived = head_arrived.clone();
     let service = hyper::service::service_fn(move |req| {
         arrived.store(true, Ordering::Relaxed);
-        flame::handle(req, settings.clone(), deadline)
+        let settings = settings.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(routes::answer(req, &settings, deadline).await)
+        }
     });
     // One request per connection: profiles are long and scrapes are 15 s apart, so
     // keep-alive would only let idle clients hold slots.
