@@ -5,12 +5,12 @@
 //! the profiler's own work does not show up in its profiles.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::sampler;
 use super::tables::{self, HeapTables, SiteCounters, FIXED_ONE, OVERFLOW_SITE};
+use crate::profile::legacy_text::LegacyText;
 use crate::profile::{self, Frame, Label, ProfileBuilder, Resolver};
 use crate::symbolize::ProcessSymbols;
 
@@ -189,57 +189,30 @@ impl HeapSnapshot {
                     *t += v;
                 }
             }
-            let mut out = String::new();
             let (objects, bytes) = inuse(&total);
-            let _ = writeln!(
-                out,
+            let header = format!(
                 "heap profile: {objects}: {bytes} [{}: {}] @ heap/{}",
                 total[ALLOC_SAMPLES],
                 total[ALLOC_SAMPLED_BYTES],
                 2 * self.rate
             );
+            // Go prints return addresses; the stored frames are return addresses minus one.
+            let mut out = LegacyText::new(&header, &records.symbols).showing_return_addresses();
             for record in &records.list {
                 if record.counts[ALLOC_SAMPLES] == 0 && record.counts[FREE_SAMPLES] == 0 {
                     continue;
                 }
                 let (objects, bytes) = inuse(&record.counts);
-                let _ = write!(
-                    out,
-                    "{objects}: {bytes} [{}: {}] @",
+                let values = format!(
+                    "{objects}: {bytes} [{}: {}]",
                     record.counts[ALLOC_SAMPLES], record.counts[ALLOC_SAMPLED_BYTES]
                 );
-                // Go prints return addresses; the stored frames are return addresses minus one.
-                for frame in &record.frames {
-                    if let Frame::Address(address) = frame {
-                        let _ = write!(out, " {:#x}", address + 1);
-                    }
-                }
-                out.push('\n');
-                for frame in &record.frames {
-                    match frame {
-                        Frame::Address(address) => {
-                            for source in records.symbols.frames(*address) {
-                                let _ = writeln!(
-                                    out,
-                                    "#\t{:#x}\t{}\t{}:{}",
-                                    address + 1,
-                                    source.function,
-                                    source.file,
-                                    source.line
-                                );
-                            }
-                        }
-                        Frame::Synthetic(name) => {
-                            let _ = writeln!(out, "#\t{name}");
-                        }
-                    }
-                }
-                out.push('\n');
+                out.stack(&values, &record.frames, &[]);
             }
             for comment in self.comments() {
-                let _ = writeln!(out, "# {comment}");
+                out.comment(&comment);
             }
-            out
+            out.finish()
         })
     }
 
