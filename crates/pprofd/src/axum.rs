@@ -11,14 +11,16 @@
 //! thread and single-threaded runtime (started by the first [`router`] call, never at link
 //! time), which samples, symbolizes and encodes, and the answer comes back over a oneshot. A
 //! busy host runtime therefore only delays that small forwarding, and a client that goes away
-//! still stops its profile at once.
+//! still stops its profile at once. When `PPROF_ADDR` is set, the server
+//! [`crate::init_from_env`] started lends its thread and runtime instead (while it serves), so
+//! no second one is started.
 //!
 //! A wedged host runtime cannot accept connections or forward requests, though, and that is
 //! when `goroutine?debug=2` is needed most. The standalone server (`PPROF_ADDR`, through
 //! [`crate::init_from_env`]) accepts on pprofd's own thread and answers then too: keep it set
 //! (on loopback) beside the mount where a wedge must be diagnosable.
 //!
-//! The first [`router`] call also turns on what the standalone server turns on at its start:
+//! Starting its own runtime also turns on what the standalone server turns on at its start:
 //! thread-creation recording and heap sampling (with pprofd's [`crate::Allocator`]).
 
 use std::sync::{Arc, OnceLock};
@@ -40,15 +42,19 @@ use crate::server::{DEFAULT_MAX_PROFILE_SECONDS, DEFAULT_REQUEST_READ_TIMEOUT};
 /// `app.merge(pprofd::axum::router())` works whatever state `app` carries.
 ///
 /// Reads `PPROF_TOKEN` now: when set, every request must carry `Authorization: Bearer
-/// <token>`. Starts pprofd's thread and runtime on the first call; a service that cannot start
-/// a thread gets one logged error and 503s naming it.
+/// <token>`. Unless `PPROF_ADDR` is set (its server's runtime is used then), starts pprofd's
+/// thread and runtime on the first call; a service that cannot start a thread gets one logged
+/// error and 503s naming it.
 pub fn router<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     // Started now rather than at the first request, so thread creations and allocations
-    // from here on are recorded; a failure was logged and each request answers it.
-    let _ = runtime();
+    // from here on are recorded; a failure was logged and each request answers it. With
+    // PPROF_ADDR set, `init_from_env`'s server lends its runtime (and turns recording on).
+    if std::env::var_os(crate::ADDR_ENV).is_none_or(|addr| addr.is_empty()) {
+        let _ = own_runtime();
+    }
     let mount = Arc::new(Mount {
         settings: Arc::new(Settings::new(
             DEFAULT_MAX_PROFILE_SECONDS,
@@ -73,9 +79,12 @@ struct Mount {
 impl Mount {
     /// Hands `req` to pprofd's runtime and waits for the answer.
     async fn forward(&self, req: Request) -> Response {
-        let runtime = match runtime() {
-            Ok(runtime) => runtime,
-            Err(reason) => return unavailable(reason),
+        let runtime = match crate::server::lent_runtime() {
+            Some(lent) => lent,
+            None => match own_runtime() {
+                Ok(own) => own.clone(),
+                Err(reason) => return unavailable(reason),
+            },
         };
         let settings = self.settings.clone();
         // The whole request has arrived (axum calls handlers once the head has); a `/symbol`
@@ -100,10 +109,10 @@ impl Mount {
     }
 }
 
-/// pprofd's runtime for the mount, started on first use: its own OS thread running a
-/// current-thread runtime whose blocking pool does the profile work, as the standalone
-/// server's does (those threads are left out of profiles).
-fn runtime() -> Result<&'static Handle, &'static str> {
+/// pprofd's runtime for the mount when no `PPROF_ADDR` server lends its own, started on first
+/// use: an OS thread of pprofd's running a current-thread runtime whose blocking pool does the
+/// profile work, as the standalone server's does (those threads are left out of profiles).
+fn own_runtime() -> Result<&'static Handle, &'static str> {
     static RUNTIME: OnceLock<Result<Handle, &'static str>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
@@ -112,12 +121,7 @@ fn runtime() -> Result<&'static Handle, &'static str> {
                 .name("pprofd-axum".into())
                 .spawn(move || {
                     let _internal = crate::procfs::register_internal_thread();
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .thread_name("pprofd-work")
-                        .max_blocking_threads(4)
-                        .on_thread_start(crate::procfs::register_internal_for_life)
-                        .build();
+                    let runtime = crate::server::build_runtime();
                     match runtime {
                         Ok(runtime) => {
                             let _ = started.send(Some(runtime.handle().clone()));

@@ -1,7 +1,8 @@
 //! The axum mount (feature `axum`), over real HTTP: an axum 0.8 app on a multi-thread tokio
 //! runtime merges `pprofd::axum::router()` beside its own routes and state, and serves a CPU
 //! profile that the real `go tool pprof -top` reads, a `goroutine?debug=2` dump showing the
-//! app's threads, the standalone server's errors word for word, and the token check.
+//! app's threads, the standalone server's errors word for word, and the token check; first on
+//! the runtime of the `PPROF_ADDR` server, then, once that server is gone, on its own.
 //!
 //! Run with `cargo test --release -p pprofd --features axum --test axum_mount` (`.ci/run` does).
 
@@ -66,11 +67,12 @@ fn same_answer(what: &str, mounted: &Response, standalone: &Response) {
 #[test]
 fn an_axum_app_that_merges_the_router_serves_profiles_dumps_and_the_servers_errors() {
     // Both routers read PPROF_TOKEN when made; made first, before any other thread runs.
+    std::env::set_var(pprofd::ADDR_ENV, "127.0.0.1:0");
     std::env::set_var(pprofd::TOKEN_ENV, "s3cret");
     let guarded = pprofd::axum::router::<AppState>();
     std::env::remove_var(pprofd::TOKEN_ENV);
     let open = pprofd::axum::router::<AppState>();
-    let standalone = pprofd::Server::start(pprofd::Config::new("127.0.0.1:0")).unwrap();
+    let standalone = pprofd::init_from_env().unwrap().expect("PPROF_ADDR is set");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -178,6 +180,24 @@ fn an_axum_app_that_merges_the_router_serves_profiles_dumps_and_the_servers_erro
     // The token guards only pprofd's routes, not the app's.
     assert_eq!(request(guarded_addr, "GET", "/hello", b"").status, 200);
 
-    stop.store(true, Ordering::Relaxed);
+    // With PPROF_ADDR set, all of that ran on its server's runtime: no second one was started.
+    assert!(!thread_names().contains(&"pprofd-axum".to_string()));
     standalone.shutdown();
+    // Without it, the mount starts its own thread and runtime and answers the same.
+    let dump = request(addr, "GET", "/debug/pprof/goroutine?debug=2", b"");
+    assert_eq!(dump.status, 200, "{}", dump.text());
+    assert!(dump.text().contains("\"app-worker\""));
+    assert!(thread_names().contains(&"pprofd-axum".to_string()));
+    let bad = request(addr, "GET", "/debug/pprof/profile?seconds=abc", b"");
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect()
 }
