@@ -295,13 +295,24 @@ pub fn collect_heap_series(
     );
     bar.set_prefix(base.to_string());
     let mut outcomes = Vec::new();
+    // The table's heap and command-line files; the series numbers the heap profiles.
+    let table = endpoints(1);
+    let heap_path = table
+        .iter()
+        .find(|e| e.file == "heap.pb.gz")
+        .map(|e| e.path.clone())
+        .expect("the endpoint table has the heap profile");
+    let cmdline = table
+        .into_iter()
+        .find(|e| e.file == "cmdline.txt")
+        .expect("the endpoint table has the command line");
     for i in 1..=count {
         let taken = Instant::now();
         outcomes.push(fetch_endpoint(
             base,
             Endpoint {
                 file: format!("heap-{i:02}.pb.gz"),
-                path: "/debug/pprof/heap".into(),
+                path: heap_path.clone(),
                 what: "heap profile of the series",
                 timeout: SNAPSHOT_TIMEOUT,
             },
@@ -313,16 +324,7 @@ pub fn collect_heap_series(
             std::thread::sleep(every.saturating_sub(taken.elapsed()));
         }
     }
-    outcomes.push(fetch_endpoint(
-        base,
-        Endpoint {
-            file: "cmdline.txt".into(),
-            path: "/debug/pprof/cmdline".into(),
-            what: "the service's command line, NUL-separated",
-            timeout: SNAPSHOT_TIMEOUT,
-        },
-        token,
-    ));
+    outcomes.push(fetch_endpoint(base, cmdline, token));
     bar.finish_and_clear();
     if let Some(Err(reason)) = outcomes.iter().map(Outcome::result).find(|r| r.is_err()) {
         if outcomes
