@@ -55,57 +55,45 @@ where
     if std::env::var_os(crate::ADDR_ENV).is_none_or(|addr| addr.is_empty()) {
         let _ = own_runtime();
     }
-    let mount = Arc::new(Mount {
-        settings: Arc::new(Settings::new(
-            DEFAULT_MAX_PROFILE_SECONDS,
-            std::env::var(crate::TOKEN_ENV).ok(),
-        )),
-    });
-    let handler = move |req: Request| {
-        let mount = mount.clone();
-        async move { mount.forward(req).await }
-    };
+    // This router's token and long-running cap.
+    let settings = Arc::new(Settings::new(
+        DEFAULT_MAX_PROFILE_SECONDS,
+        std::env::var(crate::TOKEN_ENV).ok(),
+    ));
+    let handler = move |req: Request| forward(req, settings.clone());
     Router::new()
         .route("/debug/pprof", any(handler.clone()))
         .route("/debug/pprof/", any(handler.clone()))
         .route("/debug/pprof/{*endpoint}", any(handler))
 }
 
-/// One router's settings (its token and long-running cap).
-struct Mount {
-    settings: Arc<Settings>,
-}
-
-impl Mount {
-    /// Hands `req` to pprofd's runtime and waits for the answer.
-    async fn forward(&self, req: Request) -> Response {
-        let runtime = match crate::server::lent_runtime() {
-            Some(lent) => lent,
-            None => match own_runtime() {
-                Ok(own) => own.clone(),
-                Err(reason) => return unavailable(reason),
-            },
-        };
-        let settings = self.settings.clone();
-        // The whole request has arrived (axum calls handlers once the head has); a `/symbol`
-        // body gets the standalone server's default deadline.
-        let deadline = tokio::time::Instant::now() + DEFAULT_REQUEST_READ_TIMEOUT;
-        let (answered, answer) = tokio::sync::oneshot::channel();
-        runtime.spawn(async move {
-            let mut answered = answered;
-            tokio::select! {
-                response = routes::answer(req, &settings, deadline) => {
-                    let _ = answered.send(response);
-                }
-                // The client went away and axum dropped the waiting handler: dropping the
-                // answer's future stops a running profile.
-                () = answered.closed() => {}
+/// Hands `req` to pprofd's runtime and waits for the answer.
+async fn forward(req: Request, settings: Arc<Settings>) -> Response {
+    let runtime = match crate::server::lent_runtime() {
+        Some(lent) => lent,
+        None => match own_runtime() {
+            Ok(own) => own.clone(),
+            Err(reason) => return unavailable(reason),
+        },
+    };
+    // The whole request has arrived (axum calls handlers once the head has); a `/symbol`
+    // body gets the standalone server's default deadline.
+    let deadline = tokio::time::Instant::now() + DEFAULT_REQUEST_READ_TIMEOUT;
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    runtime.spawn(async move {
+        let mut answered = answered;
+        tokio::select! {
+            response = routes::answer(req, &settings, deadline) => {
+                let _ = answered.send(response);
             }
-        });
-        match answer.await {
-            Ok(response) => response.map(Body::new),
-            Err(_) => unavailable("pprofd's runtime dropped the request"),
+            // The client went away and axum dropped the waiting handler: dropping the
+            // answer's future stops a running profile.
+            () = answered.closed() => {}
         }
+    });
+    match answer.await {
+        Ok(response) => response.map(Body::new),
+        Err(_) => unavailable("pprofd's runtime dropped the request"),
     }
 }
 
