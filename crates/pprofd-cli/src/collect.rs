@@ -50,62 +50,40 @@ pub struct Endpoint {
 /// seconds (block, mutex).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The endpoints of a full collection, CPU first.
+/// The endpoints of a full collection, from pprofd's endpoint table: every archive file it
+/// names, the CPU profile (the one that records for `--seconds`) first.
 pub fn endpoints(cpu_seconds: u64) -> Vec<Endpoint> {
-    let snapshot = |file: &str, path: &str, what| Endpoint {
-        file: file.into(),
-        path: path.into(),
-        what,
-        timeout: SNAPSHOT_TIMEOUT,
-    };
-    vec![
-        Endpoint {
-            file: "cpu.pb.gz".into(),
-            path: format!("/debug/pprof/profile?seconds={cpu_seconds}"),
-            what: "CPU profile: where CPU time went, by stack",
-            timeout: Duration::from_secs(cpu_seconds + 60),
-        },
-        snapshot(
-            "heap.pb.gz",
-            "/debug/pprof/heap",
-            "heap profile: live memory (inuse_space) and allocations by site",
-        ),
-        snapshot(
-            "allocs.pb.gz",
-            "/debug/pprof/allocs",
-            "allocations since start by site (alloc_space)",
-        ),
-        snapshot(
-            "goroutine.pb.gz",
-            "/debug/pprof/goroutine?debug=0",
-            "every thread's stack, counted by distinct stack",
-        ),
-        snapshot(
-            "goroutine-debug2.txt",
-            "/debug/pprof/goroutine?debug=2",
-            "every thread's full stack as text, with its state: read it as is",
-        ),
-        snapshot(
-            "threadcreate.pb.gz",
-            "/debug/pprof/threadcreate",
-            "the stacks that created the live threads",
-        ),
-        snapshot(
-            "block.pb.gz",
-            "/debug/pprof/block",
-            "time threads spent blocked (locks, condvars, channels) by site",
-        ),
-        snapshot(
-            "mutex.pb.gz",
-            "/debug/pprof/mutex",
-            "time threads spent waiting for locks, by site",
-        ),
-        snapshot(
-            "cmdline.txt",
-            "/debug/pprof/cmdline",
-            "the service's command line, NUL-separated",
-        ),
-    ]
+    let mut list: Vec<(bool, Endpoint)> = pprofd::endpoints::ENDPOINTS
+        .iter()
+        .flat_map(|endpoint| {
+            endpoint.archive.iter().map(move |file| {
+                let timed = file.takes_collect_seconds;
+                let seconds = timed.then(|| format!("seconds={cpu_seconds}"));
+                let query: Vec<&str> = [Some(file.query), seconds.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|q| !q.is_empty())
+                    .collect();
+                let path = match query.is_empty() {
+                    true => endpoint.path(),
+                    false => format!("{}?{}", endpoint.path(), query.join("&")),
+                };
+                let endpoint = Endpoint {
+                    file: file.file.into(),
+                    path,
+                    what: file.what,
+                    timeout: match timed {
+                        true => Duration::from_secs(cpu_seconds + 60),
+                        false => SNAPSHOT_TIMEOUT,
+                    },
+                };
+                (timed, endpoint)
+            })
+        })
+        .collect();
+    // Stable: the timed one first, the rest in the table's order.
+    list.sort_by_key(|(timed, _)| !timed);
+    list.into_iter().map(|(_, endpoint)| endpoint).collect()
 }
 
 /// The outcome of one endpoint.
@@ -317,13 +295,24 @@ pub fn collect_heap_series(
     );
     bar.set_prefix(base.to_string());
     let mut outcomes = Vec::new();
+    // The table's heap and command-line files; the series numbers the heap profiles.
+    let table = endpoints(1);
+    let heap_path = table
+        .iter()
+        .find(|e| e.file == "heap.pb.gz")
+        .map(|e| e.path.clone())
+        .expect("the endpoint table has the heap profile");
+    let cmdline = table
+        .into_iter()
+        .find(|e| e.file == "cmdline.txt")
+        .expect("the endpoint table has the command line");
     for i in 1..=count {
         let taken = Instant::now();
         outcomes.push(fetch_endpoint(
             base,
             Endpoint {
                 file: format!("heap-{i:02}.pb.gz"),
-                path: "/debug/pprof/heap".into(),
+                path: heap_path.clone(),
                 what: "heap profile of the series",
                 timeout: SNAPSHOT_TIMEOUT,
             },
@@ -335,16 +324,7 @@ pub fn collect_heap_series(
             std::thread::sleep(every.saturating_sub(taken.elapsed()));
         }
     }
-    outcomes.push(fetch_endpoint(
-        base,
-        Endpoint {
-            file: "cmdline.txt".into(),
-            path: "/debug/pprof/cmdline".into(),
-            what: "the service's command line, NUL-separated",
-            timeout: SNAPSHOT_TIMEOUT,
-        },
-        token,
-    ));
+    outcomes.push(fetch_endpoint(base, cmdline, token));
     bar.finish_and_clear();
     if let Some(Err(reason)) = outcomes.iter().map(Outcome::result).find(|r| r.is_err()) {
         if outcomes
@@ -608,6 +588,29 @@ mod tests {
             "2000-02-29T00:00:00Z"
         );
         assert_eq!(compact_timestamp(t), "20261127-003532");
+    }
+
+    #[test]
+    fn a_collection_fetches_every_archive_file_of_the_table_cpu_first() {
+        let list = endpoints(7);
+        assert_eq!(list[0].file, "cpu.pb.gz");
+        assert_eq!(list[0].path, "/debug/pprof/profile?seconds=7");
+        assert_eq!(list[0].timeout, Duration::from_secs(67));
+        let files: Vec<&str> = list.iter().map(|e| e.file.as_str()).collect();
+        for file in [
+            "heap.pb.gz",
+            "goroutine.pb.gz",
+            "goroutine-debug2.txt",
+            "cmdline.txt",
+        ] {
+            assert!(files.contains(&file), "{files:?}");
+        }
+        let dump = list
+            .iter()
+            .find(|e| e.file == "goroutine-debug2.txt")
+            .unwrap();
+        assert_eq!(dump.path, "/debug/pprof/goroutine?debug=2");
+        assert!(list[1..].iter().all(|e| e.timeout == SNAPSHOT_TIMEOUT));
     }
 
     #[test]

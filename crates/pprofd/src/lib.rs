@@ -24,7 +24,9 @@
 //! `labels.instrument(..)` carry them (`go tool pprof -tagfocus operation=GetUser`); with the
 //! `tracing` feature, [`TracingLabels`] takes them from span fields.
 //!
-//! The crate is split by concern: [`server`] is the only module that knows HTTP; [`cpu`]
+//! The crate is split by concern: [`endpoints`] lists the endpoints; a request layer makes
+//! every profile from a request description, outside HTTP; [`server`] is the only module that
+//! knows HTTP, and the `axum` mount (feature `axum`) a second adapter; [`cpu`]
 //! samples; [`threads`] dumps every thread's stack and records thread creation; [`offcpu`]
 //! samples blocked threads for the block and mutex profiles; `unwind` walks stacks inside
 //! signal handlers; `symbolize` turns addresses into functions and lines; [`profile`] is the
@@ -50,6 +52,7 @@ macro_rules! where_pprofd_profiles {
     )*};
 }
 
+pub mod endpoints;
 mod error;
 mod flame_graph;
 pub mod labels;
@@ -63,6 +66,7 @@ where_pprofd_profiles! {
     mod objects;
     pub mod offcpu;
     mod procfs;
+    mod produce;
     pub mod server;
     mod sighandler;
     mod symbolize;
@@ -75,6 +79,8 @@ where_pprofd_profiles! {
     pub use server::fuzzing;
     #[cfg(feature = "tokio-tasks")]
     pub use threads::watch_tokio_runtime;
+    #[cfg(feature = "axum")]
+    pub mod axum;
 }
 
 #[cfg(not(all(
@@ -165,12 +171,22 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
     Ok(Some(server))
 }
 
+/// Builds a finished profile builder into the profile model, symbolizing its addresses in
+/// this process.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub fn symbolize_profile(builder: profile::ProfileBuilder) -> profile::proto::Profile {
+    let symbols = symbolize::ProcessSymbols::resolve(builder.addresses());
+    builder.build(&symbols)
+}
+
 /// Encodes a finished profile builder: symbolizes its addresses in this process and gzips it.
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 pub fn symbolize_and_encode(builder: profile::ProfileBuilder) -> Vec<u8> {
-    let symbols = symbolize::ProcessSymbols::resolve(builder.addresses());
-    profile::encode_gzip(&builder.build(&symbols))
+    profile::encode_gzip(&symbolize_profile(builder))
 }

@@ -5,13 +5,13 @@
 //! the profiler's own work does not show up in its profiles.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::sampler;
 use super::tables::{self, HeapTables, SiteCounters, FIXED_ONE, OVERFLOW_SITE};
 use crate::labels::LabelSetId;
+use crate::profile::legacy_text::LegacyText;
 use crate::profile::{self, Frame, Label, ProfileBuilder, Resolver};
 use crate::symbolize::ProcessSymbols;
 
@@ -125,10 +125,10 @@ impl HeapSnapshot {
         self
     }
 
-    /// The gzipped protobuf profile, symbolized. Stacks are cut at the allocator's frames
+    /// The profile, symbolized. Stacks are cut at the allocator's frames
     /// ([`ALLOCATOR_FRAMES`], also written as the profile's `drop_frames` so that tools cut
     /// what only they can symbolize, as for stripped builds) unless `allocator_frames`.
-    pub fn encode(&self, kind: ProfileKind, allocator_frames: bool) -> Vec<u8> {
+    pub fn profile(&self, kind: ProfileKind, allocator_frames: bool) -> profile::proto::Profile {
         sampler::without_sampling(|| {
             let records = self.records(Trim::None);
             let mut builder = ProfileBuilder::new(
@@ -170,7 +170,7 @@ impl HeapSnapshot {
             // crate's flame graphs) show what `go tool pprof` shows.
             profile::remove_uninteresting_frames(&mut built)
                 .expect("ALLOCATOR_FRAMES is a valid pattern (tested)");
-            profile::encode_gzip(&built)
+            built
         })
     }
 
@@ -191,57 +191,30 @@ impl HeapSnapshot {
                     *t += v;
                 }
             }
-            let mut out = String::new();
             let (objects, bytes) = inuse(&total);
-            let _ = writeln!(
-                out,
+            let header = format!(
                 "heap profile: {objects}: {bytes} [{}: {}] @ heap/{}",
                 total[ALLOC_SAMPLES],
                 total[ALLOC_SAMPLED_BYTES],
                 2 * self.rate
             );
+            // Go prints return addresses; the stored frames are return addresses minus one.
+            let mut out = LegacyText::new(&header, &records.symbols).showing_return_addresses();
             for record in &records.list {
                 if record.counts[ALLOC_SAMPLES] == 0 && record.counts[FREE_SAMPLES] == 0 {
                     continue;
                 }
                 let (objects, bytes) = inuse(&record.counts);
-                let _ = write!(
-                    out,
-                    "{objects}: {bytes} [{}: {}] @",
+                let values = format!(
+                    "{objects}: {bytes} [{}: {}]",
                     record.counts[ALLOC_SAMPLES], record.counts[ALLOC_SAMPLED_BYTES]
                 );
-                // Go prints return addresses; the stored frames are return addresses minus one.
-                for frame in &record.frames {
-                    if let Frame::Address(address) = frame {
-                        let _ = write!(out, " {:#x}", address + 1);
-                    }
-                }
-                out.push('\n');
-                for frame in &record.frames {
-                    match frame {
-                        Frame::Address(address) => {
-                            for source in records.symbols.frames(*address) {
-                                let _ = writeln!(
-                                    out,
-                                    "#\t{:#x}\t{}\t{}:{}",
-                                    address + 1,
-                                    source.function,
-                                    source.file,
-                                    source.line
-                                );
-                            }
-                        }
-                        Frame::Synthetic(name) => {
-                            let _ = writeln!(out, "#\t{name}");
-                        }
-                    }
-                }
-                out.push('\n');
+                out.stack(&values, &record.frames, &[]);
             }
             for comment in self.comments() {
-                let _ = writeln!(out, "# {comment}");
+                out.comment(&comment);
             }
-            out
+            out.finish()
         })
     }
 

@@ -40,14 +40,14 @@ mod classify;
 
 use crate::labels::LabelSetId;
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::procfs;
-use crate::profile::{self, Frame, Label, ProfileBuilder, Resolver, SourceFrame};
+use crate::profile::legacy_text::LegacyText;
+use crate::profile::{Frame, Label, ProfileBuilder, Resolver, SourceFrame};
 use crate::symbolize::ProcessSymbols;
 use crate::threads;
 use crate::threads::procinfo::{parse_syscall_number, Obstacle};
@@ -420,9 +420,9 @@ impl OffCpuSamples {
         self.gathered.signals
     }
 
-    /// Builds the `view` as a gzipped pprof profile (`contentions/count`, `delay/nanoseconds`),
+    /// Builds the `view` as a symbolized pprof profile (`contentions/count`, `delay/nanoseconds`),
     /// with idle and I/O waits when `include_idle`.
-    pub fn encode(&self, view: View, include_idle: bool) -> Vec<u8> {
+    pub fn profile(&self, view: View, include_idle: bool) -> crate::profile::proto::Profile {
         let symbols = self.symbols();
         let sites = self.sites(&symbols, view, include_idle);
         let mut builder = ProfileBuilder::new(
@@ -452,7 +452,7 @@ impl OffCpuSamples {
         for comment in self.comments(view, include_idle, sites.is_empty()) {
             builder.add_comment(comment);
         }
-        profile::encode_gzip(&builder.build(&symbols))
+        builder.build(&symbols)
     }
 
     /// Go's `debug=1` text: `--- contention:`, then `delay count @ addresses` per stack.
@@ -470,26 +470,16 @@ impl OffCpuSamples {
         }
         let mut grouped: Vec<_> = grouped.into_iter().collect();
         grouped.sort_by_key(|(_, (delay, _, _))| std::cmp::Reverse(*delay));
-        let mut out = String::from("--- contention:\ncycles/second=1000000000\n");
+        let mut out = LegacyText::new("--- contention:\ncycles/second=1000000000", &symbols);
         for comment in self.comments(view, include_idle, sites.is_empty()) {
-            let _ = writeln!(out, "# {comment}");
+            out.comment(&comment);
         }
         for (stack, (delay, contentions, kinds)) in grouped {
-            let addresses: Vec<String> = stack.iter().map(|a| format!("{a:#x}")).collect();
-            let _ = writeln!(out, "{delay} {contentions} @ {}", addresses.join(" "));
-            let _ = writeln!(out, "# wait: {}", kinds.join(", "));
-            for &address in stack {
-                for f in symbols.frames(address) {
-                    let _ = writeln!(
-                        out,
-                        "#\t{address:#x}\t{}\t{}:{}",
-                        f.function, f.file, f.line
-                    );
-                }
-            }
-            out.push('\n');
+            let frames: Vec<Frame> = stack.iter().map(|&a| Frame::Address(a)).collect();
+            let notes = [format!("wait: {}", kinds.join(", "))];
+            out.stack(&format!("{delay} {contentions}"), &frames, &notes);
         }
-        out
+        out.finish()
     }
 
     fn symbols(&self) -> ProcessSymbols {

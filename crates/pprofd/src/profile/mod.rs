@@ -7,6 +7,9 @@
 //! [`encode_gzip`] turns into the bytes `go tool pprof` reads and [`decode`] reads back.
 
 mod budget;
+where_pprofd_profiles! {
+    pub(crate) mod legacy_text;
+}
 pub mod proto;
 mod prune;
 

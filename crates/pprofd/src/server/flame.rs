@@ -3,75 +3,35 @@
 //! a person with only a browser sees the profile. Tools (`go tool pprof`, curl, scrapers) send
 //! no such preference and keep getting the protobuf.
 
-use std::convert::Infallible;
-use std::sync::Arc;
+use hyper::Response;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ACCEPT, CONTENT_DISPOSITION, CONTENT_TYPE};
-use hyper::{Request, Response};
-
-use super::routes;
+use super::routes::{self, Body};
 use crate::flame_graph::flame_graph_svg;
 use crate::profile::proto::Profile;
 
-/// Serves `req` through the routes, turning a protobuf answer into an SVG flame graph when the
-/// client prefers SVG or HTML.
-pub(super) async fn handle(
-    req: Request<Incoming>,
-    settings: Arc<routes::Settings>,
-    read_deadline: tokio::time::Instant,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let wants_svg = req
-        .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(prefers_svg);
-    let response = routes::handle(req, settings, read_deadline).await?;
-    let is_profile = response.status().is_success()
-        && response.headers().contains_key(CONTENT_DISPOSITION)
-        && response.headers().get(CONTENT_TYPE)
-            == Some(&HeaderValue::from_static("application/octet-stream"));
-    if !wants_svg || !is_profile {
-        return Ok(response);
-    }
-    let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+/// The SVG flame graph of `profile`'s default sample type, drawn on the blocking pool; a
+/// profile with nothing to draw is answered with why, and how to get the profile itself.
+pub(super) async fn svg_response(profile: Box<Profile>) -> Response<Body> {
     let svg = tokio::task::spawn_blocking(move || {
-        let profile = crate::profile::decode(&bytes).map_err(|e| e.to_string())?;
         let index = default_sample_index(&profile);
         flame_graph_svg(&profile, index, "pprofd")
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
-    let mut response = Response::from_parts(parts, Full::new(Bytes::new()));
-    let headers = response.headers_mut();
-    headers.remove(CONTENT_DISPOSITION);
     match svg {
-        Ok(svg) => {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
-            *response.body_mut() = Full::new(Bytes::from(svg));
-        }
-        Err(reason) => {
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            *response.body_mut() = Full::new(Bytes::from(format!(
+        Ok(svg) => routes::text("image/svg+xml", svg),
+        Err(reason) => routes::text(
+            "text/plain; charset=utf-8",
+            format!(
                 "no flame graph to draw: {reason}\nAsk without an Accept header (curl, go tool pprof) for the profile itself.\n"
-            )));
-        }
+            ),
+        ),
     }
-    Ok(response)
 }
 
 /// Whether an `Accept` header ranks SVG or HTML above the protobuf (`application/octet-stream`,
 /// `application/*` or `*/*`). Browsers ask `text/html,...,*/*;q=0.8`; curl asks `*/*`.
-fn prefers_svg(accept: &str) -> bool {
+pub(super) fn prefers_svg(accept: &str) -> bool {
     let mut visual = 0.0f32;
     let mut binary = 0.0f32;
     for range in accept.split(',') {

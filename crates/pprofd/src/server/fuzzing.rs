@@ -1,75 +1,88 @@
 //! The request parsing the fuzz targets in `fuzz/` drive, outside HTTP: a raw query string
-//! through every parameter check the routes make. Compiled only for `cargo fuzz` (which
-//! passes `--cfg fuzzing`) and for this crate's unit tests; not an API.
+//! through every endpoint of the table ([`crate::endpoints::ENDPOINTS`], and the index) as the
+//! request layer parses it. Compiled only for `cargo fuzz` (which passes `--cfg fuzzing`) and
+//! for this crate's unit tests; not an API.
 
-use super::query::Query;
-use super::routes;
-pub use super::routes::{CpuParams, HeapParams, OffCpuParams, SnapshotParams};
 use crate::cpu;
+use crate::endpoints::{self, ENDPOINTS};
+pub use crate::produce::{
+    CpuRequest, Failure, FailureKind, HeapRequest, OffCpuRequest, Request, SnapshotRequest,
+};
 
-/// What each endpoint makes of one query string: its parameters, or the message of the 400 it
-/// would answer with.
+/// What each endpoint makes of one query string: its request, or the failure (a 400 and its
+/// message) it would answer with.
 #[derive(Debug)]
 pub struct QueryOutcomes {
-    /// `/debug/pprof/`: whether it answers the plain-text index.
-    pub index_as_text: bool,
-    /// `/profile`.
-    pub profile: Result<CpuParams, String>,
-    /// `/heap` and `/allocs`.
-    pub heap: Result<HeapParams, String>,
-    /// `/goroutine`.
-    pub goroutine: Result<SnapshotParams, String>,
-    /// `/threadcreate`.
-    pub threadcreate: Result<SnapshotParams, String>,
-    /// `/block` and `/mutex`.
-    pub off_cpu: Result<OffCpuParams, String>,
-    /// `/symbol` asked with GET: the addresses to look up (the raw query, not decoded).
-    pub symbol_addresses: Vec<u64>,
+    /// By endpoint name, the index (`""`) first, then the table's order.
+    pub outcomes: Vec<(&'static str, Result<Request, Failure>)>,
 }
 
-/// Parses `raw` (a URI's query, without `?`) as the server does and runs it through every
-/// endpoint's checks, for a server whose longest profile is `max_profile_seconds` (at least 1,
-/// as [`super::Config::max_profile_seconds`] ensures).
+/// Parses `raw` (a URI's query, without `?`) for the index and every endpoint of the table,
+/// for a server whose longest profile is `max_profile_seconds` (at least 1, as
+/// [`super::Config::max_profile_seconds`] ensures).
 pub fn check_query(raw: &str, max_profile_seconds: u64) -> QueryOutcomes {
-    let query = Query::parse(Some(raw));
+    let names = std::iter::once("").chain(ENDPOINTS.iter().map(|e| e.name));
     QueryOutcomes {
-        index_as_text: routes::index_as_text(&query),
-        profile: routes::cpu_params(&query, max_profile_seconds),
-        heap: routes::heap_params(&query, max_profile_seconds),
-        goroutine: routes::snapshot_params(&query, 2, max_profile_seconds),
-        threadcreate: routes::snapshot_params(&query, 2, max_profile_seconds),
-        off_cpu: routes::off_cpu_params(&query, max_profile_seconds),
-        symbol_addresses: routes::symbol_addresses(raw),
+        outcomes: names
+            .map(|name| (name, Request::parse(name, Some(raw), max_profile_seconds)))
+            .collect(),
     }
 }
 
 impl QueryOutcomes {
-    /// Panics unless every outcome is a value in its endpoint's range or an error that names
-    /// the parameter at fault (what a client gets back in the 400).
+    /// The outcome for endpoint `name` (`""` for the index).
+    pub fn get(&self, name: &str) -> &Result<Request, Failure> {
+        &self
+            .outcomes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no endpoint {name:?}"))
+            .1
+    }
+
+    /// Panics unless every outcome is a request of its endpoint with values in range, or a
+    /// 400 whose message names one of the parameters the table says the endpoint takes (what
+    /// a client gets back).
     pub fn assert_valid(&self, max_profile_seconds: u64) {
         let seconds = 1..=max_profile_seconds;
-        check(&self.profile, |p| {
-            seconds.contains(&p.seconds) && (1..=cpu::MAX_HZ).contains(&p.hz)
-        });
-        check(&self.heap, |p| {
-            snapshot_ok(&p.snapshot, u64::MAX, max_profile_seconds)
-        });
-        check(&self.goroutine, |p| snapshot_ok(p, 2, max_profile_seconds));
-        check(&self.threadcreate, |p| {
-            snapshot_ok(p, 2, max_profile_seconds)
-        });
-        check(&self.off_cpu, |p| {
-            seconds.contains(&p.seconds) && p.debug <= 2
-        });
-        assert!(
-            !self.symbol_addresses.contains(&0),
-            "address 0 is never looked up: {:?}",
-            self.symbol_addresses
-        );
+        for (name, outcome) in &self.outcomes {
+            let request = match outcome {
+                Ok(request) => request,
+                Err(failure) => {
+                    let parameters = endpoints::find(name).map_or(&[][..], |e| e.parameters);
+                    let names_parameter = parameters
+                        .iter()
+                        .any(|p| failure.message.starts_with(&format!("{p}=")));
+                    assert!(
+                        failure.kind == FailureKind::BadRequest
+                            && (names_parameter
+                                || failure.message == "seconds and debug params are incompatible"),
+                        "{name}: the error does not name one of {parameters:?}: {failure:?}"
+                    );
+                    continue;
+                }
+            };
+            assert_eq!(request.endpoint_name(), *name, "{request:?}");
+            let in_range = match request {
+                Request::Cpu(p) => seconds.contains(&p.seconds) && (1..=cpu::MAX_HZ).contains(&p.hz),
+                Request::Heap(p) | Request::Allocs(p) => {
+                    snapshot_ok(&p.snapshot, u64::MAX, max_profile_seconds)
+                }
+                Request::Goroutine(p) | Request::ThreadCreate(p) => {
+                    snapshot_ok(p, 2, max_profile_seconds)
+                }
+                Request::Block(p) | Request::Mutex(p) => {
+                    seconds.contains(&p.seconds) && p.debug <= 2
+                }
+                Request::Symbol { addresses } => !addresses.contains(&0),
+                Request::Index { .. } | Request::Cmdline | Request::Trace => true,
+            };
+            assert!(in_range, "out of range: {request:?}");
+        }
     }
 }
 
-fn snapshot_ok(p: &SnapshotParams, max_debug: u64, max_seconds: u64) -> bool {
+fn snapshot_ok(p: &SnapshotRequest, max_debug: u64, max_seconds: u64) -> bool {
     p.debug <= max_debug
         && match p.seconds {
             Some(s) => (1..=max_seconds).contains(&s) && p.debug == 0,
@@ -77,76 +90,85 @@ fn snapshot_ok(p: &SnapshotParams, max_debug: u64, max_seconds: u64) -> bool {
         }
 }
 
-fn check<T: std::fmt::Debug>(outcome: &Result<T, String>, in_range: impl Fn(&T) -> bool) {
-    match outcome {
-        Ok(value) => assert!(in_range(value), "out of range: {value:?}"),
-        Err(message) => {
-            let names_parameter = ["seconds=", "hz=", "debug=", "idle="]
-                .iter()
-                .any(|p| message.starts_with(p));
-            assert!(
-                names_parameter || message == "seconds and debug params are incompatible",
-                "the error does not name a parameter: {message:?}"
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cpu(o: &QueryOutcomes) -> Result<&CpuRequest, &Failure> {
+        match o.get("profile") {
+            Ok(Request::Cpu(p)) => Ok(p),
+            Ok(other) => panic!("{other:?}"),
+            Err(f) => Err(f),
+        }
+    }
+
+    fn heap(o: &QueryOutcomes) -> Result<&HeapRequest, &Failure> {
+        match o.get("heap") {
+            Ok(Request::Heap(p)) => Ok(p),
+            Ok(other) => panic!("{other:?}"),
+            Err(f) => Err(f),
+        }
+    }
+
+    fn snapshot<'o>(o: &'o QueryOutcomes, name: &str) -> Result<&'o SnapshotRequest, &'o Failure> {
+        match o.get(name) {
+            Ok(Request::Goroutine(p) | Request::ThreadCreate(p)) => Ok(p),
+            Ok(other) => panic!("{other:?}"),
+            Err(f) => Err(f),
+        }
+    }
+
+    fn off_cpu(o: &QueryOutcomes) -> Result<&OffCpuRequest, &Failure> {
+        match o.get("block") {
+            Ok(Request::Block(p)) => Ok(p),
+            Ok(other) => panic!("{other:?}"),
+            Err(f) => Err(f),
+        }
+    }
+
+    fn message(outcome: Result<impl std::fmt::Debug, &Failure>) -> String {
+        outcome.unwrap_err().message.clone()
+    }
 
     #[test]
     fn each_endpoint_takes_its_own_parameters() {
         let o = check_query("seconds=7&hz=250&debug=1&idle=1", 600);
         o.assert_valid(600);
-        assert!(o.index_as_text);
-        let profile = o.profile.unwrap();
+        assert!(matches!(o.get(""), Ok(Request::Index { text: true })));
+        let profile = cpu(&o).unwrap();
         assert_eq!((profile.seconds, profile.hz), (7, 250));
         assert_eq!(
-            o.heap.unwrap_err(),
+            message(heap(&o)),
             "seconds and debug params are incompatible"
         );
         assert_eq!(
-            o.threadcreate.unwrap_err(),
+            message(snapshot(&o, "threadcreate")),
             "seconds and debug params are incompatible"
         );
-        let off_cpu = o.off_cpu.unwrap();
-        assert!(off_cpu.seconds_given && off_cpu.idle && off_cpu.debug == 1);
+        let block = off_cpu(&o).unwrap();
+        assert!(block.seconds_given && block.idle && block.debug == 1);
 
         let o = check_query("debug=5&seconds=&symbol=1", 600);
         o.assert_valid(600);
-        let heap = o.heap.unwrap();
-        assert_eq!((heap.snapshot.debug, heap.snapshot.seconds), (5, None));
-        assert!(!heap.allocator_frames);
-        assert!(
-            check_query("allocator_frames=1", 600)
-                .heap
-                .unwrap()
-                .allocator_frames
-        );
-        assert!(check_query("allocator_frames=yes", 600)
-            .heap
-            .unwrap_err()
+        let h = heap(&o).unwrap();
+        assert_eq!((h.snapshot.debug, h.snapshot.seconds), (5, None));
+        assert!(!h.allocator_frames);
+        assert!(heap(&check_query("allocator_frames=1", 600)).unwrap().allocator_frames);
+        assert!(message(heap(&check_query("allocator_frames=yes", 600)))
             .starts_with("allocator_frames=\"yes\" is not a number"));
-        assert!(o
-            .goroutine
-            .unwrap_err()
-            .starts_with("debug=5 is out of range"));
-        assert!(o
-            .off_cpu
-            .unwrap_err()
-            .starts_with("debug=5 is out of range"));
+        assert!(message(snapshot(&o, "goroutine")).starts_with("debug=5 is out of range"));
+        assert!(message(off_cpu(&o)).starts_with("debug=5 is out of range"));
 
-        let off_cpu = check_query("seconds=&debug=2", 600).off_cpu.unwrap();
-        assert_eq!(off_cpu.seconds, crate::offcpu::DEFAULT_SECONDS);
-        assert_eq!(off_cpu.debug, 2);
-        assert!(!off_cpu.seconds_given);
+        let o = check_query("seconds=&debug=2", 600);
+        let block = off_cpu(&o).unwrap();
+        assert_eq!(block.seconds, crate::offcpu::DEFAULT_SECONDS);
+        assert_eq!(block.debug, 2);
+        assert!(!block.seconds_given);
 
-        assert_eq!(
-            check_query("0x10+020+0+junk", 600).symbol_addresses,
-            [16, 16]
-        );
+        match check_query("0x10+020+0+junk", 600).get("symbol") {
+            Ok(Request::Symbol { addresses }) => assert_eq!(addresses, &[16, 16]),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Regression: the defaults (30 s for `/profile`, 5 s for `/block` and `/mutex`) were
@@ -156,24 +178,23 @@ mod tests {
     fn defaults_obey_a_lower_maximum() {
         let o = check_query("", 2);
         o.assert_valid(2);
-        assert_eq!(o.profile.unwrap().seconds, 2);
-        assert_eq!(o.off_cpu.unwrap().seconds, 2);
+        assert_eq!(cpu(&o).unwrap().seconds, 2);
+        assert_eq!(off_cpu(&o).unwrap().seconds, 2);
         let o = check_query("", 600);
-        assert_eq!(o.profile.unwrap().seconds, 30);
-        assert_eq!(o.off_cpu.unwrap().seconds, crate::offcpu::DEFAULT_SECONDS);
+        assert_eq!(cpu(&o).unwrap().seconds, 30);
+        assert_eq!(off_cpu(&o).unwrap().seconds, crate::offcpu::DEFAULT_SECONDS);
     }
 
     #[test]
     fn a_small_maximum_is_enforced_everywhere() {
         let o = check_query("seconds=2", 1);
         o.assert_valid(1);
-        for error in [
-            o.profile.unwrap_err(),
-            o.heap.unwrap_err(),
-            o.goroutine.unwrap_err(),
-            o.off_cpu.unwrap_err(),
-        ] {
-            assert!(error.starts_with("seconds=2 is out of range"), "{error}");
+        for (name, outcome) in &o.outcomes {
+            let takes_seconds = endpoints::find(name).is_some_and(|e| e.parameters.contains(&"seconds"));
+            if takes_seconds {
+                let error = &outcome.as_ref().unwrap_err().message;
+                assert!(error.starts_with("seconds=2 is out of range"), "{name}: {error}");
+            }
         }
     }
 

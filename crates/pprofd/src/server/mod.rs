@@ -27,13 +27,12 @@
 //! prints the token.
 
 mod flame;
-/// Query parsing and the routes' parameter checks without HTTP, for the fuzz targets in
+/// Query parsing and every endpoint's parameter checks without HTTP, for the fuzz targets in
 /// `fuzz/` (`cargo fuzz` builds with `--cfg fuzzing`) and this crate's tests; not an API.
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzzing;
-mod query;
-mod routes;
+pub(crate) mod routes;
 
 pub use crate::flame_graph::flame_graph_svg;
 
@@ -43,6 +42,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::endpoints::ENDPOINTS;
+use crate::produce::Settings;
 use crate::Error;
 
 /// Longest CPU profile accepted by default, in seconds.
@@ -159,18 +160,34 @@ impl Server {
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
         let protected = config.token.is_some();
         let read_timeout = config.request_read_timeout;
-        let settings = Arc::new(routes::Settings {
-            max_profile_seconds: config.max_profile_seconds,
-            token: config.token,
-            long_running: Arc::new(tokio::sync::Semaphore::new(MAX_LONG_RUNNING)),
-        });
+        let settings = Arc::new(Settings::new(config.max_profile_seconds, config.token));
+        let runtime = build_runtime().map_err(Error::Spawn)?;
+        let handle = runtime.handle().clone();
+        // The server of PPROF_ADDR lends its runtime to the axum mount.
+        let lends_runtime = config.addr_source == crate::ADDR_ENV;
         let thread = std::thread::Builder::new()
             .name("pprofd-http".into())
-            .spawn(move || serve(listener, settings, read_timeout, shutdown_rx))
+            .spawn(move || {
+                serve(
+                    runtime,
+                    listener,
+                    settings,
+                    read_timeout,
+                    shutdown_rx,
+                    lends_runtime,
+                )
+            })
             .map_err(Error::Spawn)?;
+        if lends_runtime {
+            *lock_lent_runtime() = Some(handle);
+        }
         log::info!(
             "pprofd: serving http://{local_addr}/debug/pprof/ ({})",
-            routes::ENDPOINTS.join(", ")
+            ENDPOINTS
+                .iter()
+                .map(|e| e.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if !local_addr.ip().is_loopback() && !protected {
             log::warn!(
@@ -264,27 +281,27 @@ fn bind(addrs: &[SocketAddr]) -> std::io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no address to bind")))
 }
 
-/// The server thread: a current-thread runtime accepting connections until shutdown.
-fn serve(
-    listener: TcpListener,
-    settings: Arc<routes::Settings>,
-    read_timeout: Duration,
-    shutdown: tokio::sync::oneshot::Receiver<()>,
-) {
-    let _internal = crate::procfs::register_internal_thread();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// pprofd's own runtime: single-threaded, with a small blocking pool for symbolization and
+/// encoding whose threads are left out of profiles.
+pub(crate) fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("pprofd-work")
         .max_blocking_threads(4)
         .on_thread_start(crate::procfs::register_internal_for_life)
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            log::error!("pprofd: cannot start the server runtime: {e}");
-            return;
-        }
-    };
+}
+
+/// The server thread: `runtime` accepting connections until shutdown.
+fn serve(
+    runtime: tokio::runtime::Runtime,
+    listener: TcpListener,
+    settings: Arc<Settings>,
+    read_timeout: Duration,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+    lends_runtime: bool,
+) {
+    let _internal = crate::procfs::register_internal_thread();
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -318,15 +335,33 @@ fn serve(
             });
         }
     });
+    if lends_runtime {
+        *lock_lent_runtime() = None;
+    }
     // Dropping the runtime cancels open connections, which stops any profile they ran.
     runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// The runtime of the server `init_from_env` started, while it serves: the axum mount
+/// forwards its requests there rather than starting a second thread and runtime.
+static LENT_RUNTIME: std::sync::Mutex<Option<tokio::runtime::Handle>> =
+    std::sync::Mutex::new(None);
+
+fn lock_lent_runtime() -> std::sync::MutexGuard<'static, Option<tokio::runtime::Handle>> {
+    LENT_RUNTIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `PPROF_ADDR` server's runtime, if one serves.
+#[cfg(feature = "axum")]
+pub(crate) fn lent_runtime() -> Option<tokio::runtime::Handle> {
+    lock_lent_runtime().clone()
 }
 
 /// Serves one request, closing the connection if the request's head has not arrived by the
 /// read deadline (the body's deadline is the handler's, which answers 408).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
-    settings: Arc<routes::Settings>,
+    settings: Arc<Settings>,
     read_timeout: Duration,
 ) {
     let deadline = tokio::time::Instant::now() + read_timeout;
@@ -334,7 +369,10 @@ async fn serve_connection(
     let arrived = head_arrived.clone();
     let service = hyper::service::service_fn(move |req| {
         arrived.store(true, Ordering::Relaxed);
-        flame::handle(req, settings.clone(), deadline)
+        let settings = settings.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(routes::answer(req, &settings, deadline).await)
+        }
     });
     // One request per connection: profiles are long and scrapes are 15 s apart, so
     // keep-alive would only let idle clients hold slots.

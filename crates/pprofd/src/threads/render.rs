@@ -6,7 +6,8 @@ use std::fmt::Write;
 
 use super::ThreadDump;
 use crate::labels::{self, LabelSetId};
-use crate::profile::{Frame, Label, ProfileBuilder, Resolver, SourceFrame};
+use crate::profile::legacy_text::{object_offset, source_line, LegacyText};
+use crate::profile::{Frame, Label, ProfileBuilder, Resolver};
 use crate::symbolize::ProcessSymbols;
 
 /// One thread (or async task) as the grouped forms see it.
@@ -26,27 +27,6 @@ pub(super) struct Entry<'a> {
 
 fn symbols_for<'a>(stacks: impl Iterator<Item = &'a [Frame]>) -> ProcessSymbols {
     ProcessSymbols::resolve(stacks.flatten().filter_map(Frame::address))
-}
-
-/// Where an address without symbols lies: `object+0xoffset`, or the bare address.
-fn object_offset(symbols: &dyn Resolver, address: u64) -> String {
-    symbols
-        .mappings()
-        .iter()
-        .find(|m| (m.start..m.limit).contains(&address))
-        .map_or_else(
-            || format!("{address:#x}"),
-            |m| format!("{}+{:#x}", m.path, address - m.start + m.file_offset),
-        )
-}
-
-/// `file:line`, or what is known of it.
-fn source_line(f: &SourceFrame) -> String {
-    match (f.file.as_str(), f.line) {
-        ("", _) => "?".into(),
-        (file, 0) => file.into(),
-        (file, line) => format!("{file}:{line}"),
-    }
 }
 
 /// `thread 4242 "name" [futex wait, 12 s]:` blocks, innermost frame first, then the tasks.
@@ -126,20 +106,8 @@ pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
         groups[i].1.push(entry);
     }
     groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
-    let mut out = format!("{kind} profile: total {}\n", entries.len());
+    let mut out = LegacyText::new(&format!("{kind} profile: total {}", entries.len()), &symbols);
     for ((member, group_labels, stack), members) in groups {
-        let addresses: Vec<String> = stack
-            .iter()
-            .filter_map(|f| match f {
-                Frame::Address(a) => Some(format!("{a:#x}")),
-                Frame::Synthetic(_) => None,
-            })
-            .collect();
-        let _ = writeln!(out, "{} @ {}", members.len(), addresses.join(" "));
-        if group_labels != LabelSetId::NONE {
-            // Go's form: `# labels: {"operation":"GetUser"}`.
-            let _ = writeln!(out, "# labels: {}", labels::go_text(group_labels));
-        }
         let threads: Vec<String> = members
             .iter()
             .map(|e| match &e.state {
@@ -147,31 +115,15 @@ pub(super) fn grouped_text(kind: &str, entries: &[Entry<'_>]) -> String {
                 None => format!("{} {:?}", e.id, e.name),
             })
             .collect();
-        let _ = writeln!(out, "# {member}s: {}", threads.join(", "));
-        for frame in stack {
-            match frame {
-                Frame::Address(address) => {
-                    let source = symbols.frames(*address);
-                    if source.is_empty() {
-                        let _ = writeln!(
-                            out,
-                            "#\t{address:#x}\t?\t{}",
-                            object_offset(&symbols, *address)
-                        );
-                    }
-                    for f in source {
-                        let _ =
-                            writeln!(out, "#\t{address:#x}\t{}\t{}", f.function, source_line(f));
-                    }
-                }
-                Frame::Synthetic(name) => {
-                    let _ = writeln!(out, "#\t{name}");
-                }
-            }
+        let mut notes = Vec::new();
+        if group_labels != LabelSetId::NONE {
+            // Go's form, right under the stack's count: `# labels: {"operation":"GetUser"}`.
+            notes.push(format!("labels: {}", labels::go_text(group_labels)));
         }
-        out.push('\n');
+        notes.push(format!("{member}s: {}", threads.join(", ")));
+        out.stack(&members.len().to_string(), stack, &notes);
     }
-    out
+    out.finish()
 }
 
 /// A `<kind>/count` profile with one sample per distinct stack, thread name and state.

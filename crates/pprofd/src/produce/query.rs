@@ -2,7 +2,7 @@
 //! are ignored, and a value that is present but malformed is an error naming the parameter.
 
 /// A parsed query string.
-pub(super) struct Query {
+pub(crate) struct Query {
     pairs: Vec<(String, String)>,
 }
 
