@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection};
 
+use super::dies::{DieWalk, RangeAt};
 use super::elf::Elf;
 use super::names::FunctionName;
 
-type Reader<'d> = EndianSlice<'d, RunTimeEndian>;
-type Unit<'d> = gimli::Unit<Reader<'d>>;
+pub(super) type Reader<'d> = EndianSlice<'d, RunTimeEndian>;
+pub(super) type Unit<'d> = gimli::Unit<Reader<'d>>;
 
 /// One frame of an inline chain as DWARF gives it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -206,6 +207,9 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
         // moves forward until the next sequence starts.
         let mut current: Option<(u64, u64, u32)> = None;
         let mut next = 0;
+        // Sequences do not overlap, so once every address has its row the rest of the
+        // program can only repeat what is found.
+        let mut unfound = addresses.len();
         while let Some((_, row)) = rows.next_row()? {
             if let Some((start, file, line)) = current {
                 let end = row.address();
@@ -213,8 +217,14 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
                     next += 1;
                 }
                 while next < addresses.len() && addresses[next] < end {
-                    found[next].get_or_insert((file, line));
+                    if found[next].is_none() {
+                        found[next] = Some((file, line));
+                        unfound -= 1;
+                    }
                     next += 1;
+                }
+                if unfound == 0 {
+                    break;
                 }
             } else {
                 next = addresses.partition_point(|&a| a < row.address());
@@ -229,22 +239,34 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
 
     /// For each address, the function DIEs whose ranges hold it, outermost first.
     ///
-    /// The DIEs are read raw: only function DIEs outside skipped subtrees have their
-    /// attributes parsed; every other DIE's are stepped over by their forms' sizes.
+    /// Only function DIEs outside skipped subtrees are looked at, and of those only the ones
+    /// that hold an address have their attributes parsed ([`DieWalk`]).
     fn functions(&mut self, addresses: &[u64]) -> gimli::Result<Vec<Vec<Function>>> {
         let mut chains: Vec<Vec<Function>> = (0..addresses.len()).map(|_| Vec::new()).collect();
         let mut hits = Vec::new();
         let mut attrs = Vec::new();
         let unit = self.unit;
-        let mut entries = unit.entries_raw(None)?;
+        let mut dies = DieWalk::new(unit)?;
         // Depth of a function that holds none of the addresses: its subtree is skipped.
         let mut skip_below: Option<isize> = None;
-        while !entries.is_empty() {
-            let depth = entries.next_depth();
-            let offset = entries.next_offset();
-            let Some(abbrev) = entries.read_abbreviation()? else {
-                continue;
-            };
+        // Addresses no function holds yet, and the depth of the outermost function holding
+        // some whose subtree is being read: once all are held and that subtree is closed,
+        // the rest of the unit holds none of them (functions do not overlap).
+        let mut unheld = addresses.len();
+        let mut open_holder: Option<isize> = None;
+        let holding = |begin: u64, end: u64, hits: &mut Vec<usize>| {
+            let first = addresses.partition_point(|&a| a < begin);
+            let last = first + addresses[first..].partition_point(|&a| a < end);
+            hits.extend(first..last);
+        };
+        while let Some(die) = dies.next()? {
+            let depth = die.depth;
+            if open_holder.is_some_and(|d| depth <= d) {
+                open_holder = None;
+            }
+            if unheld == 0 && open_holder.is_none() {
+                break;
+            }
             let skipped = match skip_below {
                 Some(d) if depth > d => true,
                 _ => {
@@ -252,22 +274,32 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
                     false
                 }
             };
-            let function = abbrev.tag() == gimli::DW_TAG_subprogram
-                || abbrev.tag() == gimli::DW_TAG_inlined_subroutine;
-            if skipped || !function {
-                entries.skip_attributes(abbrev.attributes())?;
+            if skipped || !die.shape.function {
+                dies.skip(&die)?;
                 continue;
             }
-            entries.read_attributes(abbrev.attributes(), &mut attrs)?;
             hits.clear();
-            self.for_each_range(&attrs, |begin, end| {
-                let first = addresses.partition_point(|&a| a < begin);
-                let last = first + addresses[first..].partition_point(|&a| a < end);
-                hits.extend(first..last);
-            })?;
+            match die.shape.range {
+                RangeAt::Nowhere => {}
+                RangeAt::Fixed { .. } => {
+                    if let Some((begin, end)) = dies.fixed_range(&die)? {
+                        holding(begin, end, &mut hits);
+                    }
+                }
+                RangeAt::Parsed => {
+                    dies.read(&die, &mut attrs)?;
+                    self.for_each_range(&attrs, |begin, end| holding(begin, end, &mut hits))?;
+                }
+            }
             if hits.is_empty() {
+                if die.shape.range != RangeAt::Parsed {
+                    dies.skip(&die)?;
+                }
                 skip_below = Some(depth);
                 continue;
+            }
+            if die.shape.range != RangeAt::Parsed {
+                dies.read(&die, &mut attrs)?;
             }
             let (mut call_file, mut call_line) = (u64::MAX, 0);
             for attr in &attrs {
@@ -277,9 +309,13 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
                     _ => {}
                 }
             }
-            let name = self.names.name(unit, offset, &attrs, 0);
+            let name = self.names.name(unit, die.offset, &attrs, 0);
+            open_holder.get_or_insert(depth);
             for &i in &hits {
                 let chain = &mut chains[i];
+                if chain.is_empty() {
+                    unheld -= 1;
+                }
                 // Ranges nest; one that does not (bad DWARF) replaces the deeper entries.
                 while chain.last().is_some_and(|f| f.depth >= depth) {
                     chain.pop();

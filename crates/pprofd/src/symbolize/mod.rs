@@ -19,6 +19,7 @@
 //! objects with unnamed addresses and neither a symbol table nor debug info, with how to
 //! symbolize them later.
 
+mod dies;
 mod dwarf;
 mod elf;
 mod names;
