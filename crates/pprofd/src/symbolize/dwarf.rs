@@ -8,12 +8,14 @@
 //! each unit, so memory follows the largest unit a profile touches, not the binary.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection};
 
 use super::dies::{DieWalk, RangeAt};
 use super::elf::Elf;
+use super::lines;
 use super::names::FunctionName;
 
 pub(super) type Reader<'d> = EndianSlice<'d, RunTimeEndian>;
@@ -63,13 +65,14 @@ pub(crate) fn resolve(
     release_pages: impl Fn(),
 ) -> Vec<Vec<DwarfFrame>> {
     let mut chains = vec![Vec::new(); svmas.len()];
-    let mut by_unit: Vec<(usize, usize)> = units_of(dwarf, svmas)
+    let (units, unit_starts) = units_of(dwarf, svmas);
+    let mut by_unit: Vec<(usize, usize)> = units
         .into_iter()
         .enumerate()
         .filter_map(|(i, unit)| Some((unit?, i)))
         .collect();
     by_unit.sort_unstable();
-    let mut names = Names::new(dwarf, &release_pages);
+    let mut names = Names::new(dwarf, unit_starts);
     for group in by_unit.chunk_by(|a, b| a.0 == b.0) {
         let offset = gimli::DebugInfoOffset(group[0].0);
         let indices: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
@@ -91,9 +94,11 @@ pub(crate) fn resolve(
     chains
 }
 
-/// The `.debug_info` offset of the unit that holds each address.
-fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize>> {
+/// The `.debug_info` offset of the unit that holds each address, and the sorted offsets of
+/// the units the index names (with `.debug_aranges`, those with code).
+fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> (Vec<Option<usize>>, Vec<usize>) {
     let mut units = vec![None; svmas.len()];
+    let mut starts = Vec::new();
     let mut assign = |begin: u64, end: u64, unit: usize| {
         let first = svmas.partition_point(|&a| a < begin);
         let last = svmas.partition_point(|&a| a < end);
@@ -106,6 +111,7 @@ fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize
     while let Ok(Some(header)) = headers.next() {
         any_aranges = true;
         let unit = header.debug_info_offset().0;
+        starts.push(unit);
         let mut entries = header.entries();
         while let Ok(Some(entry)) = entries.next() {
             let range = entry.range();
@@ -119,6 +125,7 @@ fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize
             let Some(offset) = header.debug_info_offset() else {
                 continue;
             };
+            starts.push(offset.0);
             let Ok(unit) = dwarf.unit(header) else {
                 continue;
             };
@@ -130,7 +137,9 @@ fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize
             }
         }
     }
-    units
+    starts.sort_unstable();
+    starts.dedup();
+    (units, starts)
 }
 
 /// A function DIE that holds an address: the chain is built from these, outermost first.
@@ -198,10 +207,9 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
     /// The `(file index, line)` of the line-table row covering each address.
     fn line_rows(&self, addresses: &[u64]) -> gimli::Result<Vec<Option<(u64, u32)>>> {
         let mut found = vec![None; addresses.len()];
-        let Some(program) = self.unit.line_program.clone() else {
+        let Some(program) = self.unit.line_program.as_ref() else {
             return Ok(found);
         };
-        let mut rows = program.rows();
         // The row in effect from its address up to the next row's, within a sequence, and
         // the first address not below it: rows rise within a sequence, so that index only
         // moves forward until the next sequence starts.
@@ -210,9 +218,9 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
         // Sequences do not overlap, so once every address has its row the rest of the
         // program can only repeat what is found.
         let mut unfound = addresses.len();
-        while let Some((_, row)) = rows.next_row()? {
+        lines::for_each_row(program.header(), |row| {
             if let Some((start, file, line)) = current {
-                let end = row.address();
+                let end = row.address;
                 while next < addresses.len() && addresses[next] < start {
                     next += 1;
                 }
@@ -224,16 +232,14 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
                     next += 1;
                 }
                 if unfound == 0 {
-                    break;
+                    return ControlFlow::Break(());
                 }
             } else {
-                next = addresses.partition_point(|&a| a < row.address());
+                next = addresses.partition_point(|&a| a < row.address);
             }
-            current = (!row.end_sequence()).then(|| {
-                let line = row.line().map_or(0, |l| l.get() as u32);
-                (row.address(), row.file_index(), line)
-            });
-        }
+            current = (!row.end_sequence).then_some((row.address, row.file, row.line as u32));
+            ControlFlow::Continue(())
+        })?;
         Ok(found)
     }
 
@@ -406,10 +412,9 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
 struct Names<'a, 'd> {
     dwarf: &'a gimli::Dwarf<Reader<'d>>,
     names: HashMap<usize, Option<FunctionName>>,
-    /// Start offsets of the units, read the first time a reference leads out of a unit.
-    unit_starts: Option<Vec<usize>>,
-    /// Hands the object's pages read so far back.
-    release_pages: &'a dyn Fn(),
+    /// Sorted start offsets of units: those `.debug_aranges` lists, and those found since
+    /// between them.
+    unit_starts: Vec<usize>,
     /// The units references led into, parsed once (a few: LTO's inlined functions come
     /// from a handful of units). Bounded by [`REFERENCED_UNITS`].
     referenced_units: HashMap<usize, Unit<'d>>,
@@ -421,12 +426,11 @@ const REFERENCED_UNITS: usize = 16;
 const REFERENCE_HOPS: u32 = 8;
 
 impl<'a, 'd> Names<'a, 'd> {
-    fn new(dwarf: &'a gimli::Dwarf<Reader<'d>>, release_pages: &'a dyn Fn()) -> Self {
+    fn new(dwarf: &'a gimli::Dwarf<Reader<'d>>, unit_starts: Vec<usize>) -> Self {
         Names {
             dwarf,
-            release_pages,
             names: HashMap::new(),
-            unit_starts: None,
+            unit_starts,
             referenced_units: HashMap::new(),
         }
     }
@@ -516,25 +520,30 @@ impl<'a, 'd> Names<'a, 'd> {
     }
 
     /// The start of the unit holding `.debug_info` offset `target`.
+    ///
+    /// From the nearest known unit start below it, unit headers are read forward: the
+    /// code-less units that references lead into (the abstract DIEs of functions inlined
+    /// from other codegen units) lie among the units of the same crate, so this reads a few
+    /// headers rather than all of them (each on its own page of `.debug_info`).
     fn unit_start(&mut self, target: usize) -> Option<usize> {
-        let dwarf = self.dwarf;
-        let release_pages = self.release_pages;
-        let starts = self.unit_starts.get_or_insert_with(|| {
-            // Every unit header, code-less ones included (`.debug_aranges` lists only units
-            // with code; the abstract DIEs that inlined copies refer to often live in others).
-            // Each header is on its own page, handed back every few hundred units.
-            let mut starts = Vec::new();
-            let mut headers = dwarf.debug_info.units();
-            while let Ok(Some(header)) = headers.next() {
-                starts.extend(header.debug_info_offset().map(|o| o.0));
-                if starts.len() % 256 == 0 {
-                    release_pages();
-                }
+        let i = self.unit_starts.partition_point(|&s| s <= target);
+        let mut start = i.checked_sub(1).map_or(0, |i| self.unit_starts[i]);
+        loop {
+            let header = self
+                .dwarf
+                .debug_info
+                .header_from_offset(gimli::DebugInfoOffset(start))
+                .ok()?;
+            let end = start + header.length_including_self();
+            if target < end {
+                return Some(start);
             }
-            starts
-        });
-        let i = starts.partition_point(|&s| s <= target);
-        starts.get(i.checked_sub(1)?).copied()
+            start = end;
+            let at = self.unit_starts.partition_point(|&s| s < start);
+            if self.unit_starts.get(at) != Some(&start) {
+                self.unit_starts.insert(at, start);
+            }
+        }
     }
 }
 

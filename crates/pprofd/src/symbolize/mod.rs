@@ -22,6 +22,7 @@
 mod dies;
 mod dwarf;
 mod elf;
+mod lines;
 mod names;
 
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ use crate::profile::{MappingInfo, Resolver, SourceFrame};
 
 mod mappings;
 use mappings::executable_mappings;
-use elf::{Elf, ObjectBytes};
+use elf::{Elf, ObjectBytes, ResidentBudget};
 use names::FunctionName;
 
 /// Mappings and symbols for a set of addresses of this process.
@@ -162,8 +163,9 @@ fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<So
     };
     let sections = dwarf::load(debug_object);
     let has_dwarf = sections.is_some();
+    let budget = ResidentBudget::new(debug_bytes);
     let chains = match sections {
-        Some(sections) => dwarf::resolve(&sections, svmas, || debug_bytes.release_pages()),
+        Some(sections) => dwarf::resolve(&sections, svmas, || budget.check()),
         None => vec![Vec::new(); svmas.len()],
     };
     debug_bytes.release_pages();
