@@ -2,10 +2,12 @@
 //! workspace's release build (`debug = "limited"`) and one with full debug info
 //! (`debug = true`), to show the cost grows far slower than the binary.
 //!
-//! Measured on the 2-core dev machine (load average ~10 from other builds): CPU profile
-//! 5.2 MiB peak growth with `debug = "limited"` (39 MB binary, 27 MiB of DWARF) and 6.0 MiB
-//! with `debug = true` (75 MB, 67 MiB of DWARF); heap and goroutine dumps 2.9 and 3.4-4.1
-//! MiB; symbolization of the 10 s CPU profile 55 and 82 ms of thread CPU.
+//! Measured on the 2-core dev machine (other engineers' builds running): CPU profile 3.9 MiB
+//! peak growth with `debug = "limited"` (32 MiB binary, 27.5 MiB of DWARF) and 4.8 MiB with
+//! `debug = true` (74 MiB, 69 MiB of DWARF); heap and goroutine dumps 3.1-3.6 and 3.3-3.4
+//! MiB; symbolization of the 10 s CPU profile 16.7 and 37.8 ms of thread CPU (before the
+//! line-program state machine, the per-abbreviation DIE walk and the 2 MiB page allowance:
+//! 5.6 / 6.3 MiB and 59.8 / 78.5 ms).
 //!
 //! Per request kind it prints the peak RSS growth while the request runs (`clear_refs` +
 //! `VmHWM`), RSS after the answer against before, the router's CPU time for the request

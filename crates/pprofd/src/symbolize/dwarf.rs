@@ -3,9 +3,11 @@
 //! `.debug_aranges` says which unit holds each address (when it is missing, each unit's own
 //! ranges do). Each unit that holds an address is then read once: its line program is run to
 //! the rows covering the addresses, and its DIE tree walked for the subprograms and inlined
-//! subroutines whose ranges hold them, skipping every function that holds none. Nothing of a
-//! unit is kept but the frames of its addresses, and the file's pages are handed back after
-//! each unit, so memory follows the largest unit a profile touches, not the binary.
+//! subroutines whose ranges hold them, skipping every function that holds none ([`lines`],
+//! [`DieWalk`]); both stop once every address is found. Nothing of a unit is kept but the
+//! frames of its addresses, and the file's pages are handed back as they build up
+//! ([`super::elf::ResidentBudget`]), so memory follows the largest unit a profile touches,
+//! not the binary.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -57,8 +59,8 @@ pub(crate) fn load<'d>(elf: &Elf<'d>) -> Option<gimli::Dwarf<Reader<'d>>> {
 }
 
 /// The inline chain of each of `svmas` (sorted file addresses), innermost frame first;
-/// empty where DWARF does not cover the address. `release_pages` hands the pages read so far
-/// back; it runs after each unit.
+/// empty where DWARF does not cover the address. `release_pages` runs after each unit, to
+/// hand the pages read so far back when they have built up.
 pub(crate) fn resolve(
     dwarf: &gimli::Dwarf<Reader<'_>>,
     svmas: &[u64],

@@ -3,7 +3,8 @@
 //!
 //! Files are mapped rather than read so that only the pages symbolization touches become
 //! resident; [`ObjectBytes::release_pages`] hands those back (they stay in the page cache,
-//! outside the process's RSS) after each compilation unit and when the request ends.
+//! outside the process's RSS) once 2 MiB of them are resident ([`ResidentBudget`]) and when
+//! the request ends.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -9,8 +9,9 @@
 //!
 //! Memory (docs/invariants.md invariant 5): objects are mapped read-only; only the DWARF
 //! units that hold an asked-for address are read, one at a time, and the pages read are
-//! handed back after each unit, so the resident cost follows the largest unit a profile
-//! touches rather than the size of the binary. Nothing is cached across calls: the mappings
+//! handed back whenever 2 MiB of them are resident ([`elf::ResidentBudget`]), so the
+//! resident cost follows that allowance and the largest unit a profile touches rather than
+//! the size of the binary. Nothing is cached across calls: the mappings
 //! are dropped before `resolve` returns. The result holds only the frames of the addresses.
 //! glibc keeps freed memory in the arena of the thread that freed it, so the short-lived
 //! tables are handed back with `malloc_trim` at the end.
