@@ -280,3 +280,61 @@ impl<'u, 'd> DieWalk<'u, 'd> {
         Ok(Some((begin, end)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolize::dwarf;
+    use crate::symbolize::elf::{Elf, ObjectBytes};
+
+    /// Over every unit of this test binary, the walk stops at the DIEs gimli's own reader
+    /// finds, at the same offsets and depths, and the ranges it reads in place are the ones
+    /// gimli parses.
+    #[test]
+    fn walks_every_unit_of_this_binary_as_gimli_reads_it() {
+        let bytes = ObjectBytes::map(std::path::Path::new("/proc/self/exe")).unwrap();
+        let elf = Elf::parse(bytes.data()).unwrap();
+        let dwarf = dwarf::load(&elf).expect("the test binary has DWARF");
+        let (mut dies, mut fixed) = (0, 0);
+        let mut attrs = Vec::new();
+        let mut headers = dwarf.units();
+        while let Some(header) = headers.next().unwrap() {
+            let unit = dwarf.unit(header).unwrap();
+            let mut ours = DieWalk::new(&unit).unwrap();
+            let mut theirs = unit.entries_raw(None).unwrap();
+            while !theirs.is_empty() {
+                let (offset, depth) = (theirs.next_offset(), theirs.next_depth());
+                let Some(abbrev) = theirs.read_abbreviation().unwrap() else {
+                    continue;
+                };
+                theirs.read_attributes(abbrev.attributes(), &mut attrs).unwrap();
+                let die = ours.next().unwrap().expect("as many DIEs as gimli reads");
+                assert_eq!((die.offset, die.depth), (offset, depth));
+                assert_eq!(die.abbrev.tag(), abbrev.tag());
+                if let Some((begin, end)) = ours.fixed_range(&die).unwrap() {
+                    let value = |name| attrs.iter().find(|a| a.name() == name).unwrap().value();
+                    let low = value(gimli::DW_AT_low_pc);
+                    assert_eq!(low, gimli::AttributeValue::Addr(begin));
+                    let high = match value(gimli::DW_AT_high_pc) {
+                        gimli::AttributeValue::Addr(high) => high,
+                        gimli::AttributeValue::Udata(size) => begin + size,
+                        other => panic!("high_pc {other:?}"),
+                    };
+                    assert_eq!(end, high);
+                    fixed += 1;
+                }
+                // Skipping and reading move past the same bytes; alternate to check both.
+                if dies % 2 == 0 {
+                    ours.skip(&die).unwrap();
+                } else {
+                    let mut read = Vec::new();
+                    ours.read(&die, &mut read).unwrap();
+                    assert_eq!(read, attrs);
+                }
+                dies += 1;
+            }
+            assert!(ours.next().unwrap().is_none());
+        }
+        assert!(dies > 10_000 && fixed > 1_000, "{dies} DIEs, {fixed} ranges read in place");
+    }
+}
