@@ -151,10 +151,8 @@ fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<So
         _ => &object,
     };
     let has_symtab = elf::has_symbol_table(symbol_source);
-    let symbols: Vec<Option<FunctionName>> = elf::function_symbols(symbol_source, svmas)
-        .into_iter()
-        .map(|s| s.map(FunctionName::from_symbol))
-        .collect();
+    // Demangled only where DWARF names no outermost function (see `source_frames`).
+    let symbols = elf::function_symbols(symbol_source, svmas);
     bytes.release_pages();
     let (debug_bytes, debug_object) = match (&separate, &separate_object) {
         (Some((_, debug_bytes)), Some(debug)) if !elf::has_debug_info(&object) => {
@@ -180,10 +178,11 @@ fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<So
 
 /// pprof's frames from DWARF's chain, with the symbol table's name for the outermost
 /// function when DWARF has none (or no chain at all).
-fn source_frames(chain: Vec<dwarf::DwarfFrame>, symbol: Option<FunctionName>) -> Vec<SourceFrame> {
+fn source_frames(chain: Vec<dwarf::DwarfFrame>, symbol: Option<&str>) -> Vec<SourceFrame> {
     if chain.is_empty() {
         return symbol
             .map(|s| {
+                let s = FunctionName::from_symbol(s);
                 vec![SourceFrame {
                     function: s.name,
                     system_name: s.system_name,
@@ -200,7 +199,11 @@ fn source_frames(chain: Vec<dwarf::DwarfFrame>, symbol: Option<FunctionName>) ->
         .map(|(i, frame)| {
             let name = frame
                 .name
-                .or_else(|| (i == outermost).then(|| symbol.clone()).flatten())
+                .or_else(|| {
+                    (i == outermost)
+                        .then(|| symbol.map(FunctionName::from_symbol))
+                        .flatten()
+                })
                 .unwrap_or_else(|| FunctionName::from_source_name("??"));
             SourceFrame {
                 function: name.name,
