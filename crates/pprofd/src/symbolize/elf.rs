@@ -60,7 +60,9 @@ impl ObjectBytes {
 /// the object's pages are handed back. Handing them back after every unit cost more than
 /// reading the DWARF did (12 of 28 ms for a 10 s profile of the demo router: every unit
 /// faulted `.debug_abbrev`, `.debug_str` and `.debug_ranges` pages in again, 64 KiB at a
-/// time), so pages are kept until this much has built up.
+/// time), so pages are kept until this much has built up. 4 MiB took ~10% less CPU but
+/// raised the bench's peaks by 1-3 MiB (CPU profile with `debug = true` 8.1 MiB, near the
+/// 10 MiB bound), so 2 MiB.
 const RESIDENT_ALLOWANCE: u64 = 2 << 20;
 
 /// Hands an object's pages back whenever the process's file-backed resident memory has grown
