@@ -2,12 +2,14 @@
 //! workspace's release build (`debug = "limited"`) and one with full debug info
 //! (`debug = true`), to show the cost grows far slower than the binary.
 //!
-//! Measured on the 2-core dev machine (other engineers' builds running): CPU profile 3.9 MiB
-//! peak growth with `debug = "limited"` (32 MiB binary, 27.5 MiB of DWARF) and 4.8 MiB with
-//! `debug = true` (74 MiB, 69 MiB of DWARF); heap and goroutine dumps 3.1-3.6 and 3.3-3.4
-//! MiB; symbolization of the 10 s CPU profile 16.7 and 37.8 ms of thread CPU (before the
-//! line-program state machine, the per-abbreviation DIE walk and the 2 MiB page allowance:
-//! 5.6 / 6.3 MiB and 59.8 / 78.5 ms).
+//! Measured on the 2-core dev machine with other engineers' builds running (load 3-8, which
+//! inflates thread CPU time), `debug = "limited"` (32 MiB binary, 27.5 MiB of DWARF) /
+//! `debug = true` (74 MiB, 69 MiB of DWARF): the 10 s CPU profile raised peak RSS by 3.9-6.3
+//! / 4.8-7.0 MiB and its symbolization took 16.7-39.4 / 37.8-57.4 ms of thread CPU for
+//! 386-657 addresses (the count varies run to run); goroutine?debug=0 (55 addresses) 10.5-15
+//! / 26-28 ms. Before the line-program state machine, the per-abbreviation DIE walk and the
+//! 2 MiB page allowance: 5.6 / 6.3 MiB and 59.8 / 78.5 ms (address count not recorded then),
+//! goroutine?debug=0 27.6 / 44.3 ms.
 //!
 //! Per request kind it prints the peak RSS growth while the request runs (`clear_refs` +
 //! `VmHWM`), RSS after the answer against before, the router's CPU time for the request
