@@ -2,15 +2,19 @@
 //! workspace's release build (`debug = "limited"`) and one with full debug info
 //! (`debug = true`), to show the cost grows far slower than the binary.
 //!
-//! Measured on the 2-core dev machine (load average ~10 from other builds): CPU profile
-//! 5.2 MiB peak growth with `debug = "limited"` (39 MB binary, 27 MiB of DWARF) and 6.0 MiB
-//! with `debug = true` (75 MB, 67 MiB of DWARF); heap and goroutine dumps 2.9 and 3.4-4.1
-//! MiB; symbolization of the 10 s CPU profile 55 and 82 ms of thread CPU.
+//! Measured on the 2-core dev machine with other engineers' builds running (load 3-8, which
+//! inflates thread CPU time), `debug = "limited"` (32 MiB binary, 27.5 MiB of DWARF) /
+//! `debug = true` (74 MiB, 69 MiB of DWARF): the 10 s CPU profile raised peak RSS by 3.9-6.3
+//! / 4.8-7.0 MiB and its symbolization took 16.7-39.4 / 37.8-57.4 ms of thread CPU for
+//! 386-657 addresses (the count varies run to run); goroutine?debug=0 (55 addresses) 10.5-15
+//! / 26-28 ms. Before the line-program state machine, the per-abbreviation DIE walk and the
+//! 2 MiB page allowance: 5.6 / 6.3 MiB and 59.8 / 78.5 ms (address count not recorded then),
+//! goroutine?debug=0 27.6 / 44.3 ms.
 //!
 //! Per request kind it prints the peak RSS growth while the request runs (`clear_refs` +
 //! `VmHWM`), RSS after the answer against before, the router's CPU time for the request
 //! (whole process, measured with no load) and, where the profile says, the thread CPU time
-//! of symbolization. The CPU profile (10 s, 100 Hz) runs with 2 clients loading the router.
+//! of symbolization with the number of addresses symbolized. The CPU profile (10 s, 100 Hz) runs with 2 clients loading the router.
 //!
 //! Run:
 //! ```sh
@@ -48,12 +52,28 @@ fn main() {
         println!("no full-debug build at {full_debug}: see the module docs to build one");
     }
     println!(
-        "{:<16} {:>8} {:>8}  {:<22} {:>11} {:>9} {:>12} {:>10}",
-        "build", "binary", "DWARF", "request", "peak RSS+", "after", "request CPU", "symbolize"
+        "{:<16} {:>8} {:>8}  {:<22} {:>11} {:>9} {:>12} {:>16}",
+        "build",
+        "binary",
+        "DWARF",
+        "request",
+        "peak RSS+",
+        "after",
+        "request CPU",
+        "symbolize/addrs"
     );
     for (build, binary) in &binaries {
         measure_build(build, binary);
     }
+}
+
+/// How many addresses the profile's comment says were symbolized (the work grows with them).
+fn symbolized_addresses(profile: &pprofd::profile::proto::Profile) -> Option<u64> {
+    profile.comment.iter().find_map(|&c| {
+        let text = &profile.string_table[c as usize];
+        let rest = text.strip_prefix("pprofd: symbolized ")?;
+        rest.split(' ').next()?.parse().ok()
+    })
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -106,7 +126,7 @@ fn measure_build(build: &str, binary: &str) {
         ("/debug/pprof/goroutine?debug=0", false, true),
     ];
     for (path, loaded, protobuf) in kinds {
-        let costs: Vec<(Cost, Option<f64>)> = (0..RUNS)
+        let costs: Vec<(Cost, Option<(f64, u64)>)> = (0..RUNS)
             .map(|_| {
                 let _load = loaded.then(|| Load::start(&router, 2));
                 if loaded {
@@ -115,7 +135,10 @@ fn measure_build(build: &str, binary: &str) {
                 let cost = measure(&router, path);
                 assert_eq!(cost.status, 200, "{path}");
                 let symbolize = protobuf
-                    .then(|| symbolization_ms(&decode(path, &cost.body)))
+                    .then(|| {
+                        let profile = decode(path, &cost.body);
+                        Some((symbolization_ms(&profile)?, symbolized_addresses(&profile)?))
+                    })
                     .flatten();
                 (cost, symbolize)
             })
@@ -138,11 +161,13 @@ fn measure_build(build: &str, binary: &str) {
                 .map(|(c, _)| c.process_cpu.as_secs_f64() * 1e3)
                 .collect(),
         );
-        let symbolize: Vec<f64> = costs.iter().filter_map(|(_, s)| *s).collect();
+        let symbolize: Vec<(f64, u64)> = costs.iter().filter_map(|(_, s)| *s).collect();
         let symbolize = if symbolize.is_empty() {
             "-".to_string()
         } else {
-            format!("{:.1} ms", median(symbolize))
+            let ms = median(symbolize.iter().map(|s| s.0).collect());
+            let addresses = median(symbolize.iter().map(|s| s.1 as f64).collect());
+            format!("{ms:.1} ms / {addresses:.0}")
         };
         let cpu = if loaded {
             "(loaded)".to_string()
@@ -150,7 +175,7 @@ fn measure_build(build: &str, binary: &str) {
             format!("{cpu:.1} ms")
         };
         println!(
-            "{:<16} {:>5.1}MiB {:>5.1}MiB  {:<22} {:>7.1} MiB {:>5.1} MiB {:>12} {:>10}",
+            "{:<16} {:>5.1}MiB {:>5.1}MiB  {:<22} {:>7.1} MiB {:>5.1} MiB {:>12} {:>16}",
             build,
             mib(size),
             mib(dwarf),

@@ -3,20 +3,25 @@
 //! `.debug_aranges` says which unit holds each address (when it is missing, each unit's own
 //! ranges do). Each unit that holds an address is then read once: its line program is run to
 //! the rows covering the addresses, and its DIE tree walked for the subprograms and inlined
-//! subroutines whose ranges hold them, skipping every function that holds none. Nothing of a
-//! unit is kept but the frames of its addresses, and the file's pages are handed back after
-//! each unit, so memory follows the largest unit a profile touches, not the binary.
+//! subroutines whose ranges hold them, skipping every function that holds none ([`lines`],
+//! [`DieWalk`]); both stop once every address is found. Nothing of a unit is kept but the
+//! frames of its addresses, and the file's pages are handed back as they build up
+//! ([`super::elf::ResidentBudget`]), so memory follows the largest unit a profile touches,
+//! not the binary.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection};
 
+use super::dies::{DieWalk, RangeAt};
 use super::elf::Elf;
+use super::lines;
 use super::names::FunctionName;
 
-type Reader<'d> = EndianSlice<'d, RunTimeEndian>;
-type Unit<'d> = gimli::Unit<Reader<'d>>;
+pub(super) type Reader<'d> = EndianSlice<'d, RunTimeEndian>;
+pub(super) type Unit<'d> = gimli::Unit<Reader<'d>>;
 
 /// One frame of an inline chain as DWARF gives it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,21 +59,22 @@ pub(crate) fn load<'d>(elf: &Elf<'d>) -> Option<gimli::Dwarf<Reader<'d>>> {
 }
 
 /// The inline chain of each of `svmas` (sorted file addresses), innermost frame first;
-/// empty where DWARF does not cover the address. `release_pages` hands the pages read so far
-/// back; it runs after each unit.
+/// empty where DWARF does not cover the address. `release_pages` runs after each unit, to
+/// hand the pages read so far back when they have built up.
 pub(crate) fn resolve(
     dwarf: &gimli::Dwarf<Reader<'_>>,
     svmas: &[u64],
     release_pages: impl Fn(),
 ) -> Vec<Vec<DwarfFrame>> {
     let mut chains = vec![Vec::new(); svmas.len()];
-    let mut by_unit: Vec<(usize, usize)> = units_of(dwarf, svmas)
+    let (units, unit_starts) = units_of(dwarf, svmas);
+    let mut by_unit: Vec<(usize, usize)> = units
         .into_iter()
         .enumerate()
         .filter_map(|(i, unit)| Some((unit?, i)))
         .collect();
     by_unit.sort_unstable();
-    let mut names = Names::new(dwarf, &release_pages);
+    let mut names = Names::new(dwarf, unit_starts);
     for group in by_unit.chunk_by(|a, b| a.0 == b.0) {
         let offset = gimli::DebugInfoOffset(group[0].0);
         let indices: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
@@ -90,9 +96,11 @@ pub(crate) fn resolve(
     chains
 }
 
-/// The `.debug_info` offset of the unit that holds each address.
-fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize>> {
+/// The `.debug_info` offset of the unit that holds each address, and the sorted offsets of
+/// the units the index names (with `.debug_aranges`, those with code).
+fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> (Vec<Option<usize>>, Vec<usize>) {
     let mut units = vec![None; svmas.len()];
+    let mut starts = Vec::new();
     let mut assign = |begin: u64, end: u64, unit: usize| {
         let first = svmas.partition_point(|&a| a < begin);
         let last = svmas.partition_point(|&a| a < end);
@@ -105,6 +113,7 @@ fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize
     while let Ok(Some(header)) = headers.next() {
         any_aranges = true;
         let unit = header.debug_info_offset().0;
+        starts.push(unit);
         let mut entries = header.entries();
         while let Ok(Some(entry)) = entries.next() {
             let range = entry.range();
@@ -118,6 +127,7 @@ fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize
             let Some(offset) = header.debug_info_offset() else {
                 continue;
             };
+            starts.push(offset.0);
             let Ok(unit) = dwarf.unit(header) else {
                 continue;
             };
@@ -129,7 +139,9 @@ fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> Vec<Option<usize
             }
         }
     }
-    units
+    starts.sort_unstable();
+    starts.dedup();
+    (units, starts)
 }
 
 /// A function DIE that holds an address: the chain is built from these, outermost first.
@@ -197,54 +209,72 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
     /// The `(file index, line)` of the line-table row covering each address.
     fn line_rows(&self, addresses: &[u64]) -> gimli::Result<Vec<Option<(u64, u32)>>> {
         let mut found = vec![None; addresses.len()];
-        let Some(program) = self.unit.line_program.clone() else {
+        let Some(program) = self.unit.line_program.as_ref() else {
             return Ok(found);
         };
-        let mut rows = program.rows();
         // The row in effect from its address up to the next row's, within a sequence, and
         // the first address not below it: rows rise within a sequence, so that index only
         // moves forward until the next sequence starts.
         let mut current: Option<(u64, u64, u32)> = None;
         let mut next = 0;
-        while let Some((_, row)) = rows.next_row()? {
+        // Sequences do not overlap, so once every address has its row the rest of the
+        // program can only repeat what is found.
+        let mut unfound = addresses.len();
+        lines::for_each_row(program.header(), |row| {
             if let Some((start, file, line)) = current {
-                let end = row.address();
+                let end = row.address;
                 while next < addresses.len() && addresses[next] < start {
                     next += 1;
                 }
                 while next < addresses.len() && addresses[next] < end {
-                    found[next].get_or_insert((file, line));
+                    if found[next].is_none() {
+                        found[next] = Some((file, line));
+                        unfound -= 1;
+                    }
                     next += 1;
                 }
+                if unfound == 0 {
+                    return ControlFlow::Break(());
+                }
             } else {
-                next = addresses.partition_point(|&a| a < row.address());
+                next = addresses.partition_point(|&a| a < row.address);
             }
-            current = (!row.end_sequence()).then(|| {
-                let line = row.line().map_or(0, |l| l.get() as u32);
-                (row.address(), row.file_index(), line)
-            });
-        }
+            current = (!row.end_sequence).then_some((row.address, row.file, row.line as u32));
+            ControlFlow::Continue(())
+        })?;
         Ok(found)
     }
 
     /// For each address, the function DIEs whose ranges hold it, outermost first.
     ///
-    /// The DIEs are read raw: only function DIEs outside skipped subtrees have their
-    /// attributes parsed; every other DIE's are stepped over by their forms' sizes.
+    /// Only function DIEs outside skipped subtrees are looked at, and of those only the ones
+    /// that hold an address have their attributes parsed ([`DieWalk`]).
     fn functions(&mut self, addresses: &[u64]) -> gimli::Result<Vec<Vec<Function>>> {
         let mut chains: Vec<Vec<Function>> = (0..addresses.len()).map(|_| Vec::new()).collect();
         let mut hits = Vec::new();
         let mut attrs = Vec::new();
         let unit = self.unit;
-        let mut entries = unit.entries_raw(None)?;
+        let mut dies = DieWalk::new(unit)?;
         // Depth of a function that holds none of the addresses: its subtree is skipped.
         let mut skip_below: Option<isize> = None;
-        while !entries.is_empty() {
-            let depth = entries.next_depth();
-            let offset = entries.next_offset();
-            let Some(abbrev) = entries.read_abbreviation()? else {
-                continue;
-            };
+        // Addresses no function holds yet, and the depth of the outermost function holding
+        // some whose subtree is being read: once all are held and that subtree is closed,
+        // the rest of the unit holds none of them (functions do not overlap).
+        let mut unheld = addresses.len();
+        let mut open_holder: Option<isize> = None;
+        let holding = |begin: u64, end: u64, hits: &mut Vec<usize>| {
+            let first = addresses.partition_point(|&a| a < begin);
+            let last = first + addresses[first..].partition_point(|&a| a < end);
+            hits.extend(first..last);
+        };
+        while let Some(die) = dies.next()? {
+            let depth = die.depth;
+            if open_holder.is_some_and(|d| depth <= d) {
+                open_holder = None;
+            }
+            if unheld == 0 && open_holder.is_none() {
+                break;
+            }
             let skipped = match skip_below {
                 Some(d) if depth > d => true,
                 _ => {
@@ -252,22 +282,32 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
                     false
                 }
             };
-            let function = abbrev.tag() == gimli::DW_TAG_subprogram
-                || abbrev.tag() == gimli::DW_TAG_inlined_subroutine;
-            if skipped || !function {
-                entries.skip_attributes(abbrev.attributes())?;
+            if skipped || !die.shape.function {
+                dies.skip(&die)?;
                 continue;
             }
-            entries.read_attributes(abbrev.attributes(), &mut attrs)?;
             hits.clear();
-            self.for_each_range(&attrs, |begin, end| {
-                let first = addresses.partition_point(|&a| a < begin);
-                let last = first + addresses[first..].partition_point(|&a| a < end);
-                hits.extend(first..last);
-            })?;
+            match die.shape.range {
+                RangeAt::Nowhere => {}
+                RangeAt::Fixed { .. } => {
+                    if let Some((begin, end)) = dies.fixed_range(&die)? {
+                        holding(begin, end, &mut hits);
+                    }
+                }
+                RangeAt::Parsed => {
+                    dies.read(&die, &mut attrs)?;
+                    self.for_each_range(&attrs, |begin, end| holding(begin, end, &mut hits))?;
+                }
+            }
             if hits.is_empty() {
+                if die.shape.range != RangeAt::Parsed {
+                    dies.skip(&die)?;
+                }
                 skip_below = Some(depth);
                 continue;
+            }
+            if die.shape.range != RangeAt::Parsed {
+                dies.read(&die, &mut attrs)?;
             }
             let (mut call_file, mut call_line) = (u64::MAX, 0);
             for attr in &attrs {
@@ -277,9 +317,13 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
                     _ => {}
                 }
             }
-            let name = self.names.name(unit, offset, &attrs, 0);
+            let name = self.names.name(unit, die.offset, &attrs, 0);
+            open_holder.get_or_insert(depth);
             for &i in &hits {
                 let chain = &mut chains[i];
+                if chain.is_empty() {
+                    unheld -= 1;
+                }
                 // Ranges nest; one that does not (bad DWARF) replaces the deeper entries.
                 while chain.last().is_some_and(|f| f.depth >= depth) {
                     chain.pop();
@@ -370,10 +414,9 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
 struct Names<'a, 'd> {
     dwarf: &'a gimli::Dwarf<Reader<'d>>,
     names: HashMap<usize, Option<FunctionName>>,
-    /// Start offsets of the units, read the first time a reference leads out of a unit.
-    unit_starts: Option<Vec<usize>>,
-    /// Hands the object's pages read so far back.
-    release_pages: &'a dyn Fn(),
+    /// Sorted start offsets of units: those `.debug_aranges` lists, and those found since
+    /// between them.
+    unit_starts: Vec<usize>,
     /// The units references led into, parsed once (a few: LTO's inlined functions come
     /// from a handful of units). Bounded by [`REFERENCED_UNITS`].
     referenced_units: HashMap<usize, Unit<'d>>,
@@ -385,12 +428,11 @@ const REFERENCED_UNITS: usize = 16;
 const REFERENCE_HOPS: u32 = 8;
 
 impl<'a, 'd> Names<'a, 'd> {
-    fn new(dwarf: &'a gimli::Dwarf<Reader<'d>>, release_pages: &'a dyn Fn()) -> Self {
+    fn new(dwarf: &'a gimli::Dwarf<Reader<'d>>, unit_starts: Vec<usize>) -> Self {
         Names {
             dwarf,
-            release_pages,
             names: HashMap::new(),
-            unit_starts: None,
+            unit_starts,
             referenced_units: HashMap::new(),
         }
     }
@@ -480,25 +522,30 @@ impl<'a, 'd> Names<'a, 'd> {
     }
 
     /// The start of the unit holding `.debug_info` offset `target`.
+    ///
+    /// From the nearest known unit start below it, unit headers are read forward: the
+    /// code-less units that references lead into (the abstract DIEs of functions inlined
+    /// from other codegen units) lie among the units of the same crate, so this reads a few
+    /// headers rather than all of them (each on its own page of `.debug_info`).
     fn unit_start(&mut self, target: usize) -> Option<usize> {
-        let dwarf = self.dwarf;
-        let release_pages = self.release_pages;
-        let starts = self.unit_starts.get_or_insert_with(|| {
-            // Every unit header, code-less ones included (`.debug_aranges` lists only units
-            // with code; the abstract DIEs that inlined copies refer to often live in others).
-            // Each header is on its own page, handed back every few hundred units.
-            let mut starts = Vec::new();
-            let mut headers = dwarf.debug_info.units();
-            while let Ok(Some(header)) = headers.next() {
-                starts.extend(header.debug_info_offset().map(|o| o.0));
-                if starts.len() % 256 == 0 {
-                    release_pages();
-                }
+        let i = self.unit_starts.partition_point(|&s| s <= target);
+        let mut start = i.checked_sub(1).map_or(0, |i| self.unit_starts[i]);
+        loop {
+            let header = self
+                .dwarf
+                .debug_info
+                .header_from_offset(gimli::DebugInfoOffset(start))
+                .ok()?;
+            let end = start + header.length_including_self();
+            if target < end {
+                return Some(start);
             }
-            starts
-        });
-        let i = starts.partition_point(|&s| s <= target);
-        starts.get(i.checked_sub(1)?).copied()
+            start = end;
+            let at = self.unit_starts.partition_point(|&s| s < start);
+            if self.unit_starts.get(at) != Some(&start) {
+                self.unit_starts.insert(at, start);
+            }
+        }
     }
 }
 

@@ -9,8 +9,9 @@
 //!
 //! Memory (docs/invariants.md invariant 5): objects are mapped read-only; only the DWARF
 //! units that hold an asked-for address are read, one at a time, and the pages read are
-//! handed back after each unit, so the resident cost follows the largest unit a profile
-//! touches rather than the size of the binary. Nothing is cached across calls: the mappings
+//! handed back whenever 2 MiB of them are resident ([`elf::ResidentBudget`]), so the
+//! resident cost follows that allowance and the largest unit a profile touches rather than
+//! the size of the binary. Nothing is cached across calls: the mappings
 //! are dropped before `resolve` returns. The result holds only the frames of the addresses.
 //! glibc keeps freed memory in the arena of the thread that freed it, so the short-lived
 //! tables are handed back with `malloc_trim` at the end.
@@ -19,8 +20,10 @@
 //! objects with unnamed addresses and neither a symbol table nor debug info, with how to
 //! symbolize them later.
 
+mod dies;
 mod dwarf;
 mod elf;
+mod lines;
 mod names;
 
 use std::collections::HashMap;
@@ -31,7 +34,7 @@ use crate::profile::{MappingInfo, Resolver, SourceFrame};
 
 mod mappings;
 use mappings::executable_mappings;
-use elf::{Elf, ObjectBytes};
+use elf::{Elf, ObjectBytes, ResidentBudget};
 use names::FunctionName;
 
 /// Mappings and symbols for a set of addresses of this process.
@@ -148,10 +151,8 @@ fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<So
         _ => &object,
     };
     let has_symtab = elf::has_symbol_table(symbol_source);
-    let symbols: Vec<Option<FunctionName>> = elf::function_symbols(symbol_source, svmas)
-        .into_iter()
-        .map(|s| s.map(FunctionName::from_symbol))
-        .collect();
+    // Demangled only where DWARF names no outermost function (see `source_frames`).
+    let symbols = elf::function_symbols(symbol_source, svmas);
     bytes.release_pages();
     let (debug_bytes, debug_object) = match (&separate, &separate_object) {
         (Some((_, debug_bytes)), Some(debug)) if !elf::has_debug_info(&object) => {
@@ -161,8 +162,9 @@ fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<So
     };
     let sections = dwarf::load(debug_object);
     let has_dwarf = sections.is_some();
+    let budget = ResidentBudget::new(debug_bytes);
     let chains = match sections {
-        Some(sections) => dwarf::resolve(&sections, svmas, || debug_bytes.release_pages()),
+        Some(sections) => dwarf::resolve(&sections, svmas, || budget.check()),
         None => vec![Vec::new(); svmas.len()],
     };
     debug_bytes.release_pages();
@@ -176,10 +178,11 @@ fn object_frames(path: &Path, bytes: &ObjectBytes, svmas: &[u64]) -> (Vec<Vec<So
 
 /// pprof's frames from DWARF's chain, with the symbol table's name for the outermost
 /// function when DWARF has none (or no chain at all).
-fn source_frames(chain: Vec<dwarf::DwarfFrame>, symbol: Option<FunctionName>) -> Vec<SourceFrame> {
+fn source_frames(chain: Vec<dwarf::DwarfFrame>, symbol: Option<&str>) -> Vec<SourceFrame> {
     if chain.is_empty() {
         return symbol
             .map(|s| {
+                let s = FunctionName::from_symbol(s);
                 vec![SourceFrame {
                     function: s.name,
                     system_name: s.system_name,
@@ -196,7 +199,11 @@ fn source_frames(chain: Vec<dwarf::DwarfFrame>, symbol: Option<FunctionName>) ->
         .map(|(i, frame)| {
             let name = frame
                 .name
-                .or_else(|| (i == outermost).then(|| symbol.clone()).flatten())
+                .or_else(|| {
+                    (i == outermost)
+                        .then(|| symbol.map(FunctionName::from_symbol))
+                        .flatten()
+                })
                 .unwrap_or_else(|| FunctionName::from_source_name("??"));
             SourceFrame {
                 function: name.name,
