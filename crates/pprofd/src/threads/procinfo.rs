@@ -132,22 +132,9 @@ pub(crate) fn signal_name(signal: i32) -> String {
 
 /// Whether `signal` sent to thread `tid` now could miss pprofd's handler (see [`Obstacle`]).
 /// Reads the thread's `syscall` line, then its `status`; a thread that exited has none.
-///
-/// A thread waiting on a signalfd is woken for a moment by every signal sent to any thread of
-/// the process (the kernel notifies all signalfd readers), so while a dump signals other
-/// threads its `syscall` line can say `running` for a few microseconds: a `running` line is
-/// read again, twice at most, before the thread is taken to be running.
 pub(crate) fn signal_obstacle(tid: i32, signal: i32) -> Option<Obstacle> {
     let dir = format!("/proc/self/task/{tid}");
-    let read_line = || std::fs::read_to_string(format!("{dir}/syscall")).unwrap_or_default();
-    let mut line = read_line();
-    for _ in 0..2 {
-        if !line.starts_with("running") {
-            break;
-        }
-        std::thread::yield_now();
-        line = read_line();
-    }
+    let line = std::fs::read_to_string(format!("{dir}/syscall")).unwrap_or_default();
     match parse_syscall_number(&line) {
         Some(nr) if nr == libc::SYS_rt_sigtimedwait => return Some(Obstacle::SigWait),
         Some(nr) if nr == libc::SYS_read && reads_signalfd(&line) => {

@@ -20,8 +20,9 @@
 //!   `Condvar`/`Mutex`/channels, tokio and mio retry on `EINTR`.
 //! - At most [`WINDOW`] threads are signalled and not yet answered at a time, which keeps
 //!   the wake-ups gentle on the machine and stays below the unwinder's per-table cache count.
-//! - Never a signal the thread cannot take in our handler (docs/invariants.md 13): right before each
-//!   send, [`collect`] reads the thread's `/proc` files and skips it (answer
+//! - Never a signal the thread cannot take in our handler (docs/invariants.md 13): before the
+//!   dump sends anything and again right before each send, [`collect`] reads the thread's
+//!   `/proc` files and skips it (answer
 //!   [`Answer::Skipped`], with the reason) when it blocks the signal (`SigBlk`), waits in
 //!   `rt_sigtimedwait` (`sigwaitinfo`/`sigtimedwait`: the kernel unblocks the waited set
 //!   meanwhile, so `SigBlk` says deliverable), reads a signalfd, or already has the signal
@@ -331,7 +332,13 @@ pub(crate) fn collect(
     })));
     let value = COOKIE << 32 | generation as u64;
     let mut gone = vec![false; tids.len()];
-    let mut skipped: Vec<Option<Obstacle>> = vec![None; tids.len()];
+    // Looked at once before this dump sends anything, and again right before each send: every
+    // signal sent wakes the process's signalfd readers for a moment, so a reader checked only
+    // after the signals to the threads before it can look like a running thread.
+    let mut skipped: Vec<Option<Obstacle>> = tids
+        .iter()
+        .map(|&tid| procinfo::signal_obstacle(tid, signo))
+        .collect();
     // (index, when signalled) of threads holding a window place.
     let mut in_flight: Vec<(usize, Instant)> = Vec::with_capacity(WINDOW);
     let mut next = 0;
@@ -349,7 +356,9 @@ pub(crate) fn collect(
                 });
                 while in_flight.len() < WINDOW && next < tids.len() {
                     let tid = tids[next];
-                    skipped[next] = procinfo::signal_obstacle(tid, signo);
+                    if skipped[next].is_none() {
+                        skipped[next] = procinfo::signal_obstacle(tid, signo);
+                    }
                     if skipped[next].is_none() {
                         match send(tid, value) {
                             Sent::Queued => {
