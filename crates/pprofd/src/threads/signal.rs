@@ -22,8 +22,7 @@
 //!   the wake-ups gentle on the machine and stays below the unwinder's per-table cache count.
 //! - Never a signal the thread cannot take in our handler (docs/invariants.md 13): before the
 //!   dump sends anything and again right before each send, [`collect`] reads the thread's
-//!   `/proc` files and skips it (answer
-//!   [`Answer::Skipped`], with the reason) when it blocks the signal (`SigBlk`), waits in
+//!   `/proc` files and skips it (answer [`Answer::Skipped`], with the reason) when it blocks the signal (`SigBlk`), waits in
 //!   `rt_sigtimedwait` (`sigwaitinfo`/`sigtimedwait`: the kernel unblocks the waited set
 //!   meanwhile, so `SigBlk` says deliverable), reads a signalfd, or already has the signal
 //!   pending (`SigPnd`): a thread that did not answer an earlier request gets no new signal
