@@ -93,8 +93,10 @@ fn run() -> Result<(), String> {
         });
     }
     cache::spawn_janitor(incidents).map_err(|e| format!("cannot start the cache janitor: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // CPU samples name the tokio task being polled (label `task`).
+    let runtime = pprofd::labels::tokio_task_ids(&mut builder)
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     // Goroutine dumps list the router's async tasks too (pprofd feature `tokio-tasks`) when

@@ -6,7 +6,8 @@
 //! tracing span under `TracingLabels`; each request yields between chunks of work, so it
 //! migrates between the workers. Each chunk of Alpha spins 3 units and allocates 64 KiB; each
 //! of Beta spins 1 unit and allocates 192 KiB. Alpha's last 200 buffers stay alive. An unlabelled task (`unlabelled_work`) runs
-//! beside them on the same workers. `--form scope` does the same on plain threads with
+//! beside them on the same workers; the runtime's poll hooks (`pprofd::labels::tokio_task_ids`)
+//! name every task in the samples. `--form scope` does the same on plain threads with
 //! `Labels::scope`, and adds a thread that waits for a lock inside `operation=Waiting`.
 //!
 //! Commands on stdin: `reset` zeroes the truth; `report` prints `truth <op> <cpu_ns> <bytes>`
@@ -129,8 +130,10 @@ enum Form {
 }
 
 fn run_tasks(form: Form, stop: Arc<AtomicBool>) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2);
+    // Every polled task's samples name the task, labelled or not.
+    let runtime = pprofd::labels::tokio_task_ids(&mut builder)
         .build()
         .expect("a runtime");
     runtime.block_on(async move {

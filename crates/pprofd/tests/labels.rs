@@ -12,10 +12,10 @@ use pprofd::profile::proto::Profile;
 use support::Workload;
 use support::{function_names, label};
 
-const SECONDS: u64 = 4;
+const SECONDS: u64 = 6;
 
 /// The workloads of these tests take both cores; one at a time keeps each one's samples
-/// plentiful (the shares' statistical error is about 2 points at 500 Hz over 4 s).
+/// plentiful (the shares' statistical error is under 2 points at 500 Hz over 6 s).
 static ONE_WORKLOAD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -164,6 +164,25 @@ fn check_cpu_and_allocs(form: &str) {
         assert!(
             with_task * 100 >= labelled * 95,
             "{form}: {with_task} of {labelled} labelled samples carry the task id"
+        );
+        // So do the unlabelled task's, through the runtime's poll hooks.
+        let unlabelled: Vec<_> = cpu
+            .sample
+            .iter()
+            .filter(|s| {
+                function_names(&cpu, s)
+                    .iter()
+                    .any(|f| f.ends_with("unlabelled_work"))
+            })
+            .collect();
+        let named = unlabelled
+            .iter()
+            .filter(|s| label(&cpu, s, "task").is_some())
+            .count();
+        assert!(
+            !unlabelled.is_empty() && named * 100 >= unlabelled.len() * 95,
+            "{form}: {named} of {} unlabelled samples carry their task id",
+            unlabelled.len()
         );
     }
     workload.finish();

@@ -500,6 +500,32 @@ impl Drop for TaskScope {
     }
 }
 
+/// Makes every task a tokio runtime polls carry its id as the label `task` in CPU samples,
+/// labelled or not (feature `tokio-tasks`, `--cfg tokio_unstable`): sets the runtime's
+/// before- and after-poll hooks, which replace any hooks set on `builder` before.
+///
+/// ```
+/// # #[cfg(tokio_unstable)] {
+/// let mut builder = tokio::runtime::Builder::new_multi_thread();
+/// let runtime = pprofd::labels::tokio_task_ids(&mut builder).build().unwrap();
+/// # drop(runtime); }
+/// ```
+#[cfg(all(
+    feature = "tokio-tasks",
+    tokio_unstable,
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub fn tokio_task_ids(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    builder
+        .on_before_task_poll(|task| {
+            set_current_task(task_number(&task.id()));
+        })
+        .on_after_task_poll(|_| {
+            set_current_task(0);
+        })
+}
+
 /// The id of the tokio task the caller runs in, if any. tokio's `task::Id` shows its number
 /// through `Display` and `Hash` only; hashing it into a hasher that keeps the one `u64`
 /// written is exact and costs no formatting (checked against `Display` by a test).
