@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use super::signal::raise_timer_signal;
+use crate::procfs;
 use super::{CpuProfile, CpuProfileError};
 
 /// Per-signal CPU costs measured by [`measure_sample_cost`].
@@ -63,19 +64,9 @@ pub fn measure_sample_cost(signals: usize) -> Result<SampleCost, CpuProfileError
 }
 
 fn timed_batch(ours: bool) -> std::io::Result<Duration> {
-    let started = thread_cpu_time();
+    let started = procfs::thread_cpu_time();
     for _ in 0..BATCH {
         raise_timer_signal(ours)?;
     }
-    Ok(thread_cpu_time().saturating_sub(started))
-}
-
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    Ok(procfs::thread_cpu_time().saturating_sub(started))
 }

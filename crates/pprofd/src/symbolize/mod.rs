@@ -48,7 +48,8 @@ impl ProcessSymbols {
     /// Reads the mappings and symbolizes `addresses` (absolute, already normalised; in any
     /// order, repeats allowed).
     pub fn resolve(addresses: impl IntoIterator<Item = u64>) -> Self {
-        let started = thread_cpu_time();
+        // Symbolization runs on one thread: its CPU time is what it cost.
+        let started = crate::procfs::thread_cpu_time();
         let mut addresses: Vec<u64> = addresses.into_iter().collect();
         addresses.sort_unstable();
         addresses.dedup();
@@ -93,7 +94,7 @@ impl ProcessSymbols {
         comments.push(format!(
             "pprofd: symbolized {} addresses in {:.1} ms of CPU time",
             addresses.len(),
-            (thread_cpu_time() - started).as_secs_f64() * 1e3
+            (crate::procfs::thread_cpu_time() - started).as_secs_f64() * 1e3
         ));
         ProcessSymbols {
             mappings,
@@ -115,18 +116,6 @@ impl Resolver for ProcessSymbols {
     fn comments(&self) -> &[String] {
         &self.comments
     }
-}
-
-/// CPU time this thread has used: symbolization runs on one thread, so the difference is
-/// what it cost, whatever else the machine does.
-fn thread_cpu_time() -> std::time::Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through the valid pointer it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// The inline chain (innermost first) of each of `svmas`, sorted file addresses of the object
