@@ -288,8 +288,7 @@ fn record_with_stack<A: GlobalAlloc>(
 /// full) and enters it in the live set.
 fn record_at(tables: &HeapTables, stack: Option<usize>, ptr: *mut u8, size: usize, rate: u32) {
     // The allocating thread's labels: one load of a const thread-local (see `crate::labels`).
-    let (labels, _task) = crate::labels::current();
-    let site = tables.site(stack, labels, size_class(size));
+    let site = tables.site(stack, crate::labels::current_labels(), size_class(size));
     count(tables, site, size, rate, Event::Alloc);
     track_live(tables, ptr as usize, LiveBlock { site, rate }, size);
 }

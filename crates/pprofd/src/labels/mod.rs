@@ -136,18 +136,25 @@ impl Labels {
 
     /// Makes these labels the thread's current ones until the guard drops.
     fn enter(&self) -> Entered {
-        let previous = CURRENT.with(|current| current.load(Ordering::Relaxed));
-        let labels = LabelSetId(previous);
-        let active = if labels == LabelSetId::NONE || labels == self.id {
-            self.id
-        } else {
-            merged(labels, self.id)
-        };
-        set_current(active.0);
         Entered {
-            previous,
+            previous: self.activate(),
             _same_thread: PhantomData,
         }
+    }
+
+    /// Makes these labels, inside whatever is active, the thread's current ones; returns the
+    /// id that was active, for the caller to put back. The one nesting rule of scopes,
+    /// instrumented futures and labelled spans.
+    pub(crate) fn activate(&self) -> u32 {
+        let previous = CURRENT.with(|current| current.load(Ordering::Relaxed));
+        let outer = LabelSetId(previous);
+        let active = if outer == LabelSetId::NONE || outer == self.id {
+            self.id
+        } else {
+            merged(outer, self.id)
+        };
+        set_current(active.0);
+        previous
     }
 }
 
@@ -206,10 +213,17 @@ where_pprofd_profiles! {
     /// loads of `const` thread-locals without destructors; no lock, no allocation.
     #[inline(always)]
     pub(crate) fn current() -> (LabelSetId, u64) {
-        let labels = CURRENT.with(|current| current.load(Ordering::Relaxed));
         let task = CURRENT_TASK.with(|current| current.load(Ordering::Relaxed));
-        (LabelSetId(labels), task)
-}
+        (current_labels(), task)
+    }
+
+    /// The calling thread's active labels: one load of a `const` thread-local without a
+    /// destructor. Async-signal-safe, and usable in the allocator at any point of a thread's
+    /// life.
+    #[inline(always)]
+    pub(crate) fn current_labels() -> LabelSetId {
+        LabelSetId(CURRENT.with(|current| current.load(Ordering::Relaxed)))
+    }
 }
 
 /// Restores the labels active before [`Labels::enter`]. Not `Send`: scopes are entered and
@@ -386,7 +400,7 @@ where_pprofd_profiles! {
             labels.push(crate::profile::Label::str(TASK_LABEL, task.to_string()));
         }
         labels
-}
+    }
 }
 
 /// The label key of a sample's tokio task id.
@@ -401,7 +415,7 @@ where_pprofd_profiles! {
             .map(|(key, value)| format!("{key:?}:{:?}", value.as_ref()))
             .collect();
         format!("{{{}}}", inner.join(", "))
-}
+    }
 }
 
 pin_project_lite::pin_project! {

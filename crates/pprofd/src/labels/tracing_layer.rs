@@ -11,7 +11,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use super::{set_current, set_current_task, tokio_task_id, LabelSetId, Labels, CURRENT};
+use super::{set_current, set_current_task, tokio_task_id, Labels, CURRENT};
 
 /// A `tracing_subscriber::Layer` that turns the span fields named in [`TracingLabels::new`]
 /// into pprofd labels while the span is entered.
@@ -133,16 +133,11 @@ where
         let labels = ctx
             .span(id)
             .and_then(|span| span.extensions().get::<SpanLabels>().map(|l| l.labels));
-        let previous = CURRENT.with(|current| current.load(std::sync::atomic::Ordering::Relaxed));
         let previous_task = labels.and_then(|_| tokio_task_id().map(set_current_task));
-        if let Some(labels) = labels {
-            let active = match LabelSetId(previous) {
-                LabelSetId::NONE => labels.id,
-                outer if outer == labels.id => labels.id,
-                outer => super::merged(outer, labels.id),
-            };
-            set_current(active.0);
-        }
+        let previous = match labels {
+            Some(labels) => labels.activate(),
+            None => CURRENT.with(|current| current.load(std::sync::atomic::Ordering::Relaxed)),
+        };
         // `try_with`: during the thread's teardown the stack may be gone; nothing to restore then.
         let _ = ENTERED.try_with(|entered| entered.borrow_mut().push((previous, previous_task)));
     }

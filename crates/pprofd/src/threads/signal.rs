@@ -170,7 +170,7 @@ unsafe fn answer(generation: u32, ucontext: *mut libc::c_void) {
     // SAFETY: forwarded from the caller.
     stack.in_syscall = interrupted_in_syscall(regs.pc, unsafe { arch::syscall_result(ucontext) });
     // One load of a const thread-local without a destructor (see `crate::labels`).
-    stack.labels = crate::labels::current().0;
+    stack.labels = crate::labels::current_labels();
     slot.state.store(DONE, Ordering::Release);
     dump.answered.fetch_add(1, Ordering::Release);
     // SAFETY: FUTEX_WAKE on a live atomic owned by the published dump; no memory is written.
