@@ -9,17 +9,9 @@ use std::time::{Duration, Instant};
 
 use pprofd::profile::proto::Profile;
 use support::{
-    example_binary, function_names, get, go_tool_pprof, go_tool_pprof_bytes, ScratchDir, Workload,
+    example_binary, function_names, get, go_tool_pprof, go_tool_pprof_bytes, sample_index,
+    ScratchDir, Workload,
 };
-
-/// The index of a sample type by name.
-fn sample_index(profile: &Profile, name: &str) -> usize {
-    profile
-        .sample_type
-        .iter()
-        .position(|t| profile.string_table[t.r#type as usize] == name)
-        .unwrap_or_else(|| panic!("no sample type {name}"))
-}
 
 /// Whether any frame (inline frames included) of the sample is a function containing `name`.
 fn sample_has_function(

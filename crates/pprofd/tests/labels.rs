@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use pprofd::profile::proto::Profile;
 use support::Workload;
-use support::{function_names, label};
+use support::{function_names, label, sample_index};
 
 const SECONDS: u64 = 6;
 
@@ -61,14 +61,6 @@ fn by_operation(profile: &Profile, function: &str, value: usize) -> HashMap<Stri
         *totals.entry(operation.to_string()).or_insert(0) += sample.value[value];
     }
     totals
-}
-
-fn value_index(profile: &Profile, type_name: &str) -> usize {
-    profile
-        .sample_type
-        .iter()
-        .position(|t| profile.string_table[t.r#type as usize] == type_name)
-        .unwrap_or_else(|| panic!("no sample type {type_name}"))
 }
 
 /// Checks one profile: the work of each operation carries its label (at least 95% of its
@@ -129,19 +121,19 @@ fn check_cpu_and_allocs(form: &str) {
     let (alpha, beta) = (truth["Alpha"], truth["Beta"]);
     check_shares(
         &cpu,
-        value_index(&cpu, "cpu"),
+        sample_index(&cpu, "cpu"),
         alpha.0 / (alpha.0 + beta.0),
         &format!("{form} cpu"),
     );
     check_shares(
         &allocs,
-        value_index(&allocs, "alloc_space"),
+        sample_index(&allocs, "alloc_space"),
         alpha.1 / (alpha.1 + beta.1),
         &format!("{form} alloc_space"),
     );
     // In-use memory keeps the labels of the allocation until the free: Alpha's retained buffers.
     let heap = workload.profile("/debug/pprof/heap");
-    let in_use = by_operation(&heap, "alpha_work", value_index(&heap, "inuse_space"));
+    let in_use = by_operation(&heap, "alpha_work", sample_index(&heap, "inuse_space"));
     println!("{form} inuse_space of alpha_work: {in_use:?}");
     assert!(
         in_use.get("Alpha").copied().unwrap_or(0) > 4 << 20,

@@ -34,6 +34,15 @@ pub fn share_of(profile: &Profile, function_suffix: &str) -> f64 {
     matching as f64 / total as f64
 }
 
+/// The index of the sample type called `name`; fails the test when there is none.
+pub fn sample_index(profile: &Profile, name: &str) -> usize {
+    profile
+        .sample_type
+        .iter()
+        .position(|t| profile.string_table[t.r#type as usize] == name)
+        .unwrap_or_else(|| panic!("no sample type {name}"))
+}
+
 /// The string value of `sample`'s label `key`.
 pub fn label<'a>(profile: &'a Profile, sample: &Sample, key: &str) -> Option<&'a str> {
     let strings = &profile.string_table;
