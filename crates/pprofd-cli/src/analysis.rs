@@ -210,6 +210,20 @@ impl TagFocus {
         }
         Ok(kept)
     }
+
+    /// Among the samples this focus keeps, the function with the largest flat value of sample
+    /// type `index` (of equal ones, the first by name); `None` when no sample is kept.
+    pub fn hottest_function(&self, profile: &Profile, index: usize) -> Option<String> {
+        let kept = self.apply(profile).ok()?;
+        by_function(&View::new(&kept), index)
+            .into_iter()
+            .max_by(|a, b| {
+                a.flat
+                    .cmp(&b.flat)
+                    .then_with(|| b.function.cmp(&a.function))
+            })
+            .map(|row| row.function)
+    }
 }
 
 /// Sums of sample type `index` by the value of label `key` (`None`: samples without it),

@@ -488,13 +488,7 @@ fn by_operation(view: &View, index: usize, what: &str) -> String {
             key: OPERATION.to_string(),
             value: operation.clone(),
         };
-        let hottest = focus.apply(view.profile()).ok().and_then(|only| {
-            let only_view = View::new(&only);
-            by_function(&only_view, index)
-                .into_iter()
-                .max_by_key(|r| r.flat)
-                .map(|r| r.function)
-        });
+        let hottest = focus.hottest_function(view.profile(), index);
         out.push_str(&format!(
             "   operation `{operation}`: {} of {what}{}\n",
             percent(value, total),

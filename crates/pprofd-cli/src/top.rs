@@ -61,23 +61,14 @@ pub fn tag_table(view: &View, index: usize, key: &str, count: usize, origin: &st
         "value", "share"
     ));
     for (value, sum) in rows.into_iter().take(count) {
-        let focus = TagFocus {
-            key: key.to_string(),
-            value: value.clone().unwrap_or_default(),
-        };
         let hottest = value
             .as_ref()
-            .and_then(|_| focus.apply(view.profile()).ok())
-            .and_then(|only| {
-                let only_view = View::new(&only);
-                by_function(&only_view, index)
-                    .into_iter()
-                    .max_by(|a, b| {
-                        a.flat
-                            .cmp(&b.flat)
-                            .then_with(|| b.function.cmp(&a.function))
-                    })
-                    .map(|row| row.function)
+            .and_then(|value| {
+                let focus = TagFocus {
+                    key: key.to_string(),
+                    value: value.clone(),
+                };
+                focus.hottest_function(view.profile(), index)
             })
             .unwrap_or_default();
         out.push_str(&format!(
