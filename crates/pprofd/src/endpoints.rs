@@ -49,6 +49,9 @@ pub struct Endpoint {
     pub timing: Timing,
     /// What a support archive keeps of it (nothing for `symbol` and `trace`).
     pub archive: &'static [ArchiveFile],
+    /// The archive file `pprofd collect --past DURATION` fills from the flight recorder
+    /// (`?past=N`, with `PPROF_RECORD` set), for the endpoints that take `past`.
+    pub past_archive: Option<ArchiveFile>,
 }
 
 impl Endpoint {
@@ -68,6 +71,11 @@ const fn snapshot(file: &'static str, query: &'static str, what: &'static str) -
     }
 }
 
+/// The archive file of an endpoint's `?past=N` answer.
+const fn past(file: &'static str, what: &'static str) -> Option<ArchiveFile> {
+    Some(snapshot(file, "", what))
+}
+
 const GET: &[&str] = &["GET"];
 
 /// Every endpoint, in the index page's order (Go's: by name).
@@ -75,7 +83,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         name: "allocs",
         description: "A sampling of all past memory allocations",
-        parameters: &["debug", "seconds", "gc", "allocator_frames"],
+        parameters: &["debug", "seconds", "gc", "allocator_frames", "past"],
         methods: GET,
         timing: Timing::DeltaWithSeconds,
         archive: &[snapshot(
@@ -83,6 +91,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "",
             "allocations since start by site (alloc_space)",
         )],
+        past_archive: past("allocs-past.pb.gz", "allocations made in the last --past window, by site (from the flight recorder)"),
     },
     Endpoint {
         name: "block",
@@ -95,6 +104,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "",
             "time threads spent blocked (locks, condvars, channels) by site",
         )],
+        past_archive: None,
     },
     Endpoint {
         name: "cmdline",
@@ -107,6 +117,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "",
             "the service's command line, NUL-separated",
         )],
+        past_archive: None,
     },
     Endpoint {
         name: "goroutine",
@@ -126,11 +137,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
                 "every thread's full stack as text, with its state: read it as is",
             ),
         ],
+        past_archive: None,
     },
     Endpoint {
         name: "heap",
         description: "A sampling of memory allocations of live objects. You can specify the gc GET parameter to run GC before taking the heap sample.",
-        parameters: &["debug", "seconds", "gc", "allocator_frames"],
+        parameters: &["debug", "seconds", "gc", "allocator_frames", "past"],
         methods: GET,
         timing: Timing::DeltaWithSeconds,
         archive: &[snapshot(
@@ -138,6 +150,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "",
             "heap profile: live memory (inuse_space) and allocations by site",
         )],
+        past_archive: past("heap-past.pb.gz", "what the heap gained and lost in the last --past window, by site (from the flight recorder)"),
     },
     Endpoint {
         name: "mutex",
@@ -150,11 +163,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "",
             "time threads spent waiting for locks, by site",
         )],
+        past_archive: None,
     },
     Endpoint {
         name: "profile",
         description: "CPU profile. You can specify the duration in the seconds GET parameter. After you get the profile file, use the go tool pprof command to investigate the profile.",
-        parameters: &["seconds", "hz"],
+        parameters: &["seconds", "hz", "past"],
         methods: GET,
         timing: Timing::Samples,
         archive: &[ArchiveFile {
@@ -163,6 +177,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "CPU profile: where CPU time went, by stack",
             takes_collect_seconds: true,
         }],
+        past_archive: past("cpu-past.pb.gz", "CPU profile of the last --past window (from the flight recorder)"),
     },
     Endpoint {
         name: "symbol",
@@ -171,6 +186,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         methods: &["GET", "POST"],
         timing: Timing::AtOnce,
         archive: &[],
+        past_archive: None,
     },
     Endpoint {
         name: "threadcreate",
@@ -183,6 +199,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "",
             "the stacks that created the live threads",
         )],
+        past_archive: None,
     },
     Endpoint {
         name: "trace",
@@ -191,6 +208,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         methods: GET,
         timing: Timing::AtOnce,
         archive: &[],
+        past_archive: None,
     },
 ];
 
