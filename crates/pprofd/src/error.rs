@@ -39,6 +39,22 @@ pub enum Error {
         /// The value as given.
         value: String,
     },
+    /// The flight recorder's window or rate (`PPROF_RECORD`, `PPROF_RECORD_HZ` or
+    /// `Config::record`) is not one pprofd accepts.
+    InvalidRecord {
+        /// Where the value came from: the environment variable or `Config`.
+        source_name: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The flight recorder could not start sampling.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    Recording(crate::cpu::CpuProfileError),
     /// pprofd does not serve profiles on this platform (only Linux on x86_64 and aarch64);
     /// returned by `Server::start` elsewhere, never on Linux.
     Unsupported {
@@ -73,6 +89,16 @@ impl fmt::Display for Error {
                 "{}={value:?} is not understood: want `current-thread` (the default) or `all`",
                 crate::TOKIO_TASKS_ENV
             ),
+            Error::InvalidRecord {
+                source_name,
+                value,
+                reason,
+            } => write!(
+                f,
+                "{source_name}={value:?} is not understood: {reason} (the window is a duration such as 10m, 1h or 300s; the rate 1 to 1000 samples a second)"
+            ),
+            #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+            Error::Recording(e) => write!(f, "cannot start the flight recorder: {e}"),
             Error::Unsupported { platform, addr } => write!(
                 f,
                 "cannot serve profiles on {addr}: pprofd profiles only on Linux (x86_64, aarch64), not {platform}"
@@ -90,7 +116,13 @@ impl std::error::Error for Error {
                 any(target_arch = "x86_64", target_arch = "aarch64")
             ))]
             Error::BlockSampling(e) => Some(e),
+            #[cfg(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64")
+            ))]
+            Error::Recording(e) => Some(e),
             Error::InvalidAddress { .. }
+            | Error::InvalidRecord { .. }
             | Error::InvalidBlockRate { .. }
             | Error::InvalidTokioTasks { .. }
             | Error::Unsupported { .. } => None,

@@ -6,9 +6,9 @@
 //! progress lost the threads that drove it. pprofd's `pthread_atfork` handlers, registered
 //! when the server starts, make sure that:
 //! - no lock on a path the child can take without starting pprofd (creating threads,
-//!   allocating, receiving signals) is held: the thread-creation hook's locks are taken
-//!   before the fork and released after it in both processes; the allocator and the signal
-//!   handlers take no lock at all;
+//!   allocating, receiving signals) is held: the thread-creation hook's locks, the label
+//!   registry's and the CPU session's are taken before the fork and released after it in both
+//!   processes; the allocator and the signal handlers take no lock at all;
 //! - the child inherits no running profile: CPU sampling state is dropped (the child has no
 //!   timers and no collector; a late timer signal finds nothing published), heap sampling and creation
 //!   recording are off (the child has no server to read them; they start again if the child
@@ -36,6 +36,9 @@ pub(crate) fn register_handlers() {
 }
 
 extern "C" fn prepare() {
+    // First: a thread holding the CPU session's lock may be creating a thread, which takes
+    // the thread-creation hook's locks.
+    crate::cpu::before_fork();
     crate::threads::before_fork();
     crate::labels::before_fork();
 }
@@ -43,12 +46,14 @@ extern "C" fn prepare() {
 extern "C" fn parent() {
     crate::labels::after_fork();
     crate::threads::after_fork_in_parent();
+    crate::cpu::after_fork_in_parent();
 }
 
 extern "C" fn child() {
     crate::labels::after_fork_in_child();
     crate::unwind::published::after_fork_in_child();
     crate::cpu::after_fork_in_child();
+    crate::recorder::after_fork_in_child();
     crate::heap::after_fork_in_child();
     crate::threads::after_fork_in_child();
 }

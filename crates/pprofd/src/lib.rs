@@ -67,6 +67,7 @@ where_pprofd_profiles! {
     pub mod offcpu;
     mod procfs;
     mod produce;
+    pub mod recorder;
     pub mod server;
     mod sighandler;
     mod symbolize;
@@ -115,6 +116,14 @@ pub const BLOCK_RATE_ENV: &str = "PPROF_BLOCK_RATE";
 /// with them tokio's worker stalls (see `watch_tokio_runtime`, feature `tokio-tasks`).
 pub const TOKIO_TASKS_ENV: &str = "PPROF_TOKIO_TASKS";
 
+/// The environment variable that turns on the flight recorder, holding its window (`300s`,
+/// `10m`, `1h`, `1h30m`; up to 24 h): `profile`, `heap` and `allocs` then answer `?past=N` at
+/// once with the last N seconds (see `recorder`).
+pub const RECORD_ENV: &str = "PPROF_RECORD";
+/// The environment variable holding the flight recorder's CPU sampling rate (1 to 1000;
+/// default 19).
+pub const RECORD_HZ_ENV: &str = "PPROF_RECORD_HZ";
+
 /// Starts the pprof server if `PPROF_ADDR` is set.
 ///
 /// Unset or empty, this returns `Ok(None)` and does nothing else: no thread, no socket, no
@@ -124,7 +133,9 @@ pub const TOKIO_TASKS_ENV: &str = "PPROF_TOKIO_TASKS";
 /// With `PPROF_TOKEN` set, every request must carry `Authorization: Bearer <token>`.
 /// With `PPROF_BLOCK_RATE` set too (1 to 1000), blocked threads are sampled at that rate for
 /// the life of the process, and `/debug/pprof/block` and `/mutex` answer at once with the
-/// profile since start (see [`offcpu::start_continuous`]).
+/// profile since start (see [`offcpu::start_continuous`]). With `PPROF_RECORD=10m` (and
+/// optionally `PPROF_RECORD_HZ`), the flight recorder keeps the last ten minutes of CPU and
+/// heap for `?past=N` (see [`recorder`]).
 ///
 /// Every variable is validated before anything starts: an `Err` (a bad variable, an address
 /// in use) leaves no thread, no socket, heap sampling and thread-creation recording off.
@@ -161,14 +172,51 @@ pub fn init_from_env() -> Result<Option<Server>, Error> {
         }
     };
     threads::task_dump_scope_from_env()?;
+    let mut config = config;
+    if let Some(window) = env_value(RECORD_ENV)? {
+        let window = recorder::parse_window(&window).map_err(|reason| Error::InvalidRecord {
+            source_name: RECORD_ENV,
+            value: window.clone(),
+            reason,
+        })?;
+        config = config.record(window);
+    }
+    if let Some(hz) = env_value(RECORD_HZ_ENV)? {
+        let parsed = hz.trim().parse::<u32>().map_err(|_| Error::InvalidRecord {
+            source_name: RECORD_HZ_ENV,
+            value: hz.clone(),
+            reason: "not a whole number of samples a second".into(),
+        })?;
+        config = config.record_hz(parsed);
+    }
+    config.check_record()?;
     // Bound and serving, but recording nothing yet: on an error below, dropping `server`
     // closes the socket and joins its thread.
     let server = Server::launch(config)?;
     if let Some(hz) = block_rate {
         offcpu::start_continuous(hz).map_err(Error::BlockSampling)?;
     }
+    server.start_recorder()?;
     server.turn_on_recording();
     Ok(Some(server))
+}
+
+/// The value of environment variable `name`, `None` when unset or empty.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn env_value(name: &'static str) -> Result<Option<String>, Error> {
+    match std::env::var(name) {
+        Ok(value) if value.trim().is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(value)) => Err(Error::InvalidRecord {
+            source_name: name,
+            value: value.to_string_lossy().into_owned(),
+            reason: "not valid UTF-8".into(),
+        }),
+    }
 }
 
 /// Builds a finished profile builder into the profile model, symbolizing its addresses in

@@ -108,6 +108,16 @@ pub mod server {
         pub fn token(self, _token: Option<String>) -> Self {
             self
         }
+
+        /// The flight recorder's window (on Linux).
+        pub fn record(self, _window: std::time::Duration) -> Self {
+            self
+        }
+
+        /// The flight recorder's CPU sampling rate (on Linux).
+        pub fn record_hz(self, _hz: u32) -> Self {
+            self
+        }
     }
 
     /// A running pprof server; none can exist on this platform.

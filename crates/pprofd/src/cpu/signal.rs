@@ -178,6 +178,12 @@ impl ThreadTimer {
             return Err(std::io::Error::last_os_error());
         }
         let timer = ThreadTimer(timer);
+        timer.set_period(period_ns)?;
+        Ok(timer)
+    }
+
+    /// Makes the timer fire every `period_ns` of its thread's CPU time, from now.
+    pub fn set_period(&self, period_ns: u64) -> std::io::Result<()> {
         let period = libc::timespec {
             tv_sec: (period_ns / 1_000_000_000) as _, // the field's type: libc deprecates the name `time_t` on musl
             tv_nsec: (period_ns % 1_000_000_000) as libc::c_long,
@@ -186,11 +192,11 @@ impl ThreadTimer {
             it_interval: period,
             it_value: period,
         };
-        // SAFETY: `timer.0` is a live timer owned by `timer`.
-        if unsafe { libc::timer_settime(timer.0, 0, &spec, std::ptr::null_mut()) } != 0 {
+        // SAFETY: `self.0` is a live timer owned by `self`.
+        if unsafe { libc::timer_settime(self.0, 0, &spec, std::ptr::null_mut()) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(timer)
+        Ok(())
     }
 }
 
@@ -214,8 +220,8 @@ mod tests {
             |()| raise_timer_signal(true).expect("queue the timer signal to this thread"),
         );
         let mut profile = profile.expect("started");
-        let collected = profile.halt();
-        let deepest = collected
+        let gathered = profile.halt();
+        let deepest = gathered
             .counts
             .keys()
             .map(|key| key.stack.len())

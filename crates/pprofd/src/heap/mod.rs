@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 pub use allocator::Allocator;
-pub(crate) use report::{HeapSnapshot, ProfileKind};
+pub(crate) use report::{Counts as SiteCounts, HeapSnapshot, ProfileKind};
 pub(crate) use sampler::{exclude_current_thread, set_thread_stack};
 
 use crate::unwind::{StackBounds, UnwindTables};

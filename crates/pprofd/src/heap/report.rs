@@ -64,7 +64,7 @@ const FREE_OBJECTS_FP: usize = 6;
 const FREE_BYTES: usize = 7;
 
 /// A site's counters, signed so that deltas fit.
-type Counts = [i64; 8];
+pub(crate) type Counts = [i64; 8];
 
 fn read(c: &SiteCounters) -> Counts {
     [
@@ -87,6 +87,8 @@ pub(crate) struct HeapSnapshot {
     taken_at: Instant,
     duration: Duration,
     sites: HashMap<usize, Counts>,
+    /// Said in the profile's comments, first.
+    notes: Vec<String>,
 }
 
 impl HeapSnapshot {
@@ -106,6 +108,7 @@ impl HeapSnapshot {
                 taken_at: Instant::now(),
                 duration: Duration::ZERO,
                 sites,
+                notes: Vec::new(),
             }
         })
     }
@@ -122,6 +125,46 @@ impl HeapSnapshot {
         }
         self.duration = self.taken_at.duration_since(earlier.taken_at);
         self.time = earlier.time;
+        self
+    }
+
+    /// Every site's counters, by site index (for the flight recorder's history).
+    pub fn site_counts(&self) -> &HashMap<usize, Counts> {
+        &self.sites
+    }
+
+    /// When the snapshot was taken.
+    pub fn taken_at(&self) -> Instant {
+        self.taken_at
+    }
+
+    /// The snapshot as it was at `taken_at` (wall-clock `time`), `changes` (per site) earlier.
+    pub fn before(
+        &self,
+        changes: &HashMap<usize, Counts>,
+        time: SystemTime,
+        taken_at: Instant,
+    ) -> HeapSnapshot {
+        let mut sites = self.sites.clone();
+        for (site, change) in changes {
+            let counts = sites.entry(*site).or_default();
+            for (count, change) in counts.iter_mut().zip(change) {
+                *count -= change;
+            }
+        }
+        HeapSnapshot {
+            rate: self.rate,
+            time,
+            taken_at,
+            duration: Duration::ZERO,
+            sites,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds `note` to the profile's comments (where a `past` answer came from).
+    pub fn with_note(mut self, note: String) -> HeapSnapshot {
+        self.notes.push(note);
         self
     }
 
@@ -282,7 +325,7 @@ impl HeapSnapshot {
     }
 
     fn comments(&self) -> Vec<String> {
-        let mut comments = Vec::new();
+        let mut comments = self.notes.clone();
         if self.rate == 0 {
             comments.push(format!(
                 "pprofd: heap sampling is off ({} is 0 or the server has not started)",

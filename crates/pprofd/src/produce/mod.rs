@@ -132,6 +132,8 @@ pub struct CpuRequest {
     pub seconds: u64,
     /// Samples a second: 1 to [`cpu::MAX_HZ`], default [`cpu::DEFAULT_HZ`].
     pub hz: u32,
+    /// `past=N`: the flight recorder's last N seconds, at once, instead of sampling.
+    pub past: Option<u64>,
 }
 
 /// What `/goroutine` and `/threadcreate` (and, inside [`HeapRequest`], `/heap` and `/allocs`)
@@ -153,6 +155,8 @@ pub struct HeapRequest {
     /// `allocator_frames=1` keeps the allocator's frames at the leaf of each stack (and writes
     /// no `drop_frames`); 0, the default, cuts them.
     pub allocator_frames: bool,
+    /// `past=N`: the change over the last N seconds, from the flight recorder's snapshots.
+    pub past: Option<u64>,
 }
 
 /// What `/block` and `/mutex` were asked for.
@@ -229,6 +233,7 @@ impl Request {
     pub fn is_long_running(&self) -> bool {
         let timing = endpoints::find(self.endpoint_name()).map(|e| e.timing);
         match (timing, self) {
+            (_, Request::Cpu(cpu)) if cpu.past.is_some() => false,
             (Some(Timing::Samples), _) => true,
             (Some(Timing::DeltaWithSeconds), Request::Heap(h) | Request::Allocs(h)) => {
                 h.snapshot.seconds.is_some()
@@ -269,7 +274,21 @@ fn cpu_request(query: &Query, max_seconds: u64) -> Result<CpuRequest, String> {
         seconds,
         // In range, so it fits: MAX_HZ is a u32.
         hz: hz as u32,
+        past: past(query)?,
     })
+}
+
+/// Checks `past` (1 s up to the longest window; the recorder checks it against its own), and
+/// that `seconds` is not given with it.
+fn past(query: &Query) -> Result<Option<u64>, String> {
+    if query.get("past").is_none_or(|p| p.is_empty()) {
+        return Ok(None);
+    }
+    let past = query.int_in("past", 0, 1..=crate::recorder::MAX_WINDOW.as_secs())?;
+    if query.get("seconds").is_some_and(|s| !s.is_empty()) {
+        return Err("past and seconds params are incompatible: past=N answers at once with the last N seconds, seconds=N profiles the next N".into());
+    }
+    Ok(Some(past))
 }
 
 /// Checks `debug` (0 to `max_debug`) and `seconds` (absent or empty for a snapshot) of a
@@ -293,10 +312,15 @@ fn snapshot_request(
 /// Checks `/heap`'s and `/allocs`' parameters (Go accepts any `debug` for the heap and answers
 /// text for every value but 0; `gc` is accepted and ignored: there is no collector to run).
 fn heap_request(query: &Query, max_seconds: u64) -> Result<HeapRequest, String> {
-    Ok(HeapRequest {
+    let request = HeapRequest {
         snapshot: snapshot_request(query, u64::MAX, max_seconds)?,
         allocator_frames: query.int_in("allocator_frames", 0, 0..=1)? == 1,
-    })
+        past: past(query)?,
+    };
+    if request.past.is_some() && request.snapshot.debug != 0 {
+        return Err("past and debug params are incompatible: past=N answers in the protobuf format".into());
+    }
+    Ok(request)
 }
 
 /// Checks `/block`'s and `/mutex`'s `seconds`, `debug` (0 to 2) and `idle` (0 or 1).
@@ -431,6 +455,7 @@ fn index(text: bool) -> Output {
         for e in endpoints::ENDPOINTS {
             body.push_str(&format!("{prefix}{}\t{}\n", e.name, e.description));
         }
+        body.push_str(&format!("\n{}\n", crate::recorder::status()));
         return Output::Text(body);
     }
     let mut rows = String::new();
@@ -445,7 +470,8 @@ fn index(text: bool) -> Output {
         ));
     }
     Output::Html(format!(
-        "<html>\n<head>\n<title>{prefix}</title>\n<style>\n.profile-name{{\n\tdisplay:inline-block;\n\twidth:6rem;\n}}\n</style>\n</head>\n<body>\n{prefix}\n<br>\n<p>Set debug=1 as a query parameter to export in legacy text format</p>\n<br>\nTypes of profiles available:\n<table>\n<thead><td>Count</td><td>Profile</td></thead>\n{rows}</table>\n<br>\n<p>\nProfile Descriptions:\n<ul>\n{descriptions}</ul>\n</p>\n</body>\n</html>\n"
+        "<html>\n<head>\n<title>{prefix}</title>\n<style>\n.profile-name{{\n\tdisplay:inline-block;\n\twidth:6rem;\n}}\n</style>\n</head>\n<body>\n{prefix}\n<br>\n<p>Set debug=1 as a query parameter to export in legacy text format</p>\n<br>\nTypes of profiles available:\n<table>\n<thead><td>Count</td><td>Profile</td></thead>\n{rows}</table>\n<br>\n<p>\nProfile Descriptions:\n<ul>\n{descriptions}</ul>\n</p>\n<p>{}</p>\n</body>\n</html>\n",
+        crate::recorder::status()
     ))
 }
 
@@ -457,7 +483,20 @@ fn cmdline() -> String {
 }
 
 async fn cpu_profile(request: CpuRequest, settings: &Settings) -> Result<Output, Failure> {
-    let CpuRequest { seconds, hz } = request;
+    let CpuRequest { seconds, hz, past } = request;
+    if let Some(past) = past {
+        let past = Duration::from_secs(past);
+        let built = tokio::task::spawn_blocking(move || {
+            crate::recorder::cpu_profile(past).map(crate::symbolize_profile)
+        })
+        .await
+        .map_err(|e| building_failed("CPU", e))?;
+        let profile = built.map_err(|message| Failure::new(FailureKind::BadRequest, message))?;
+        return Ok(Output::Profile {
+            file_name: "profile-past".into(),
+            profile: Box::new(profile),
+        });
+    }
     let profile = match CpuProfile::start(hz) {
         Ok(p) => p,
         Err(e @ CpuProfileError::InUse) => {
@@ -490,12 +529,31 @@ async fn heap_profile(kind: ProfileKind, request: HeapRequest) -> Result<Output,
     let HeapRequest {
         snapshot: SnapshotRequest { debug, seconds },
         allocator_frames,
+        past,
     } = request;
     let name = match kind {
         ProfileKind::Heap => "heap",
         ProfileKind::Allocs => "allocs",
     };
     let failed = |e| building_failed(name, e);
+    if let Some(past) = past {
+        let built = tokio::task::spawn_blocking(move || {
+            let Some((baseline, note)) = crate::recorder::heap_baseline(Duration::from_secs(past))
+                .map_err(|message| Failure::new(FailureKind::BadRequest, message))?
+            else {
+                return Err(Failure::new(FailureKind::NotFound, HEAP_NOT_INSTALLED));
+            };
+            heap::refresh_unwind_tables();
+            let change = HeapSnapshot::take().since(&baseline).with_note(note);
+            Ok(Output::Profile {
+                file_name: format!("{name}-past"),
+                profile: Box::new(change.profile(kind, allocator_frames)),
+            })
+        })
+        .await
+        .map_err(failed)?;
+        return built;
+    }
     match seconds {
         None => tokio::task::spawn_blocking(move || {
             heap::refresh_unwind_tables();

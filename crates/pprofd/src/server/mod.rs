@@ -71,6 +71,8 @@ pub struct Config {
     max_profile_seconds: u64,
     request_read_timeout: Duration,
     token: Option<String>,
+    record: Option<Duration>,
+    record_hz: u32,
 }
 
 /// Prints every setting but the token, which is only said to be set: configurations end up
@@ -83,6 +85,8 @@ impl std::fmt::Debug for Config {
             .field("max_profile_seconds", &self.max_profile_seconds)
             .field("request_read_timeout", &self.request_read_timeout)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("record", &self.record)
+            .field("record_hz", &self.record_hz)
             .finish()
     }
 }
@@ -97,7 +101,50 @@ impl Config {
             max_profile_seconds: DEFAULT_MAX_PROFILE_SECONDS,
             request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
             token: None,
+            record: None,
+            record_hz: crate::recorder::DEFAULT_HZ,
         }
+    }
+
+    /// Turns on the flight recorder (as `PPROF_RECORD` does): the last `window` (1 s to 24 h)
+    /// of CPU and heap is kept in bounded memory, and `profile`, `heap` and `allocs` answer
+    /// `?past=N` at once with the last N seconds (see [`crate::recorder`]).
+    pub fn record(mut self, window: Duration) -> Self {
+        self.record = Some(window);
+        self
+    }
+
+    /// The flight recorder's CPU sampling rate, 1 to 1000 (default 19; `PPROF_RECORD_HZ`).
+    pub fn record_hz(mut self, hz: u32) -> Self {
+        self.record_hz = hz;
+        self
+    }
+
+    /// Checks the recorder's window and rate.
+    pub(crate) fn check_record(&self) -> Result<(), Error> {
+        let invalid = |source_name, value: String, reason: &str| Error::InvalidRecord {
+            source_name,
+            value,
+            reason: reason.into(),
+        };
+        let from_env = self.addr_source == crate::ADDR_ENV;
+        if let Some(window) = self.record {
+            if window < Duration::from_secs(1) || window > crate::recorder::MAX_WINDOW {
+                return Err(invalid(
+                    if from_env { crate::RECORD_ENV } else { "Config::record" },
+                    format!("{}s", window.as_secs_f64()),
+                    "the window must be from 1s to 24h",
+                ));
+            }
+        }
+        if !(1..=crate::cpu::MAX_HZ).contains(&self.record_hz) {
+            return Err(invalid(
+                if from_env { crate::RECORD_HZ_ENV } else { "Config::record_hz" },
+                self.record_hz.to_string(),
+                "the rate must be from 1 to 1000 samples a second",
+            ));
+        }
+        Ok(())
     }
 
     /// How long a client may take to send its whole request, head and body, counted from
@@ -132,6 +179,7 @@ pub struct Server {
     local_addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    record: Option<crate::recorder::RecordSettings>,
 }
 
 impl Server {
@@ -141,7 +189,9 @@ impl Server {
     /// is turned on: on `Err` no thread or socket is left, heap sampling and thread-creation
     /// recording stay off.
     pub fn start(config: Config) -> Result<Server, Error> {
+        config.check_record()?;
         let server = Server::launch(config)?;
+        server.start_recorder()?;
         server.turn_on_recording();
         Ok(server)
     }
@@ -199,7 +249,20 @@ impl Server {
             local_addr,
             shutdown: Some(shutdown),
             thread: Some(thread),
+            record: config.record.map(|window| crate::recorder::RecordSettings {
+                window,
+                hz: config.record_hz,
+            }),
         })
+    }
+
+    /// Starts the flight recorder when the configuration asks for it. It records for the life
+    /// of the process, past this server's.
+    pub(crate) fn start_recorder(&self) -> Result<(), Error> {
+        match self.record {
+            Some(settings) => crate::recorder::start(settings).map_err(Error::Recording),
+            None => Ok(()),
+        }
     }
 
     /// Turns on what the profiles record from the server's start on; last, once nothing can

@@ -1,0 +1,586 @@
+//! The sampling session: the timers, the ring and the collector thread, shared by the two
+//! consumers of CPU samples, an on-demand profile ([`super::CpuProfile`]) and the flight
+//! recorder ([`SampleSink`], `crate::recorder`).
+//!
+//! A session starts with its first consumer and ends with its last. The timers run at the
+//! highest rate a consumer asked for; each sample carries the CPU time it stands for, so a
+//! consumer that asked for less still reads true CPU time. A profile that starts while the
+//! recorder runs raises the rate for its duration and gets every sample from its start to
+//! its stop; the recorder keeps taking them meanwhile.
+//!
+//! Locks: [`SESSION`] is taken by whoever starts or stops a consumer, never by the collector
+//! and never in a signal handler; it is held across `fork` (`before_fork`), so critical
+//! sections under it are short (starting or joining the collector, which sleeps in 10 ms
+//! steps). The collector takes the consumers' lock while it hands samples over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::signal::{self, SamplingState, ThreadTimer, SAMPLING, STACK_BOUNDS};
+use super::{CpuProfileError, Ending, SampleKey, MAX_HZ};
+use crate::labels::LabelSetId;
+use crate::procfs;
+use crate::sighandler::Disposition;
+use crate::threads::procinfo;
+use crate::unwind::ring::{StackRecord, StackRing};
+use crate::unwind::{StackBounds, UnwindTables};
+
+/// How often the collector looks for new threads and drains samples while a profile runs.
+const PROFILE_INTERVAL: Duration = Duration::from_millis(50);
+/// The same while only the recorder runs: its rate is low, and every tick reads `/proc`.
+const RECORDING_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the collector checks that the host left the timer signal to pprofd.
+pub(super) const DISPOSITION_CHECK: Duration = Duration::from_millis(10);
+/// Ring slots (about 1 KiB each) while a profile runs: at 1000 Hz on 50 busy threads the
+/// collector drains 2,500 per tick.
+const PROFILE_RING_SLOTS: usize = 8192;
+/// Ring slots while only the recorder runs: at 100 Hz, 40 busy threads fill a quarter-second
+/// tick. Every slot becomes resident once used, so a recorder that runs for hours keeps the
+/// ring small.
+const RECORDING_RING_SLOTS: usize = 1024;
+
+/// One sample, as the collector hands it to consumers.
+pub(crate) struct Sample<'a> {
+    /// Kernel thread id of the sampled thread.
+    pub tid: i32,
+    /// How the stack ends.
+    pub ending: Ending,
+    /// The thread's labels when it was sampled.
+    pub labels: LabelSetId,
+    /// The tokio task being polled (0: none).
+    pub task: u64,
+    /// Leaf first.
+    pub stack: &'a [u64],
+    /// The CPU time the sample stands for: the timer periods it covers times the period.
+    pub cpu_ns: u64,
+}
+
+/// A consumer of samples for the life of the process: the flight recorder.
+pub(crate) trait SampleSink: Send {
+    /// Takes one sample.
+    fn add(&mut self, sample: &Sample<'_>);
+    /// Called after every drain (at least once a second): the names of the threads sampled
+    /// so far, and the samples lost since the last call (ring full).
+    fn end_batch(&mut self, thread_names: &HashMap<i32, String>, lost: u64);
+}
+
+/// What an on-demand profile gathers between its start and its stop.
+pub(super) struct ProfileSink {
+    /// The rate it asked for.
+    pub hz: u32,
+    /// The timers' period while it ran (the recorder may have asked for a higher rate).
+    pub period_ns: u64,
+    pub counts: HashMap<SampleKey, Caught>,
+    pub thread_names: HashMap<i32, String>,
+    pub lost: u64,
+    /// Changes of the timer signal's disposition by the host that the collector undid.
+    pub displaced: Vec<Disposition>,
+    /// Threads without a timer (they block the timer signal or wait for signals) at the stop.
+    pub without_timer: usize,
+}
+
+/// How often one stack was caught: signals taken, and the timer periods they stand for.
+#[derive(Default)]
+pub(super) struct Caught {
+    pub signals: u64,
+    pub periods: u64,
+}
+
+impl ProfileSink {
+    /// What a profile whose session is gone (a forked child's) gathered: nothing.
+    pub(super) fn empty() -> Self {
+        ProfileSink::new(1, None)
+    }
+
+    fn new(hz: u32, displaced: Option<Disposition>) -> Self {
+        ProfileSink {
+            hz,
+            period_ns: period_ns(hz),
+            counts: HashMap::new(),
+            thread_names: HashMap::new(),
+            lost: 0,
+            displaced: displaced.into_iter().collect(),
+            without_timer: 0,
+        }
+    }
+}
+
+/// Who takes the session's samples.
+struct Consumers {
+    profile: Option<ProfileSink>,
+    /// The recorder and its rate.
+    recording: Option<(u32, Box<dyn SampleSink>)>,
+    /// A stopping profile asked for its samples while the recorder goes on: the collector
+    /// drains the ring and moves the profile here.
+    handed_over: Option<ProfileSink>,
+    handover_asked: bool,
+}
+
+impl Consumers {
+    fn rate(&self) -> Option<u32> {
+        let profile = self.profile.as_ref().map(|p| p.hz);
+        let recording = self.recording.as_ref().map(|(hz, _)| *hz);
+        profile.max(recording)
+    }
+}
+
+struct Shared {
+    consumers: Mutex<Consumers>,
+    /// Signalled when a profile is handed over.
+    handed_over: Condvar,
+    /// Set when the consumers change, so the collector re-arms at once.
+    changed: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn consumers(&self) -> MutexGuard<'_, Consumers> {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    collector: JoinHandle<()>,
+}
+
+/// The running session, if any.
+static SESSION: Mutex<Option<Session>> = Mutex::new(None);
+
+fn session() -> MutexGuard<'static, Option<Session>> {
+    SESSION
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn period_ns(hz: u32) -> u64 {
+    1_000_000_000 / hz.clamp(1, MAX_HZ) as u64
+}
+
+/// Starts an on-demand profile at `hz`, starting the session if none runs.
+pub(super) fn attach_profile(hz: u32) -> Result<(), CpuProfileError> {
+    let mut session = session();
+    if let Some(running) = session.as_ref() {
+        let mut consumers = running.shared.consumers();
+        if consumers.profile.is_some() {
+            return Err(CpuProfileError::InUse);
+        }
+        // Checked before the timers speed up, as at a session's start.
+        let displaced = signal::ensure_handler().map_err(CpuProfileError::Setup)?;
+        consumers.profile = Some(ProfileSink::new(hz, displaced));
+        running.shared.changed.store(true, Ordering::Release);
+        return Ok(());
+    }
+    *session = Some(start_session(Consumers {
+        profile: Some(ProfileSink::new(hz, None)),
+        recording: None,
+        handed_over: None,
+        handover_asked: false,
+    })?);
+    Ok(())
+}
+
+/// Stops the on-demand profile and returns what it gathered, ending the session unless the
+/// recorder uses it.
+pub(super) fn detach_profile() -> Option<ProfileSink> {
+    let mut session = session();
+    let running = session.as_ref()?;
+    let shared = running.shared.clone();
+    let recording = {
+        let mut consumers = shared.consumers();
+        consumers.profile.as_ref()?;
+        if consumers.recording.is_some() {
+            consumers.handover_asked = true;
+            shared.changed.store(true, Ordering::Release);
+        }
+        consumers.recording.is_some()
+    };
+    if recording {
+        let mut consumers = shared.consumers();
+        while consumers.handed_over.is_none() {
+            consumers = shared
+                .handed_over
+                .wait(consumers)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        consumers.handover_asked = false;
+        return consumers.handed_over.take();
+    }
+    let running = session.take()?;
+    running.shared.stop.store(true, Ordering::Release);
+    let _ = running.collector.join();
+    let profile = running.shared.consumers().profile.take();
+    profile
+}
+
+/// Starts recording: `sink` takes every sample at `hz` or more for the life of the process.
+/// Calling it again changes nothing.
+pub(crate) fn start_recording(hz: u32, sink: Box<dyn SampleSink>) -> Result<(), CpuProfileError> {
+    if !(1..=MAX_HZ).contains(&hz) {
+        return Err(CpuProfileError::BadFrequency(hz));
+    }
+    let mut session = session();
+    if let Some(running) = session.as_ref() {
+        let mut consumers = running.shared.consumers();
+        if consumers.recording.is_none() {
+            consumers.recording = Some((hz, sink));
+            running.shared.changed.store(true, Ordering::Release);
+        }
+        return Ok(());
+    }
+    *session = Some(start_session(Consumers {
+        profile: None,
+        recording: Some((hz, sink)),
+        handed_over: None,
+        handover_asked: false,
+    })?);
+    Ok(())
+}
+
+fn start_session(consumers: Consumers) -> Result<Session, CpuProfileError> {
+    crate::fork::register_handlers();
+    // Checked before any timer is armed: a host may have changed the signal since pprofd
+    // installed its handler (see `signal`).
+    let displaced = signal::ensure_handler().map_err(CpuProfileError::Setup)?;
+    let slots = ring_slots(&consumers);
+    let shared = Arc::new(Shared {
+        consumers: Mutex::new(consumers),
+        handed_over: Condvar::new(),
+        changed: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
+    if let (Some(change), Some(profile)) = (displaced, shared.consumers().profile.as_mut()) {
+        profile.displaced.push(change);
+    }
+    STACK_BOUNDS.replace(Some(Box::new(StackBounds::load())));
+    SAMPLING.replace(Some(Box::new(SamplingState {
+        ring: StackRing::new(slots),
+        tables: UnwindTables::load(),
+    })));
+    let collector = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("pprofd-cpu".into())
+            .spawn(move || Collector::new(shared).run())
+            .map_err(|e| {
+                SAMPLING.replace(None);
+                STACK_BOUNDS.replace(None);
+                CpuProfileError::Setup(e)
+            })?
+    };
+    Ok(Session { shared, collector })
+}
+
+fn ring_slots(consumers: &Consumers) -> usize {
+    match consumers.profile {
+        Some(_) => PROFILE_RING_SLOTS,
+        None => RECORDING_RING_SLOTS,
+    }
+}
+
+/// The collector thread's state.
+struct Collector {
+    shared: Arc<Shared>,
+    timers: HashMap<i32, ThreadTimer>,
+    thread_names: HashMap<i32, String>,
+    /// Threads left without a timer because they block the timer signal, with the collector
+    /// ticks until the next look at them (see `sync_timers`).
+    no_timer: HashMap<i32, u32>,
+    armed_period_ns: u64,
+    ring_slots: usize,
+    /// The ring's lost count already handed to consumers.
+    lost_seen: u64,
+    /// Whether the profile takes samples: only those drained after the timers were set for
+    /// it, so samples from before its start do not count.
+    profile_fed: bool,
+    /// Threads that exited at the last look: their names stay one more tick, for the samples
+    /// they left in the ring.
+    exited: Vec<i32>,
+}
+
+impl Collector {
+    fn new(shared: Arc<Shared>) -> Self {
+        let (period, slots) = {
+            let consumers = shared.consumers();
+            (period_ns(consumers.rate().unwrap_or(1)), ring_slots(&consumers))
+        };
+        Collector {
+            shared,
+            timers: HashMap::new(),
+            thread_names: HashMap::new(),
+            no_timer: HashMap::new(),
+            armed_period_ns: period,
+            ring_slots: slots,
+            lost_seen: 0,
+            profile_fed: false,
+            exited: Vec::new(),
+        }
+    }
+
+    /// Keeps timers, tables and bounds current and drains samples until told to stop, then
+    /// tears sampling down.
+    fn run(mut self) {
+        let _internal = procfs::register_internal_thread();
+        let mut bounds = StackBounds::load();
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                // Deleting the timers stops new signals; a signal already pending finds
+                // nothing published once `replace(None)` returns, and is ignored.
+                self.timers.clear();
+                if let Some(state) = SAMPLING.replace(None) {
+                    self.drain(&state.ring);
+                }
+                STACK_BOUNDS.replace(None);
+                return;
+            }
+            self.shared.changed.store(false, Ordering::Release);
+            let (period, slots, profile) = {
+                let consumers = self.shared.consumers();
+                (
+                    period_ns(consumers.rate().unwrap_or(1)),
+                    ring_slots(&consumers),
+                    consumers.profile.is_some(),
+                )
+            };
+            if period != self.armed_period_ns
+                || slots != self.ring_slots
+                || profile != self.profile_fed
+            {
+                // Samples already taken go to the consumers of when they were taken, at the
+                // period they were taken at.
+                // SAFETY: this collector is the only publisher of SAMPLING while its session runs.
+                unsafe { SAMPLING.with_owner(|s| s.map(|s| self.drain(&s.ring))) };
+                self.rearm(period);
+                if slots != self.ring_slots {
+                    self.resize_ring(slots);
+                }
+                self.profile_fed = profile;
+            }
+            self.sync_timers();
+            let fresh = StackBounds::load();
+            if fresh != bounds {
+                bounds = fresh.clone();
+                STACK_BOUNDS.replace(Some(Box::new(fresh)));
+            }
+            // SAFETY: as above.
+            if unsafe { SAMPLING.with_owner(|s| s.is_some_and(|s| s.tables.is_stale())) } {
+                // An object was loaded or unloaded: swap in fresh tables, then drain the old ring.
+                let fresh = SamplingState {
+                    ring: StackRing::new(self.ring_slots),
+                    tables: UnwindTables::load(),
+                };
+                if let Some(old) = SAMPLING.replace(Some(Box::new(fresh))) {
+                    self.drain(&old.ring);
+                }
+                self.lost_seen = 0;
+            }
+            // SAFETY: as above.
+            unsafe { SAMPLING.with_owner(|s| s.map(|s| self.drain(&s.ring))) };
+            self.hand_over();
+            self.sleep(match profile {
+                true => PROFILE_INTERVAL,
+                false => RECORDING_INTERVAL,
+            });
+        }
+    }
+
+    /// Sleeps `interval` in steps, checking the timer signal's disposition at each and
+    /// waking early when the consumers change.
+    fn sleep(&mut self, interval: Duration) {
+        for _ in 0..interval.as_millis() / DISPOSITION_CHECK.as_millis() {
+            std::thread::sleep(DISPOSITION_CHECK);
+            if let Ok(Some(change)) = signal::ensure_handler() {
+                if let Some(profile) = self.shared.consumers().profile.as_mut() {
+                    profile.displaced.push(change);
+                }
+            }
+            if self.shared.changed.load(Ordering::Acquire)
+                || self.shared.stop.load(Ordering::Acquire)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Moves a stopping profile out for `detach_profile` once its samples are drained.
+    fn hand_over(&mut self) {
+        let shared = self.shared.clone();
+        let mut consumers = shared.consumers();
+        if consumers.handover_asked && consumers.handed_over.is_none() {
+            let mut profile = consumers.profile.take();
+            if let Some(profile) = profile.as_mut() {
+                profile.without_timer = self.no_timer.len();
+            }
+            consumers.handed_over = profile;
+            self.shared.handed_over.notify_all();
+        }
+    }
+
+    /// Hands every sample in `ring` to the consumers.
+    fn drain(&mut self, ring: &StackRing) {
+        let shared = self.shared.clone();
+        let mut consumers = shared.consumers();
+        let Consumers {
+            profile, recording, ..
+        } = &mut *consumers;
+        let period = self.armed_period_ns;
+        let fed = self.profile_fed;
+        let mut profile = profile.as_mut().filter(|_| fed);
+        ring.drain(|record: &StackRecord| {
+            let sample = Sample {
+                tid: record.tid,
+                ending: ending(record),
+                labels: record.labels,
+                task: record.task,
+                stack: &record.frames[..record.depth],
+                cpu_ns: record.weight * period,
+            };
+            if let Some(profile) = profile.as_mut() {
+                let key = SampleKey {
+                    tid: sample.tid,
+                    ending: sample.ending,
+                    labels: sample.labels,
+                    task: sample.task,
+                    stack: sample.stack.to_vec(),
+                };
+                let caught = profile.counts.entry(key).or_default();
+                caught.signals += 1;
+                // In the profile's own periods, which the timers' may be shorter than.
+                caught.periods += record.weight;
+            }
+            if let Some((_, sink)) = recording.as_mut() {
+                sink.add(&sample);
+            }
+        });
+        let lost = ring.lost();
+        let new_lost = lost.saturating_sub(self.lost_seen);
+        self.lost_seen = lost;
+        if let Some(profile) = profile.as_mut() {
+            profile.lost += new_lost;
+            profile.period_ns = period;
+            profile.without_timer = self.no_timer.len();
+            for tid in profile.counts.keys().map(|k| k.tid) {
+                if !profile.thread_names.contains_key(&tid) {
+                    if let Some(name) = self.thread_names.get(&tid) {
+                        profile.thread_names.insert(tid, name.clone());
+                    }
+                }
+            }
+        }
+        if let Some((_, sink)) = recording.as_mut() {
+            sink.end_batch(&self.thread_names, new_lost);
+        }
+    }
+
+    /// Sets every timer to `period_ns`.
+    fn rearm(&mut self, period_ns: u64) {
+        self.armed_period_ns = period_ns;
+        self.timers.retain(|_, timer| timer.set_period(period_ns).is_ok());
+    }
+
+    /// Publishes a ring of `slots` slots, keeping the unwind tables, and drains the old one.
+    fn resize_ring(&mut self, slots: usize) {
+        self.ring_slots = slots;
+        // Handlers find nothing published for the moment between the two stores and skip
+        // their sample; the tables move to the new state without being loaded again.
+        let Some(old) = SAMPLING.replace(None) else {
+            return;
+        };
+        let SamplingState { ring, tables } = *old;
+        SAMPLING.replace(Some(Box::new(SamplingState {
+            ring: StackRing::new(slots),
+            tables,
+        })));
+        self.drain(&ring);
+        self.lost_seen = 0;
+    }
+
+    /// Gives every live thread except pprofd's own a timer and forgets threads that exited.
+    /// A thread that blocks the timer signal, or waits for signals, gets no timer while it
+    /// does (invariant 13): its signals would pile up pending or be taken by the host's
+    /// `sigwait` loop. It is looked at again after `RECHECK_TICKS` calls (1 s at a profile's
+    /// tick; reading `/proc` at every tick would cost 1,000 blocking threads a fifth of a
+    /// core) and kept in `no_timer` while it has none. The check is made when the timer is
+    /// created; a thread that blocks the signal later keeps its timer, and then holds at
+    /// most one of its signals pending (the kernel queues a POSIX timer's signal once and
+    /// counts further expirations as overruns).
+    fn sync_timers(&mut self) {
+        const RECHECK_TICKS: u32 = 20;
+        let tids = procfs::thread_ids();
+        for tid in self.exited.drain(..) {
+            self.thread_names.remove(&tid);
+        }
+        let exited = &mut self.exited;
+        self.timers.retain(|tid, _| {
+            let alive = tids.binary_search(tid).is_ok();
+            if !alive {
+                exited.push(*tid);
+            }
+            alive
+        });
+        self.no_timer.retain(|tid, _| tids.binary_search(tid).is_ok());
+        for tid in tids {
+            if self.timers.contains_key(&tid) || procfs::is_internal_thread(tid) {
+                continue;
+            }
+            if let Some(ticks) = self.no_timer.get_mut(&tid).filter(|t| **t > 0) {
+                *ticks -= 1;
+                continue;
+            }
+            if procinfo::signal_obstacle(tid, signal::timer_signal()).is_some() {
+                self.no_timer.insert(tid, RECHECK_TICKS);
+                continue;
+            }
+            if let Ok(timer) = ThreadTimer::start(tid, self.armed_period_ns) {
+                self.timers.insert(tid, timer);
+                self.no_timer.remove(&tid);
+                self.thread_names.insert(tid, procfs::thread_name(tid));
+            }
+        }
+    }
+}
+
+fn ending(record: &StackRecord) -> Ending {
+    match (record.no_room, record.truncated) {
+        (true, _) => Ending::NoRoom,
+        (false, true) => Ending::Truncated,
+        (false, false) => Ending::Root,
+    }
+}
+
+thread_local! {
+    /// The session lock, held by the forking thread from `pthread_atfork`'s prepare handler
+    /// to its parent or child handler.
+    static HELD_ACROSS_FORK: std::cell::RefCell<Option<MutexGuard<'static, Option<Session>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `pthread_atfork` prepare (see `crate::fork`): takes the session lock, so the child does
+/// not inherit it held by a thread it does not have. Taken before every other lock of
+/// pprofd's handlers: starting a session creates a thread under it.
+pub(crate) fn before_fork() {
+    let guard = session();
+    let _ = HELD_ACROSS_FORK.try_with(|held| *held.borrow_mut() = Some(guard));
+}
+
+/// `pthread_atfork` parent: releases the lock.
+pub(crate) fn after_fork_in_parent() {
+    let _ = HELD_ACROSS_FORK.try_with(|held| held.borrow_mut().take());
+}
+
+/// `pthread_atfork` child: the child has no collector and no timers, so it drops the
+/// parent's session without freeing it and may start one of its own.
+pub(crate) fn after_fork_in_child() {
+    let _ = HELD_ACROSS_FORK.try_with(|held| {
+        if let Some(mut guard) = held.borrow_mut().take() {
+            std::mem::forget(guard.take());
+        }
+    });
+    SAMPLING.forget_in_child();
+    STACK_BOUNDS.forget_in_child();
+}
