@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::signal::{self, SamplingState, ThreadTimer, SAMPLING, STACK_BOUNDS};
 use super::{CpuProfileError, Ending, SampleKey, MAX_HZ};
@@ -288,9 +288,9 @@ struct Collector {
     shared: Arc<Shared>,
     timers: HashMap<i32, ThreadTimer>,
     thread_names: HashMap<i32, String>,
-    /// Threads left without a timer because they block the timer signal, with the collector
-    /// ticks until the next look at them (see `sync_timers`).
-    no_timer: HashMap<i32, u32>,
+    /// Threads left without a timer because they block the timer signal, with when to look
+    /// at them again (see `sync_timers`).
+    no_timer: HashMap<i32, Instant>,
     armed_period_ns: u64,
     ring_slots: usize,
     /// The ring's lost count already handed to consumers.
@@ -503,14 +503,17 @@ impl Collector {
     /// Gives every live thread except pprofd's own a timer and forgets threads that exited.
     /// A thread that blocks the timer signal, or waits for signals, gets no timer while it
     /// does (invariant 13): its signals would pile up pending or be taken by the host's
-    /// `sigwait` loop. It is looked at again after `RECHECK_TICKS` calls (1 s at a profile's
-    /// tick; reading `/proc` at every tick would cost 1,000 blocking threads a fifth of a
-    /// core) and kept in `no_timer` while it has none. The check is made when the timer is
+    /// `sigwait` loop. It is looked at again after `RECHECK` (reading `/proc` at every tick
+    /// would cost 1,000 blocking threads a fifth of a core; counted in time, not ticks, since
+    /// the recorder's ticks are five times longer: a thread caught inside `pthread_create`,
+    /// which blocks every signal for a moment, must not go unsampled for seconds) and kept in
+    /// `no_timer` while it has none. The check is made when the timer is
     /// created; a thread that blocks the signal later keeps its timer, and then holds at
     /// most one of its signals pending (the kernel queues a POSIX timer's signal once and
     /// counts further expirations as overruns).
     fn sync_timers(&mut self) {
-        const RECHECK_TICKS: u32 = 20;
+        const RECHECK: Duration = Duration::from_secs(1);
+        let now = Instant::now();
         let tids = procfs::thread_ids();
         for tid in self.exited.drain(..) {
             self.thread_names.remove(&tid);
@@ -528,12 +531,11 @@ impl Collector {
             if self.timers.contains_key(&tid) || procfs::is_internal_thread(tid) {
                 continue;
             }
-            if let Some(ticks) = self.no_timer.get_mut(&tid).filter(|t| **t > 0) {
-                *ticks -= 1;
+            if self.no_timer.get(&tid).is_some_and(|look_again| now < *look_again) {
                 continue;
             }
             if procinfo::signal_obstacle(tid, signal::timer_signal()).is_some() {
-                self.no_timer.insert(tid, RECHECK_TICKS);
+                self.no_timer.insert(tid, now + RECHECK);
                 continue;
             }
             if let Ok(timer) = ThreadTimer::start(tid, self.armed_period_ns) {

@@ -242,19 +242,16 @@ impl CpuHistory {
     pub(super) fn coverage(&mut self) -> Coverage {
         let now = self.now_second();
         self.advance(now);
-        let oldest = self
-            .buckets
-            .front()
-            .map_or(self.current_second, |b| b.second);
-        let reaches_back = self
-            .origin
-            .elapsed()
-            .saturating_sub(Duration::from_secs(oldest))
-            .min(Duration::from_secs(self.window_secs));
+        let elapsed = self.origin.elapsed();
+        // From the start, the window's edge, or the last second the budget dropped.
+        let cut = self.budget_cut.filter(|cut| cut + self.window_secs > now);
+        let from = cut.map_or(Duration::ZERO, |cut| Duration::from_secs(cut + 1));
         Coverage {
-            reaches_back,
+            reaches_back: elapsed
+                .saturating_sub(from)
+                .min(Duration::from_secs(self.window_secs)),
             bytes: self.bytes(),
-            cut_by_budget: self.budget_cut.is_some_and(|cut| cut + self.window_secs > now),
+            cut_by_budget: cut.is_some(),
         }
     }
 

@@ -1,0 +1,100 @@
+//! The flight recorder's truth workload (`tests/recorder.rs`): a service whose past is known.
+//!
+//! - On `phases`: one thread runs `phase_alpha` for 6 s, then `phase_beta` for 6 s, then
+//!   prints `phases done <alpha cpu ns> <beta cpu ns>` (each phase's thread CPU time).
+//! - All the while, a thread leaks [`LEAK_BYTES`] at `leak_site` every [`LEAK_EVERY`], and
+//!   prints nothing: the truth is its rate.
+//! - On `idle`: prints `idle` (a fence for the test).
+//!
+//! Prints `listening <addr>` once serving; exits when stdin closes. Run it with
+//! `PPROF_RECORD` set.
+
+#[path = "support/spin.rs"]
+mod spin;
+
+use std::hint::black_box;
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use spin::spin;
+
+#[global_allocator]
+static ALLOC: pprofd::Allocator<std::alloc::System> = pprofd::Allocator::system();
+
+/// Bytes leaked each time.
+const LEAK_BYTES: usize = 64 << 10;
+/// How often the leak grows: 640 KiB a second.
+const LEAK_EVERY: Duration = Duration::from_millis(100);
+/// How long each CPU phase runs.
+const PHASE: Duration = Duration::from_secs(6);
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Burns CPU for `how_long` of wall time; returns the CPU time it used.
+fn burn(how_long: Duration, mut step: impl FnMut(u64) -> u64) -> u64 {
+    let started = Instant::now();
+    let cpu = thread_cpu_ns();
+    let mut x = 88172645463325252u64;
+    while started.elapsed() < how_long {
+        x = step(x);
+    }
+    black_box(x);
+    thread_cpu_ns() - cpu
+}
+
+#[inline(never)]
+fn phase_alpha(seed: u64) -> u64 {
+    spin(seed, 100_000)
+}
+
+/// Not the same body as `phase_alpha` (a different count), or the linker may fold the two.
+#[inline(never)]
+fn phase_beta(seed: u64) -> u64 {
+    spin(seed, 90_000)
+}
+
+#[inline(never)]
+fn leak_site(kept: &mut Vec<Vec<u8>>) {
+    kept.push(black_box(vec![7u8; LEAK_BYTES]));
+}
+
+fn main() {
+    // A bad variable is the error a service would print: its Display says which and why.
+    let server = match pprofd::init_from_env() {
+        Ok(server) => server.expect("PPROF_ADDR is set"),
+        Err(e) => {
+            eprintln!("record_workload: {e}");
+            std::process::exit(2);
+        }
+    };
+    std::thread::Builder::new()
+        .name("leaker".into())
+        .spawn(|| {
+            let mut kept = Vec::new();
+            loop {
+                leak_site(&mut kept);
+                std::thread::sleep(LEAK_EVERY);
+            }
+        })
+        .expect("leak thread");
+    println!("listening {}", server.local_addr());
+    for line in std::io::stdin().lock().lines() {
+        match line.expect("stdin").as_str() {
+            "phases" => {
+                let alpha = burn(PHASE, phase_alpha);
+                let beta = burn(PHASE, phase_beta);
+                println!("phases done {alpha} {beta}");
+            }
+            "idle" => println!("idle"),
+            other => println!("unknown command {other}"),
+        }
+    }
+}
