@@ -32,6 +32,15 @@ pub struct CollectArgs {
     /// Number of heap profiles in the series (with --every).
     #[arg(long, requires = "every")]
     pub count: Option<u32>,
+    /// Also save what the service's flight recorder (PPROF_RECORD set on the service) kept
+    /// of the last DURATION (e.g. 300s, 5m, 1h): the CPU profile of that window, what the
+    /// heap gained in it and the allocations made in it, as *-past.pb.gz files. They answer
+    /// at once and cover the time before the collection began. The normal collection, the
+    /// --seconds CPU profile included, still runs: --past adds the recorded window. A service
+    /// that is not recording, or keeps less than DURATION, answers with an error, which is
+    /// printed and recorded in manifest.json; the collection goes on.
+    #[arg(long, value_name = "DURATION", conflicts_with = "every")]
+    pub past: Option<String>,
 }
 
 /// One file of the archive and the endpoint that fills it.
@@ -44,6 +53,8 @@ pub struct Endpoint {
     pub what: &'static str,
     /// How long the request may take.
     pub timeout: Duration,
+    /// The recorded window asked for (`?past=N`), for the files of `--past`.
+    pub past_seconds: Option<u64>,
 }
 
 /// Time allowed for endpoints that answer at once (goroutine dumps, heap) or sample a few
@@ -59,23 +70,15 @@ pub fn endpoints(cpu_seconds: u64) -> Vec<Endpoint> {
             endpoint.archive.iter().map(move |file| {
                 let timed = file.takes_collect_seconds;
                 let seconds = timed.then(|| format!("seconds={cpu_seconds}"));
-                let query: Vec<&str> = [Some(file.query), seconds.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .filter(|q| !q.is_empty())
-                    .collect();
-                let path = match query.is_empty() {
-                    true => endpoint.path(),
-                    false => format!("{}?{}", endpoint.path(), query.join("&")),
-                };
                 let endpoint = Endpoint {
                     file: file.file.into(),
-                    path,
+                    path: path_with_query(endpoint, file.query, seconds.as_deref()),
                     what: file.what,
                     timeout: match timed {
                         true => Duration::from_secs(cpu_seconds + 60),
                         false => SNAPSHOT_TIMEOUT,
                     },
+                    past_seconds: None,
                 };
                 (timed, endpoint)
             })
@@ -84,6 +87,59 @@ pub fn endpoints(cpu_seconds: u64) -> Vec<Endpoint> {
     // Stable: the timed one first, the rest in the table's order.
     list.sort_by_key(|(timed, _)| !timed);
     list.into_iter().map(|(_, endpoint)| endpoint).collect()
+}
+
+/// The files of `--past`: every `past_archive` of pprofd's endpoint table, asked for the
+/// last `seconds` with `?past=SECONDS`, in the table's order. The flight recorder answers
+/// from memory at once, so they get the snapshot timeout.
+pub fn past_endpoints(seconds: u64) -> Vec<Endpoint> {
+    let past = format!("past={seconds}");
+    pprofd::endpoints::ENDPOINTS
+        .iter()
+        .filter_map(|endpoint| {
+            let file = endpoint.past_archive?;
+            Some(Endpoint {
+                file: file.file.into(),
+                path: path_with_query(endpoint, file.query, Some(&past)),
+                what: file.what,
+                timeout: SNAPSHOT_TIMEOUT,
+                past_seconds: Some(seconds),
+            })
+        })
+        .collect()
+}
+
+/// `/debug/pprof/NAME`, with `?` and the non-empty parts of the query joined by `&`.
+fn path_with_query(
+    endpoint: &pprofd::endpoints::Endpoint,
+    query: &str,
+    extra: Option<&str>,
+) -> String {
+    let parts: Vec<&str> = [Some(query), extra]
+        .into_iter()
+        .flatten()
+        .filter(|q| !q.is_empty())
+        .collect();
+    match parts.is_empty() {
+        true => endpoint.path(),
+        false => format!("{}?{}", endpoint.path(), parts.join("&")),
+    }
+}
+
+/// The window of `--past` in whole seconds, the unit of `?past=N`.
+fn past_seconds(text: &str) -> Result<u64, String> {
+    let window = parse_duration(text).map_err(|e| format!("--past: {e}"))?;
+    // Refused rather than rounded: the server would be asked for a window other than the
+    // one typed, and the manifest would record that other window.
+    if window.subsec_nanos() != 0 {
+        return Err(format!(
+            "--past {text}: the window is whole seconds (e.g. 90s, 5m)"
+        ));
+    }
+    match window.as_secs() {
+        0 => Err("--past must be at least 1s".into()),
+        seconds => Ok(seconds),
+    }
 }
 
 /// The outcome of one endpoint.
@@ -146,6 +202,7 @@ pub fn run(args: &CollectArgs, token: Option<&Token>) -> Result<String, String> 
     if args.seconds == 0 {
         return Err("--seconds must be at least 1".into());
     }
+    let past = args.past.as_deref().map(past_seconds).transpose()?;
     let outputs: Vec<PathBuf> = match (&args.output, bases.len()) {
         (Some(path), 1) => vec![path.clone()],
         (dir, _) => {
@@ -170,7 +227,7 @@ pub fn run(args: &CollectArgs, token: Option<&Token>) -> Result<String, String> 
                     Some((every, count)) => {
                         collect_heap_series(base, output, every, count, bars, token)
                     }
-                    None => collect_all(base, output, args.seconds, bars, token),
+                    None => collect_all(base, output, args.seconds, past, bars, token),
                 })
             })
             .collect();
@@ -227,11 +284,13 @@ fn default_archive_name(base: &str) -> String {
 }
 
 /// Collects every endpoint from `base` into `output`, sending `token`; the CPU profile runs
-/// beside the others.
+/// beside the others. With `past` (seconds), the flight recorder's files of that window are
+/// fetched first.
 pub fn collect_all(
     base: &str,
     output: &Path,
     seconds: u64,
+    past: Option<u64>,
     bars: &MultiProgress,
     token: Option<&Token>,
 ) -> Result<String, String> {
@@ -239,6 +298,17 @@ pub fn collect_all(
     // A quick request first, so an unreachable service or a missing token fails now rather
     // than after the CPU profile.
     probe(base, token)?;
+    // Before the live profiles: the window then ends when the collection was asked for (the
+    // moment the user means by "the last 5 minutes"), and the recorder's answers do not
+    // share the service with a CPU profile in progress. They answer at once, so the live
+    // CPU profile starts only moments later. A failure (not recording, window too long) is
+    // that file's error, like any endpoint's.
+    let past_outcomes: Vec<Outcome> = past
+        .map(past_endpoints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| fetch_endpoint(base, e, token))
+        .collect();
     let mut list = endpoints(seconds);
     let cpu = list.remove(0);
     let bar = bars.add(ProgressBar::new(seconds));
@@ -249,7 +319,7 @@ pub fn collect_all(
     );
     bar.set_prefix(base.to_string());
     let done = AtomicBool::new(false);
-    let outcomes = std::thread::scope(|scope| {
+    let mut outcomes = std::thread::scope(|scope| {
         let ticker = scope.spawn(|| {
             let clock = Instant::now();
             while !done.load(Ordering::Relaxed) {
@@ -272,6 +342,8 @@ pub fn collect_all(
         outcomes.extend(others.join().unwrap_or_default());
         outcomes
     });
+    // Listed after the normal files, so the manifest keeps its order with or without --past.
+    outcomes.extend(past_outcomes);
     bar.finish_and_clear();
     write_archive(base, output, started, "full", &outcomes)
 }
@@ -315,6 +387,7 @@ pub fn collect_heap_series(
                 path: heap_path.clone(),
                 what: "heap profile of the series",
                 timeout: SNAPSHOT_TIMEOUT,
+                past_seconds: None,
             },
             token,
         ));
@@ -433,31 +506,46 @@ fn append<W: Write>(
     tar.append_data(&mut header, format!("{folder}/{name}"), data)
 }
 
+/// A manifest entry: `fields`, plus `past_seconds` (the window asked for) for a `--past`
+/// file. Other files have no such key rather than a null, so older readers see them as before.
+fn entry(endpoint: &Endpoint, mut fields: Value) -> Value {
+    if let (Some(seconds), Some(map)) = (endpoint.past_seconds, fields.as_object_mut()) {
+        map.insert("past_seconds".into(), seconds.into());
+    }
+    fields
+}
+
 fn manifest(base: &str, started: SystemTime, mode: &str, outcomes: &[Outcome]) -> String {
     let files: Vec<Value> = outcomes
         .iter()
         .filter_map(|o| {
             let bytes = o.result.as_ref().ok()?;
-            Some(json!({
-                "file": o.endpoint.file,
-                "endpoint": o.endpoint.path,
-                "what": o.endpoint.what,
-                "fetched_at": rfc3339(o.started),
-                "seconds_taken": (o.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-                "bytes": bytes.len(),
-            }))
+            Some(entry(
+                &o.endpoint,
+                json!({
+                    "file": o.endpoint.file,
+                    "endpoint": o.endpoint.path,
+                    "what": o.endpoint.what,
+                    "fetched_at": rfc3339(o.started),
+                    "seconds_taken": (o.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                    "bytes": bytes.len(),
+                }),
+            ))
         })
         .collect();
     let failed: Vec<Value> = outcomes
         .iter()
         .filter_map(|o| {
             let error = o.result.as_ref().err()?;
-            Some(json!({
-                "file": o.endpoint.file,
-                "endpoint": o.endpoint.path,
-                "what": o.endpoint.what,
-                "error": error,
-            }))
+            Some(entry(
+                &o.endpoint,
+                json!({
+                    "file": o.endpoint.file,
+                    "endpoint": o.endpoint.path,
+                    "what": o.endpoint.what,
+                    "error": error,
+                }),
+            ))
         })
         .collect();
     let command_line: Option<Vec<String>> = outcomes
@@ -492,7 +580,15 @@ fn readme(base: &str, mode: &str, outcomes: &[Outcome]) -> String {
         env!("CARGO_PKG_VERSION")
     );
     for o in outcomes.iter().filter(|o| o.result.is_ok()) {
-        text.push_str(&format!("  {:<22} {}\n", o.endpoint.file, o.endpoint.what));
+        text.push_str(&format!("  {:<22} {}", o.endpoint.file, o.endpoint.what));
+        if let Some(seconds) = o.endpoint.past_seconds {
+            // The table's text says "the --past window"; the reader needs where it lies.
+            text.push_str(&format!(
+                "; window: the {seconds} s up to {}",
+                rfc3339(o.started)
+            ));
+        }
+        text.push('\n');
     }
     text.push_str(
         "\nReading them:\n\
@@ -503,6 +599,15 @@ fn readme(base: &str, mode: &str, outcomes: &[Outcome]) -> String {
            (or go tool pprof -top -base OLD.pb.gz NEW.pb.gz)\n\
          - goroutine-debug2.txt is plain text: every thread, its state and its stack.\n",
     );
+    if outcomes
+        .iter()
+        .any(|o| o.endpoint.past_seconds.is_some() && o.result.is_ok())
+    {
+        text.push_str(
+            "- The *-past.pb.gz files come from the service's flight recorder (PPROF_RECORD) and\n\
+             \x20 cover the window before the collection began: pprofd top THIS-ARCHIVE.tar.gz:cpu-past\n",
+        );
+    }
     text
 }
 
@@ -611,6 +716,132 @@ mod tests {
             .unwrap();
         assert_eq!(dump.path, "/debug/pprof/goroutine?debug=2");
         assert!(list[1..].iter().all(|e| e.timeout == SNAPSHOT_TIMEOUT));
+    }
+
+    #[test]
+    fn past_fetches_every_past_archive_of_the_table_with_its_window() {
+        let list = past_endpoints(300);
+        let table: Vec<_> = pprofd::endpoints::ENDPOINTS
+            .iter()
+            .filter_map(|e| Some((e, e.past_archive?)))
+            .collect();
+        assert_eq!(list.len(), table.len());
+        for (endpoint, (table_endpoint, file)) in list.iter().zip(&table) {
+            assert_eq!(endpoint.file, file.file);
+            assert_eq!(
+                endpoint.path,
+                format!("/debug/pprof/{}?past=300", table_endpoint.name)
+            );
+            assert_eq!(endpoint.timeout, SNAPSHOT_TIMEOUT);
+            assert_eq!(endpoint.past_seconds, Some(300));
+        }
+        let paths: Vec<(&str, &str)> = list
+            .iter()
+            .map(|e| (e.file.as_str(), e.path.as_str()))
+            .collect();
+        for expected in [
+            ("allocs-past.pb.gz", "/debug/pprof/allocs?past=300"),
+            ("heap-past.pb.gz", "/debug/pprof/heap?past=300"),
+            ("cpu-past.pb.gz", "/debug/pprof/profile?past=300"),
+        ] {
+            assert!(paths.contains(&expected), "{paths:?}");
+        }
+        // The recorded files must not overwrite the live ones in the archive.
+        let normal = endpoints(30);
+        assert!(list.iter().all(|p| normal
+            .iter()
+            .all(|n| n.file != p.file && n.past_seconds.is_none())));
+    }
+
+    #[test]
+    fn past_takes_the_duration_syntax_of_every_in_whole_seconds() {
+        assert_eq!(past_seconds("300s"), Ok(300));
+        assert_eq!(past_seconds("5m"), Ok(300));
+        assert_eq!(past_seconds("1h"), Ok(3600));
+        assert_eq!(past_seconds("90"), Ok(90));
+        assert_eq!(past_seconds("2000ms"), Ok(2));
+        for bad in ["0s", "1500ms", "five minutes", ""] {
+            let message = past_seconds(bad).unwrap_err();
+            assert!(message.contains("--past"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn past_is_an_option_of_the_full_collection_not_of_the_heap_series() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: CollectArgs,
+        }
+        let cli = Cli::try_parse_from(["collect", "h:1", "--past", "5m"]).unwrap();
+        assert_eq!(cli.args.past.as_deref(), Some("5m"));
+        assert!(Cli::try_parse_from([
+            "collect", "h:1", "--past", "5m", "--every", "1m", "--count", "2"
+        ])
+        .is_err());
+    }
+
+    /// An outcome as `fetch_endpoint` makes it, without a server.
+    fn outcome(endpoint: Endpoint, result: Result<Vec<u8>, String>) -> Outcome {
+        Outcome {
+            endpoint,
+            started: UNIX_EPOCH + Duration::from_secs(1_795_739_732),
+            elapsed: Duration::from_millis(3),
+            result,
+            server: None,
+        }
+    }
+
+    #[test]
+    fn past_files_carry_their_window_in_manifest_and_readme_and_a_refusal_is_their_error() {
+        let past_file = |name: &str| {
+            past_endpoints(60)
+                .into_iter()
+                .find(|e| e.file == name)
+                .unwrap_or_else(|| panic!("the table has {name}"))
+        };
+        let refusal = "GET http://h:1/debug/pprof/profile?past=60: HTTP 400: \
+                       past=60 needs the flight recorder: start the service with PPROF_RECORD=10m";
+        let cmdline = endpoints(1)
+            .into_iter()
+            .find(|e| e.file == "cmdline.txt")
+            .unwrap();
+        let outcomes = vec![
+            outcome(cmdline, Ok(b"svc\0--flag".to_vec())),
+            outcome(past_file("cpu-past.pb.gz"), Err(refusal.into())),
+            outcome(past_file("heap-past.pb.gz"), Ok(vec![1, 2, 3])),
+        ];
+        let manifest: Value =
+            serde_json::from_str(&manifest("http://h:1", UNIX_EPOCH, "full", &outcomes)).unwrap();
+        let failed = &manifest["failed"][0];
+        assert_eq!(failed["file"], "cpu-past.pb.gz");
+        assert_eq!(failed["endpoint"], "/debug/pprof/profile?past=60");
+        assert_eq!(failed["error"], refusal);
+        assert_eq!(failed["past_seconds"], 60);
+        let files = manifest["files"].as_array().unwrap();
+        assert_eq!(files[1]["file"], "heap-past.pb.gz");
+        assert_eq!(files[1]["past_seconds"], 60);
+        assert!(
+            files[0].get("past_seconds").is_none(),
+            "only --past files have a window: {}",
+            files[0]
+        );
+
+        let readme = readme("http://h:1", "full", &outcomes);
+        let heap_line = readme
+            .lines()
+            .find(|l| l.contains("heap-past.pb.gz"))
+            .unwrap();
+        assert!(
+            heap_line.ends_with("; window: the 60 s up to 2026-11-27T00:35:32Z"),
+            "{heap_line}"
+        );
+        assert!(readme.contains("PPROF_RECORD"), "{readme}");
+        assert!(
+            !readme.contains("cpu-past.pb.gz"),
+            "a file not collected is not listed as one: {readme}"
+        );
     }
 
     #[test]

@@ -285,6 +285,7 @@ impl Router {
             path: path.into(),
             what,
             timeout,
+            past_seconds: None,
         };
         (self.pprof.clone(), endpoint)
     }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,28 @@ fn hotspot_wasteful_serializer_holds_the_largest_flat_share() {
     assert!(String::from_utf8_lossy(&focused.stdout).contains("write_json_rechecking"));
 }
 
+/// The files of the `.tar.gz` at `path` by file name (the archive keeps them under one folder).
+fn archive_members(path: &std::path::Path) -> HashMap<String, Vec<u8>> {
+    let mut members = HashMap::new();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(path).unwrap(),
+    ));
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry
+            .path()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        members.insert(name, data);
+    }
+    members
+}
+
 #[test]
 fn collect_writes_an_archive_whose_every_profile_go_tool_pprof_reads() {
     let router = RouterProcess::start(&["hotspot"]);
@@ -129,23 +152,7 @@ fn collect_writes_an_archive_whose_every_profile_go_tool_pprof_reads() {
     );
     assert!(stdout.contains("wrote"), "{stdout}");
 
-    let mut members = std::collections::HashMap::new();
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
-        std::fs::File::open(&archive).unwrap(),
-    ));
-    for entry in tar.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let name = entry
-            .path()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).unwrap();
-        members.insert(name, data);
-    }
+    let members = archive_members(&archive);
     let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"]).unwrap();
     assert_eq!(manifest["target"], router.pprof.as_str());
     assert!(manifest["started"].as_str().unwrap().ends_with('Z'));
@@ -213,6 +220,83 @@ fn collect_writes_an_archive_whose_every_profile_go_tool_pprof_reads() {
             );
         }
     }
+}
+
+/// `--past` against a service without the flight recorder (no `PPROF_RECORD`): the normal
+/// collection is whole, and each recorded file's refusal is that file's error in the manifest
+/// and on stdout. Needs the server side of issue 14 (`past=N` answered 400 when not recording);
+/// a server that ignores `past` answers with a live profile, which this test reports.
+#[test]
+fn collect_past_from_a_service_not_recording_keeps_the_normal_files_and_records_the_refusal() {
+    let router = RouterProcess::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("past.tar.gz");
+    let output = pprofd(&[
+        "collect",
+        &router.pprof,
+        "--seconds",
+        "1",
+        "--past",
+        "1m",
+        "-o",
+        archive.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "a refused --past must not fail the collection: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let members = archive_members(&archive);
+    let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"]).unwrap();
+    let failed = manifest["failed"].as_array().unwrap();
+    let failure = |file: &str| failed.iter().find(|f| f["file"] == file);
+    // The normal files: each one collected or, where this build lacks the endpoint, recorded
+    // as failed; the ones every build serves must be there.
+    for endpoint in pprofd::endpoints::ENDPOINTS {
+        for file in endpoint.archive {
+            assert!(
+                members.contains_key(file.file) || failure(file.file).is_some(),
+                "{} is neither in the archive nor in the manifest's failures: {:?}",
+                file.file,
+                members.keys()
+            );
+        }
+    }
+    for file in [
+        "cpu.pb.gz",
+        "heap.pb.gz",
+        "goroutine-debug2.txt",
+        "cmdline.txt",
+    ] {
+        assert!(
+            members.contains_key(file),
+            "{file} missing: {:?}",
+            members.keys()
+        );
+    }
+    pprofd::profile::decode(&members["cpu.pb.gz"]).unwrap();
+
+    assert!(
+        !members.contains_key("cpu-past.pb.gz"),
+        "the service is not recording, yet cpu-past.pb.gz was collected: the server does not \
+         refuse past=N without PPROF_RECORD yet (issue 14's server side)"
+    );
+    let cpu_past = failure("cpu-past.pb.gz")
+        .unwrap_or_else(|| panic!("the manifest records no error for cpu-past.pb.gz: {failed:?}"));
+    let error = cpu_past["error"].as_str().unwrap();
+    assert!(error.contains("HTTP 400"), "{error}");
+    assert!(
+        error.contains("PPROF_RECORD"),
+        "the server's message should say to set PPROF_RECORD: {error}"
+    );
+    assert_eq!(cpu_past["endpoint"], "/debug/pprof/profile?past=60");
+    assert_eq!(cpu_past["past_seconds"], 60);
+    assert!(
+        stdout.contains("cpu-past.pb.gz") && stdout.contains("PPROF_RECORD"),
+        "the refusal is printed: {stdout}"
+    );
 }
 
 #[test]

@@ -88,6 +88,9 @@ impl RouterProcess {
             .env("PPROF_ADDR", "127.0.0.1:0")
             .env("PPROF_MEM_RATE", "65536")
             .env_remove("DEMO_INCIDENTS")
+            // Not recording whatever the test's own environment holds: the tests that use
+            // `?past=N` expect the refusal of a service without the flight recorder.
+            .env_remove("PPROF_RECORD")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
