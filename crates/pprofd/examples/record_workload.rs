@@ -4,6 +4,10 @@
 //!   prints `phases done <alpha cpu ns> <beta cpu ns>` (each phase's thread CPU time).
 //! - All the while, a thread leaks [`LEAK_BYTES`] at `leak_site` every [`LEAK_EVERY`], and
 //!   prints nothing: the truth is its rate.
+//! - On `busy N`: two threads (`busy-1`, `busy-2`) work for N seconds through stacks of many
+//!   shapes (a recursion 0 to 47 deep ending in one of four functions, each allocating and
+//!   freeing), then print `busy done`: the service of the recorder's overhead benchmark
+//!   (`benches/recorder_overhead.rs`).
 //! - On `idle`: prints `idle` (a fence for the test).
 //!
 //! Prints `listening <addr>` once serving; exits when stdin closes. Run it with
@@ -66,6 +70,52 @@ fn leak_site(kept: &mut Vec<Vec<u8>>) {
     kept.push(black_box(vec![7u8; LEAK_BYTES]));
 }
 
+/// One step of the benchmark's work: a recursion `depth` deep, then a leaf picked by `leaf`.
+#[inline(never)]
+fn descend(depth: u32, leaf: u64, x: u64) -> u64 {
+    if depth == 0 {
+        return match leaf % 4 {
+            0 => leaf_a(x),
+            1 => leaf_b(x),
+            2 => leaf_c(x),
+            _ => leaf_d(x),
+        };
+    }
+    black_box(descend(depth - 1, leaf, x.rotate_left(1)))
+}
+
+macro_rules! leaves {
+    ($($name:ident: $rounds:expr),*) => {$(
+        #[inline(never)]
+        fn $name(x: u64) -> u64 {
+            let kept = black_box(vec![x as u8; (x % 4096) as usize + 16]);
+            spin(x ^ kept.len() as u64, $rounds)
+        }
+    )*};
+}
+leaves!(leaf_a: 2_000, leaf_b: 2_100, leaf_c: 2_200, leaf_d: 2_300);
+
+fn busy(seconds: u64) {
+    std::thread::scope(|s| {
+        for n in 1..=2u64 {
+            std::thread::Builder::new()
+                .name(format!("busy-{n}"))
+                .spawn_scoped(s, move || {
+                    let started = Instant::now();
+                    let mut x = 88172645463325252u64 ^ n;
+                    while started.elapsed() < Duration::from_secs(seconds) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x = descend((x % 48) as u32, x >> 8, x);
+                    }
+                    black_box(x);
+                })
+                .expect("busy thread");
+        }
+    });
+}
+
 fn main() {
     // A bad variable is the error a service would print: its Display says which and why.
     let server = match pprofd::init_from_env() {
@@ -94,6 +144,10 @@ fn main() {
                 println!("phases done {alpha} {beta}");
             }
             "idle" => println!("idle"),
+            busy_line if busy_line.starts_with("busy ") => {
+                busy(busy_line[5..].trim().parse().expect("busy SECONDS"));
+                println!("busy done");
+            }
             other => println!("unknown command {other}"),
         }
     }

@@ -305,9 +305,13 @@ struct Collector {
 
 impl Collector {
     fn new(shared: Arc<Shared>) -> Self {
-        let (period, slots) = {
+        let (period, slots, profile) = {
             let consumers = shared.consumers();
-            (period_ns(consumers.rate().unwrap_or(1)), ring_slots(&consumers))
+            (
+                period_ns(consumers.rate().unwrap_or(1)),
+                ring_slots(&consumers),
+                consumers.profile.is_some(),
+            )
         };
         Collector {
             shared,
@@ -317,7 +321,8 @@ impl Collector {
             armed_period_ns: period,
             ring_slots: slots,
             lost_seen: 0,
-            profile_fed: false,
+            // A session started for a profile samples for it from its first signal.
+            profile_fed: profile,
             exited: Vec::new(),
         }
     }

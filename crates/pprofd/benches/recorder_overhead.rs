@@ -1,0 +1,223 @@
+//! The flight recorder's cost, measured on `examples/record_workload.rs` run as services, as
+//! issue 14 asks; every figure comes from one run.
+//!
+//! 1. Idle service, recording at 100 Hz: CPU time of pprofd's own threads (`pprofd-*`, read
+//!    from `/proc/PID/task/TID/schedstat`) over 28 s. Target: at most 150 ms.
+//! 2. Busy two-thread service, recording at the default 19 Hz: pprofd's threads' CPU time
+//!    plus the samples taken (from `profile?past=N`) times the cost of one sample (measured in
+//!    this process with `pprofd::cpu::measure_sample_cost`), over the CPU time of the whole
+//!    process. Target: at most 0.2%.
+//! 3. Memory: the same busy service (stacks of some 200 shapes, allocating at each) run twice
+//!    side by side, recorded (`PPROF_RECORD=1h`, defaults otherwise) and not; the difference
+//!    of their resident memory (VmRSS) after `RECORDER_BENCH_MEMORY_SECONDS` (default 120; 3600
+//!    for the issue's hour), and the recorder's own account from the index page. Target: at
+//!    most 16 MiB.
+//!
+//! Run: `cargo build --release -p pprofd --example record_workload && cargo bench -p pprofd --bench recorder_overhead`
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Service {
+    child: Child,
+    stdin: ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    addr: Option<String>,
+}
+
+impl Service {
+    fn start(env: &[(&str, &str)]) -> Service {
+        let exe = std::env::current_exe().expect("bench path");
+        let binary = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/release")
+            .join("examples/record_workload");
+        assert!(
+            binary.exists(),
+            "build it first: cargo build --release -p pprofd --example record_workload"
+        );
+        let mut child = Command::new(binary)
+            .env_remove("PPROF_RECORD")
+            .env_remove("PPROF_RECORD_HZ")
+            .env("PPROF_ADDR", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the workload starts");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.strip_prefix("listening ").map(str::to_owned);
+        Service {
+            child,
+            stdin,
+            lines,
+            addr,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn wait_for(&mut self, expected: &str) {
+        let line = self.lines.next().unwrap().unwrap();
+        assert_eq!(line, expected);
+    }
+
+    fn get(&self, path: &str) -> Vec<u8> {
+        let addr = self.addr.as_ref().expect("serving");
+        let mut stream = TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP response");
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        response[split + 4..].to_vec()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time of the process's threads, split into pprofd's own and the rest.
+    fn cpu(&self) -> (Duration, Duration) {
+        let mut own = Duration::ZERO;
+        let mut rest = Duration::ZERO;
+        let tasks = format!("/proc/{}/task", self.pid());
+        for task in std::fs::read_dir(tasks).unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let schedstat =
+                std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let ns: u64 = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            match comm.starts_with("pprofd-") {
+                true => own += Duration::from_nanos(ns),
+                false => rest += Duration::from_nanos(ns),
+            }
+        }
+        (own, rest)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Samples (the `samples` value) in a gzipped profile.
+fn samples_in(gzipped: &[u8]) -> i64 {
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(gzipped)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let profile = pprofd::profile::decode(&bytes).expect("a profile");
+    profile.sample.iter().map(|s| s.value[0]).sum()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse.
+    let cost = pprofd::cpu::measure_sample_cost(20_000).expect("the sample cost");
+    let per_sample = cost.handler + cost.delivery;
+    println!(
+        "one sample costs {:.2} µs (handler {:.2}, signal delivery {:.2})",
+        per_sample.as_secs_f64() * 1e6,
+        cost.handler.as_secs_f64() * 1e6,
+        cost.delivery.as_secs_f64() * 1e6
+    );
+
+    // 1. Idle, 100 Hz.
+    let idle = Service::start(&[("PPROF_RECORD", "10m"), ("PPROF_RECORD_HZ", "100")]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (own_before, _) = idle.cpu();
+    std::thread::sleep(Duration::from_secs(28));
+    let (own_after, _) = idle.cpu();
+    let own = own_after - own_before;
+    println!(
+        "idle service recording at 100 Hz: pprofd's threads used {:.1} ms of CPU in 28 s (target <= 150 ms)",
+        own.as_secs_f64() * 1e3
+    );
+    drop(idle);
+
+    // 2. Busy, 19 Hz.
+    let mut busy = Service::start(&[("PPROF_RECORD", "10m")]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (own_before, rest_before) = busy.cpu();
+    let started = Instant::now();
+    busy.send("busy 28");
+    busy.wait_for("busy done");
+    let wall = started.elapsed();
+    let (own_after, rest_after) = busy.cpu();
+    let samples =
+        samples_in(&busy.get(&format!("/debug/pprof/profile?past={}", wall.as_secs() + 1)));
+    let own = own_after - own_before;
+    let rest = rest_after - rest_before;
+    let sampling = per_sample * samples as u32;
+    let overhead = (own + sampling).as_secs_f64() / (own + rest).as_secs_f64();
+    println!(
+        "busy 2-thread service recording at 19 Hz for {:.1} s: pprofd's threads {:.1} ms, {samples} samples x {:.2} µs = {:.1} ms, of {:.1} s of process CPU: {:.3}% (target <= 0.2%)",
+        wall.as_secs_f64(),
+        own.as_secs_f64() * 1e3,
+        per_sample.as_secs_f64() * 1e6,
+        sampling.as_secs_f64() * 1e3,
+        (own + rest).as_secs_f64(),
+        overhead * 100.0
+    );
+    drop(busy);
+
+    // 3. Memory, recorded and not, side by side.
+    let seconds: u64 = std::env::var("RECORDER_BENCH_MEMORY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let mut recorded = Service::start(&[("PPROF_RECORD", "1h")]);
+    let mut plain = Service::start(&[]);
+    recorded.send(&format!("busy {seconds}"));
+    plain.send(&format!("busy {seconds}"));
+    recorded.wait_for("busy done");
+    plain.wait_for("busy done");
+    let (recorded_kib, plain_kib) = (recorded.rss_kib(), plain.rss_kib());
+    let index = String::from_utf8(recorded.get("/debug/pprof/?debug=1")).unwrap();
+    let status = index.lines().last().unwrap_or_default().to_string();
+    println!(
+        "after {seconds} s busy: recorded {:.1} MiB, unrecorded {:.1} MiB resident: +{:.1} MiB (target <= 16 MiB)",
+        recorded_kib as f64 / 1024.0,
+        plain_kib as f64 / 1024.0,
+        (recorded_kib as f64 - plain_kib as f64) / 1024.0
+    );
+    println!("the recorder's account: {status}");
+}
