@@ -13,6 +13,10 @@
 //! Commands on stdin: `reset` zeroes the truth; `report` prints `truth <op> <cpu_ns> <bytes>`
 //! for Alpha and Beta, then `end`. Prints `listening <addr>` first; exits when stdin closes.
 
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
+use thread_cpu::thread_cpu_ns;
+
 #[path = "support/spin.rs"]
 mod spin;
 
@@ -46,16 +50,6 @@ static BETA: Truth = Truth {
     cpu_ns: AtomicU64::new(0),
     bytes: AtomicU64::new(0),
 };
-
-fn thread_cpu_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec pointer for the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
 
 /// Runs `work` and charges its thread CPU time and `bytes` to `truth`.
 fn measured(truth: &Truth, bytes: usize, work: impl FnOnce() -> u64) -> u64 {

@@ -13,6 +13,10 @@
 //! Prints `listening <addr>` once serving; exits when stdin closes. Run it with
 //! `PPROF_RECORD` set.
 
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
+use thread_cpu::thread_cpu_ns;
+
 #[path = "support/spin.rs"]
 mod spin;
 
@@ -31,16 +35,6 @@ const LEAK_BYTES: usize = 64 << 10;
 const LEAK_EVERY: Duration = Duration::from_millis(100);
 /// How long each CPU phase runs.
 const PHASE: Duration = Duration::from_secs(6);
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Burns CPU for `how_long` of wall time; returns the CPU time it used.
 fn burn(how_long: Duration, mut step: impl FnMut(u64) -> u64) -> u64 {

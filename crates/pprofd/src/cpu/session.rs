@@ -13,6 +13,7 @@
 //! sections under it are short (starting or joining the collector, which sleeps in 10 ms
 //! steps). The collector takes the consumers' lock while it hands samples over.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -332,6 +333,7 @@ impl Collector {
     fn run(mut self) {
         let _internal = procfs::register_internal_thread();
         let mut bounds = StackBounds::load();
+        let mut bounds_read = Instant::now();
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 // Deleting the timers stops new signals; a signal already pending finds
@@ -366,11 +368,17 @@ impl Collector {
                 }
                 self.profile_fed = profile;
             }
-            self.sync_timers();
-            let fresh = StackBounds::load();
-            if fresh != bounds {
-                bounds = fresh.clone();
-                STACK_BOUNDS.replace(Some(Box::new(fresh)));
+            let new_threads = self.sync_timers();
+            // Reading and parsing /proc/self/maps is most of an idle tick's cost: while only
+            // the recorder runs, it is read when threads appeared (their stacks are new
+            // mappings) and otherwise once a second.
+            if profile || new_threads || bounds_read.elapsed() >= Duration::from_secs(1) {
+                bounds_read = Instant::now();
+                let fresh = StackBounds::load();
+                if fresh != bounds {
+                    bounds = fresh.clone();
+                    STACK_BOUNDS.replace(Some(Box::new(fresh)));
+                }
             }
             // SAFETY: as above.
             if unsafe { SAMPLING.with_owner(|s| s.is_some_and(|s| s.tables.is_stale())) } {
@@ -470,10 +478,10 @@ impl Collector {
             profile.period_ns = period;
             profile.without_timer = self.no_timer.len();
             for tid in profile.counts.keys().map(|k| k.tid) {
-                if !profile.thread_names.contains_key(&tid) {
-                    if let Some(name) = self.thread_names.get(&tid) {
-                        profile.thread_names.insert(tid, name.clone());
-                    }
+                if let (Entry::Vacant(slot), Some(name)) =
+                    (profile.thread_names.entry(tid), self.thread_names.get(&tid))
+                {
+                    slot.insert(name.clone());
                 }
             }
         }
@@ -516,9 +524,11 @@ impl Collector {
     /// created; a thread that blocks the signal later keeps its timer, and then holds at
     /// most one of its signals pending (the kernel queues a POSIX timer's signal once and
     /// counts further expirations as overruns).
-    fn sync_timers(&mut self) {
+    /// Returns whether a thread got a new timer.
+    fn sync_timers(&mut self) -> bool {
         const RECHECK: Duration = Duration::from_secs(1);
         let now = Instant::now();
+        let mut started = false;
         let tids = procfs::thread_ids();
         for tid in self.exited.drain(..) {
             self.thread_names.remove(&tid);
@@ -544,11 +554,13 @@ impl Collector {
                 continue;
             }
             if let Ok(timer) = ThreadTimer::start(tid, self.armed_period_ns) {
+                started = true;
                 self.timers.insert(tid, timer);
                 self.no_timer.remove(&tid);
                 self.thread_names.insert(tid, procfs::thread_name(tid));
             }
         }
+        started
     }
 }
 

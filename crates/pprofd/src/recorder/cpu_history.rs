@@ -173,9 +173,9 @@ impl CpuHistory {
     pub(super) fn end_batch(&mut self, thread_names: &HashMap<i32, String>, lost: u64) {
         self.lost += lost;
         for (tid, name) in thread_names {
-            if !self.thread_names.contains_key(tid) {
-                self.thread_names.insert(*tid, name.clone());
-            }
+            self.thread_names
+                .entry(*tid)
+                .or_insert_with(|| name.clone());
         }
         self.advance(self.now_second());
     }
