@@ -10,7 +10,10 @@
 //!   Answers `forked N hung H failed F`.
 //! - `sigprof default|ignore|handler`: sets SIGPROF's disposition; `raise-sigprof` sends the
 //!   process SIGPROF; `sigprof-count` answers how often the host's own handler ran.
-//! - `timer-signal default`: resets pprofd's CPU timer signal to `SIG_DFL`.
+//! - `timer-signal default|handler`: resets pprofd's CPU timer signal to `SIG_DFL`, or
+//!   installs the host's own handler for it (counted with SIGPROF's in `sigprof-count`);
+//!   `raise-timer-signal N` sends the process that signal N times, 2 ms apart, from this
+//!   thread with the signal blocked here, so that other threads (pprofd's too) take them.
 //! - `small-stack`, `altstack`, `switched`: runs busy, allocating code for 1.5 s on a thread
 //!   with about 10 KiB of stack left, inside a SA_ONSTACK handler on an 8 KiB sigaltstack,
 //!   and on a stack of its own with an unmapped page above it; answers `<command> done`.
@@ -57,6 +60,10 @@ fn main() {
                 unsafe { libc::kill(libc::getpid(), libc::SIGPROF) };
                 "raised".into()
             }
+            ["raise-timer-signal", n] => {
+                raise_timer_signal(n.parse().expect("signal count"));
+                "raised".into()
+            }
             ["sigprof-count"] => format!("sigprofs {}", HOST_SIGPROFS.load(Ordering::SeqCst)),
             ["small-stack"] => on_thread("small-stack", 256 << 10, || with_stack_left(10 << 10)),
             ["altstack"] => on_thread("altstack", 256 << 10, on_small_altstack),
@@ -98,6 +105,24 @@ fn on_thread(name: &str, stack: usize, f: fn()) -> String {
 
 extern "C" fn host_sigprof(_: libc::c_int) {
     HOST_SIGPROFS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn raise_timer_signal(n: usize) {
+    let signo = pprofd::cpu::timer_signal();
+    // SAFETY: a zeroed sigset_t initialised by sigemptyset; changes only this thread's mask.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signo);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    for _ in 0..n {
+        // SAFETY: signalling this process with a signal whose handler the host installed.
+        unsafe { libc::kill(libc::getpid(), signo) };
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: as above.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
 }
 
 fn set_disposition(signo: libc::c_int, how: &str) {

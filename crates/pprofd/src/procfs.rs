@@ -21,6 +21,17 @@ pub(crate) fn thread_cpu_time() -> std::time::Duration {
     std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// CPU time the whole process has used (`CLOCK_PROCESS_CPUTIME_ID`), every thread's.
+pub(crate) fn process_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the valid pointer it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// Kernel thread ids of every thread of the process, sorted.
 pub(crate) fn thread_ids() -> Vec<i32> {
     let mut tids: Vec<i32> = std::fs::read_dir("/proc/self/task")

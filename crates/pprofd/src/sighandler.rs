@@ -187,6 +187,34 @@ pub(crate) fn queue_to_thread<T>(tid: i32, signo: libc::c_int, info: &T) -> std:
     }
 }
 
+/// Queues `signo` with `info` to the process again: for a signal pprofd's collector took
+/// from the process's queue that was not its own (`cpu::signal::ProcessCpuAlarm`). It
+/// arrives with the sender's pid, uid and value; a `kill` (`SI_USER`) or `tgkill` arrives as
+/// `SI_QUEUE`, since the kernel lets only the main thread queue those codes.
+pub(crate) fn queue_to_process(signo: libc::c_int, info: &libc::siginfo_t) -> std::io::Result<()> {
+    const SI_TKILL: libc::c_int = -6;
+    let mut info = *info;
+    if info.si_code >= 0 || info.si_code == SI_TKILL {
+        info.si_code = libc::SI_QUEUE;
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    // SAFETY: `info` is a whole siginfo_t; the kernel copies it and keeps no pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigqueueinfo,
+            pid,
+            signo,
+            &info as *const libc::siginfo_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

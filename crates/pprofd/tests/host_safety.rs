@@ -91,6 +91,50 @@ fn a_host_that_changes_sigprof_keeps_it_and_is_still_profiled() {
 }
 
 #[test]
+fn a_host_that_sends_itself_the_timer_signal_gets_every_one_while_recording_and_profiling() {
+    // Recording keeps pprofd's collector waiting on the timer signal's number almost all the
+    // time; signals the host sends to the process with that number must still all reach the
+    // host's handler, and sampling goes on.
+    let mut host = Workload::start_with_env(
+        "host_safety",
+        &[],
+        &[("PPROF_ADDR", "127.0.0.1:0"), ("PPROF_RECORD", "1m")],
+    );
+    let addr = host.addr();
+    let running = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=2").profile());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        ask(&mut host, "timer-signal handler"),
+        "timer-signal handler"
+    );
+    // Until pprofd's next check puts its handler back in front, the host's handler also
+    // gets pprofd's timer signals: count from after that.
+    std::thread::sleep(Duration::from_millis(300));
+    let count = |host: &mut Workload| -> u64 {
+        let answer = ask(host, "sigprof-count");
+        answer["sigprofs ".len()..].parse().expect("a count")
+    };
+    let before = count(&mut host);
+    assert_eq!(ask(&mut host, "raise-timer-signal 100"), "raised");
+    let mut received = 0;
+    for _ in 0..40 {
+        received = count(&mut host) - before;
+        if received >= 100 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        received, 100,
+        "every signal the host sent reached its handler, and only those"
+    );
+    assert!(!running.join().unwrap().sample.is_empty());
+    let past = host.profile("/debug/pprof/profile?past=2");
+    assert!(!past.sample.is_empty(), "the recording kept sampling");
+    host.finish();
+}
+
+#[test]
 fn little_stack_small_altstacks_and_switched_stacks_do_not_crash_the_host() {
     let mut host = host();
     for command in ["small-stack", "altstack", "switched"] {

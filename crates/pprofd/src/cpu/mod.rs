@@ -149,9 +149,9 @@ impl CpuProfile {
             builder.add_comment(format!(
                 "the disposition of pprofd's timer signal ({timer_signal}) was {} after pprofd \
                  installed its handler; pprofd put its handler back in front (chaining what the \
-                 host set) within {} ms, and samples of that interval may be missing",
-                disposition.describe(),
-                session::DISPOSITION_CHECK.as_millis()
+                 host set) at its next check, within half a timer period of the process's CPU \
+                 time, and samples of that interval may be missing",
+                disposition.describe()
             ));
         }
         if signals == 0 && gathered.without_timer == 0 {

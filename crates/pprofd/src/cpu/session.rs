@@ -10,17 +10,18 @@
 //!
 //! Locks: [`SESSION`] is taken by whoever starts or stops a consumer, never by the collector
 //! and never in a signal handler; it is held across `fork` (`before_fork`), so critical
-//! sections under it are short (starting or joining the collector, which sleeps in 10 ms
-//! steps). The collector takes the consumers' lock while it hands samples over.
+//! sections under it are short (starting or joining the collector, which is woken for it:
+//! `Shared::ask_collector`). The collector takes the consumers' lock while it hands samples
+//! over.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::signal::{self, SamplingState, ThreadTimer, SAMPLING, STACK_BOUNDS};
+use super::signal::{self, ProcessCpuAlarm, SamplingState, ThreadTimer, Waited, SAMPLING, STACK_BOUNDS};
 use super::{CpuProfileError, Ending, SampleKey, MAX_HZ};
 use crate::labels::LabelSetId;
 use crate::procfs;
@@ -33,8 +34,10 @@ use crate::unwind::{StackBounds, UnwindTables};
 const PROFILE_INTERVAL: Duration = Duration::from_millis(50);
 /// The same while only the recorder runs: its rate is low, and every tick reads `/proc`.
 const RECORDING_INTERVAL: Duration = Duration::from_millis(250);
-/// How often the collector checks that the host left the timer signal to pprofd.
-pub(super) const DISPOSITION_CHECK: Duration = Duration::from_millis(10);
+/// The shortest time between two checks that the host left the timer signal to pprofd
+/// (`Collector::sleep` paces them by the process's CPU time); also the step of the plain
+/// sleep used when the collector has no alarm.
+const DISPOSITION_CHECK: Duration = Duration::from_millis(10);
 /// Ring slots (about 1 KiB each) while a profile runs: at 1000 Hz on 50 busy threads the
 /// collector drains 2,500 per tick.
 const PROFILE_RING_SLOTS: usize = 8192;
@@ -135,6 +138,9 @@ struct Shared {
     /// Set when the consumers change, so the collector re-arms at once.
     changed: AtomicBool,
     stop: AtomicBool,
+    /// The collector's thread id once its alarm exists (0 before, or without an alarm): who
+    /// sets `changed` or `stop` wakes it there.
+    collector_tid: AtomicI32,
 }
 
 impl Shared {
@@ -142,6 +148,17 @@ impl Shared {
         self.consumers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets `flag` (`changed` or `stop`) and wakes the collector. Called with the session
+    /// lock held, which the collector's thread outlives (it is joined under that lock), so
+    /// the thread woken is the collector.
+    fn ask_collector(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        match self.collector_tid.load(Ordering::Acquire) {
+            0 => {}
+            tid => signal::wake(tid),
+        }
     }
 }
 
@@ -174,7 +191,7 @@ pub(super) fn attach_profile(hz: u32) -> Result<(), CpuProfileError> {
         // Checked before the timers speed up, as at a session's start.
         let displaced = signal::ensure_handler().map_err(CpuProfileError::Setup)?;
         consumers.profile = Some(ProfileSink::new(hz, displaced));
-        running.shared.changed.store(true, Ordering::Release);
+        running.shared.ask_collector(&running.shared.changed);
         return Ok(());
     }
     *session = Some(start_session(Consumers {
@@ -197,7 +214,7 @@ pub(super) fn detach_profile() -> Option<ProfileSink> {
         consumers.profile.as_ref()?;
         if consumers.recording.is_some() {
             consumers.handover_asked = true;
-            shared.changed.store(true, Ordering::Release);
+            shared.ask_collector(&shared.changed);
         }
         consumers.recording.is_some()
     };
@@ -213,7 +230,7 @@ pub(super) fn detach_profile() -> Option<ProfileSink> {
         return consumers.handed_over.take();
     }
     let running = session.take()?;
-    running.shared.stop.store(true, Ordering::Release);
+    running.shared.ask_collector(&running.shared.stop);
     let _ = running.collector.join();
     let profile = running.shared.consumers().profile.take();
     profile
@@ -230,7 +247,7 @@ pub(crate) fn start_recording(hz: u32, sink: Box<dyn SampleSink>) -> Result<(), 
         let mut consumers = running.shared.consumers();
         if consumers.recording.is_none() {
             consumers.recording = Some((hz, sink));
-            running.shared.changed.store(true, Ordering::Release);
+            running.shared.ask_collector(&running.shared.changed);
         }
         return Ok(());
     }
@@ -254,6 +271,7 @@ fn start_session(consumers: Consumers) -> Result<Session, CpuProfileError> {
         handed_over: Condvar::new(),
         changed: AtomicBool::new(false),
         stop: AtomicBool::new(false),
+        collector_tid: AtomicI32::new(0),
     });
     if let (Some(change), Some(profile)) = (displaced, shared.consumers().profile.as_mut()) {
         profile.displaced.push(change);
@@ -302,6 +320,11 @@ struct Collector {
     /// Threads that exited at the last look: their names stay one more tick, for the samples
     /// they left in the ring.
     exited: Vec<i32>,
+    /// Paces the disposition checks by the process's CPU time; `None` when it could not be
+    /// made, or after it took a host's signal (then the checks come every 10 ms).
+    alarm: Option<ProcessCpuAlarm>,
+    /// When the last check was made, and the process's CPU time then.
+    last_check: (Instant, Duration),
 }
 
 impl Collector {
@@ -325,6 +348,8 @@ impl Collector {
             // A session started for a profile samples for it from its first signal.
             profile_fed: profile,
             exited: Vec::new(),
+            alarm: None,
+            last_check: (Instant::now(), procfs::process_cpu_time()),
         }
     }
 
@@ -332,6 +357,12 @@ impl Collector {
     /// tears sampling down.
     fn run(mut self) {
         let _internal = procfs::register_internal_thread();
+        self.alarm = ProcessCpuAlarm::for_this_thread().ok();
+        if self.alarm.is_some() {
+            self.shared
+                .collector_tid
+                .store(procfs::gettid(), Ordering::Release);
+        }
         let mut bounds = StackBounds::load();
         let mut bounds_read = Instant::now();
         loop {
@@ -402,11 +433,34 @@ impl Collector {
         }
     }
 
-    /// Sleeps `interval` in steps, checking the timer signal's disposition at each and
-    /// waking early when the consumers change.
+    /// Sleeps `interval`, checking the timer signal's disposition on the way, and returns
+    /// early when the consumers change.
+    ///
+    /// Only CPU time makes the timers fire, so the checks are paced by the process's CPU
+    /// time: the next comes once the process has used half a timer period of it (on average
+    /// half a signal between a host's change and the check, whatever the number of threads),
+    /// but no sooner than 10 ms after the last while the process keeps using CPU that fast,
+    /// and at the latest at the end of `interval`. An idle process costs no wakeups but the
+    /// ticks.
     fn sleep(&mut self, interval: Duration) {
-        for _ in 0..interval.as_millis() / DISPOSITION_CHECK.as_millis() {
-            std::thread::sleep(DISPOSITION_CHECK);
+        let deadline = Instant::now() + interval;
+        loop {
+            let now = Instant::now();
+            let Some(left) = deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+                return;
+            };
+            let cpu = self.cpu_before_next_check(now);
+            match self.alarm.as_ref() {
+                Some(alarm) => {
+                    if alarm.wait(cpu, left) == Waited::TookForeignSignal {
+                        // The host uses the timer signal's number for itself: leave its
+                        // signals to it.
+                        self.shared.collector_tid.store(0, Ordering::Release);
+                        self.alarm = None;
+                    }
+                }
+                None => std::thread::sleep(DISPOSITION_CHECK.min(left)),
+            }
             if let Ok(Some(change)) = signal::ensure_handler() {
                 if let Some(profile) = self.shared.consumers().profile.as_mut() {
                     profile.displaced.push(change);
@@ -418,6 +472,18 @@ impl Collector {
                 return;
             }
         }
+    }
+
+    /// The process CPU time, in ns, to let pass before the next disposition check: half a
+    /// timer period, or what the process used in 10 ms at its rate since the last check if
+    /// that is more.
+    fn cpu_before_next_check(&mut self, now: Instant) -> u64 {
+        let cpu = procfs::process_cpu_time();
+        let (then, cpu_then) = std::mem::replace(&mut self.last_check, (now, cpu));
+        let wall = now.saturating_duration_since(then).as_nanos().max(1);
+        let used = cpu.saturating_sub(cpu_then).as_nanos();
+        let in_ten_ms = used * DISPOSITION_CHECK.as_nanos() / wall;
+        (self.armed_period_ns as u128 / 2).max(in_ten_ms) as u64
     }
 
     /// Moves a stopping profile out for `detach_profile` once its samples are drained.

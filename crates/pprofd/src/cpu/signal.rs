@@ -13,11 +13,12 @@
 //!   arrives after a profile stops finds nothing published and returns. A signal of that
 //!   number that is not from our timers goes to the handler that was installed before ours.
 //! - A host may still change that signal's disposition after pprofd installed its handler.
-//!   Before any timer is armed, and every 10 ms while a profile runs, the disposition is
-//!   checked and pprofd's handler put back in front of whatever is there (which it then
+//!   Before any timer is armed, and while timers run each time the process has used half a
+//!   timer period of CPU time (at most every 10 ms; [`ProcessCpuAlarm`]), the disposition
+//!   is checked and pprofd's handler put back in front of whatever is there (which it then
 //!   chains); the profile says so in a comment. What remains: a host that resets pprofd's
-//!   real-time signal to `SIG_DFL` while a profile runs can meet one of pprofd's signals in
-//!   the 10 ms before the check.
+//!   real-time signal to `SIG_DFL` while sampling runs can meet one of pprofd's signals
+//!   before the check (on average half of one, or 10 ms of them at high rates on many cores).
 //! - Stack room: the walk runs only with `unwind::WALK_STACK_NEED` bytes of stack left below
 //!   the handler, on the thread's stack or the sigaltstack it is on; otherwise the sample is
 //!   recorded as "[lost: no stack room]" with its leaf address alone.
@@ -30,6 +31,8 @@ use crate::sighandler::{self, ChainedHandler, Disposition};
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::{StackRing, MAX_DEPTH};
 use crate::unwind::{self, InterruptedRegs, StackBounds, UnwindTables};
+
+use std::time::Duration;
 
 /// What the handler samples into while a CPU profile runs.
 pub(super) struct SamplingState {
@@ -93,20 +96,30 @@ struct TimerSigInfo {
     _rest: [u64; 12],
 }
 
+impl TimerSigInfo {
+    /// A siginfo of the timer signal with `code` and `value`, for queueing it ourselves.
+    fn of_timer_signal(code: i32, value: usize) -> Self {
+        TimerSigInfo {
+            signo: timer_signal(),
+            errno: 0,
+            code,
+            _pad: 0,
+            timer_id: 0,
+            overrun: 0,
+            value,
+            _rest: [0; 12],
+        }
+    }
+}
+
 /// Queues to the calling thread the signal one of our timers sends (`ours`), or one that
 /// is not ours, and lets the handler run before returning: for measuring what a sample
 /// costs. Not used while profiling.
 pub(super) fn raise_timer_signal(ours: bool) -> std::io::Result<()> {
-    let info = TimerSigInfo {
-        signo: timer_signal(),
-        errno: 0,
-        code: SI_TIMER,
-        _pad: 0,
-        timer_id: 0,
-        overrun: 0,
-        value: if ours { TIMER_COOKIE } else { !TIMER_COOKIE },
-        _rest: [0; 12],
-    };
+    let info = TimerSigInfo::of_timer_signal(
+        SI_TIMER,
+        if ours { TIMER_COOKIE } else { !TIMER_COOKIE },
+    );
     sighandler::queue_to_thread(crate::procfs::gettid(), timer_signal(), &info)
 }
 
@@ -184,10 +197,7 @@ impl ThreadTimer {
 
     /// Makes the timer fire every `period_ns` of its thread's CPU time, from now.
     pub fn set_period(&self, period_ns: u64) -> std::io::Result<()> {
-        let period = libc::timespec {
-            tv_sec: (period_ns / 1_000_000_000) as _, // the field's type: libc deprecates the name `time_t` on musl
-            tv_nsec: (period_ns % 1_000_000_000) as libc::c_long,
-        };
+        let period = timespec(Duration::from_nanos(period_ns));
         let spec = libc::itimerspec {
             it_interval: period,
             it_value: period,
@@ -204,6 +214,141 @@ impl Drop for ThreadTimer {
     fn drop(&mut self) {
         // SAFETY: the timer is live and owned by self; deleting it stops further signals.
         unsafe { libc::timer_delete(self.0) };
+    }
+}
+
+/// Marks `sigev_value` of the collector's alarm ([`ProcessCpuAlarm`]).
+const ALARM_COOKIE: usize = 0x7070_726f_6661; // "pprofa"
+/// Marks the value of the signal [`wake`] queues.
+const WAKE_COOKIE: usize = 0x7070_726f_6677; // "pprofw"
+
+/// A one-shot alarm on the process's CPU clock for the thread that creates it (the
+/// collector), which waits for it in [`ProcessCpuAlarm::wait`]. Only CPU time makes the
+/// timers fire, so the collector checks the timer signal's disposition after an amount of
+/// the process's CPU time rather than every few milliseconds: an idle process costs it no
+/// wakeups (docs/invariants.md 11).
+///
+/// The alarm signals with the timer signal, directed at its thread, which blocks that
+/// signal from before the alarm exists until it ends and takes it with `sigtimedwait`: the
+/// alarm never runs a handler, so whatever disposition the host set (`SIG_DFL` included) it
+/// cannot end the process. `sigtimedwait` also takes that signal when it is sent to the
+/// whole process; such a signal is not ours, so `wait` queues it to the process again and
+/// says so, and the caller stops using the alarm.
+pub(super) struct ProcessCpuAlarm {
+    timer: libc::timer_t,
+    /// The timer signal alone.
+    signal: libc::sigset_t,
+}
+
+/// How [`ProcessCpuAlarm::wait`] ended.
+#[derive(PartialEq, Eq)]
+pub(super) enum Waited {
+    /// The alarm rang, [`wake`] was called, or the time passed.
+    Done,
+    /// It took a signal of the timer signal's number sent to the process by someone else,
+    /// and queued it back.
+    TookForeignSignal,
+}
+
+// SAFETY: a timer id is a plain kernel handle; the alarm is used by the thread that made it.
+unsafe impl Send for ProcessCpuAlarm {}
+
+impl ProcessCpuAlarm {
+    /// Blocks the timer signal in the calling thread and creates the alarm. On an error the
+    /// thread's signal mask is as it was.
+    pub fn for_this_thread() -> std::io::Result<Self> {
+        // SAFETY: a zeroed sigset_t is valid storage; sigemptyset initialises it.
+        let mut signal: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `signal` is valid for both calls; the number is a valid signal.
+        unsafe {
+            libc::sigemptyset(&mut signal);
+            libc::sigaddset(&mut signal, timer_signal());
+        }
+        // SAFETY: valid sets; changes only the calling thread's mask.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signal, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_THREAD_ID;
+        event.sigev_signo = timer_signal();
+        event.sigev_notify_thread_id = crate::procfs::gettid();
+        event.sigev_value = libc::sigval {
+            sival_ptr: ALARM_COOKIE as *mut libc::c_void,
+        };
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: valid pointers for the duration of the call.
+        if unsafe { libc::timer_create(libc::CLOCK_PROCESS_CPUTIME_ID, &mut event, &mut timer) }
+            != 0
+        {
+            let error = std::io::Error::last_os_error();
+            // SAFETY: as above; undoes the block.
+            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &signal, std::ptr::null_mut()) };
+            return Err(error);
+        }
+        Ok(ProcessCpuAlarm { timer, signal })
+    }
+
+    /// Waits until the process has used `cpu_ns` more of CPU time, [`wake`] is called for
+    /// this thread, or `timeout` passes.
+    pub fn wait(&self, cpu_ns: u64, timeout: Duration) -> Waited {
+        let spec = libc::itimerspec {
+            it_interval: timespec(Duration::ZERO),
+            it_value: timespec(Duration::from_nanos(cpu_ns.max(1))),
+        };
+        // SAFETY: `self.timer` is a live timer owned by `self`.
+        if unsafe { libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut()) } != 0 {
+            // Cannot happen for a live timer and a valid spec; wait on the time alone.
+            std::thread::sleep(timeout);
+            return Waited::Done;
+        }
+        let timeout = timespec(timeout);
+        // SAFETY: zeroed siginfo_t is valid storage for the kernel to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers for the duration of the call.
+        if unsafe { libc::sigtimedwait(&self.signal, &mut info, &timeout) } < 0 {
+            // EAGAIN: the time passed; EINTR: a handler of another signal ran on this thread.
+            return Waited::Done;
+        }
+        // SAFETY: siginfo_t is 128 bytes, laid out as `TimerSigInfo` for the fields read
+        // (for SI_QUEUE, too, the value sits after two 32-bit fields).
+        let fields = unsafe { &*(&info as *const libc::siginfo_t as *const TimerSigInfo) };
+        let ours = (fields.code == SI_TIMER && fields.value == ALARM_COOKIE)
+            || (fields.code == libc::SI_QUEUE && fields.value == WAKE_COOKIE);
+        if ours {
+            return Waited::Done;
+        }
+        // Best effort: if the process's queue is full the signal is lost, as it would be to
+        // a full queue anyway.
+        let _ = sighandler::queue_to_process(timer_signal(), &info);
+        Waited::TookForeignSignal
+    }
+}
+
+impl Drop for ProcessCpuAlarm {
+    fn drop(&mut self) {
+        // SAFETY: the timer is live and owned by self. The signal stays blocked: one may still
+        // be pending for this thread, and this thread is ending.
+        unsafe { libc::timer_delete(self.timer) };
+    }
+}
+
+/// Interrupts the [`ProcessCpuAlarm::wait`] of thread `tid`, which must be alive and
+/// blocking the timer signal (the collector, made known only after its alarm exists and
+/// woken only while its session holds it: `session::Shared::ask_collector`).
+/// The signal carries a value of its own, so `wait` tells it from a host's `kill`, which
+/// arrives as `SI_USER` from the same pid as a `tgkill` would on some kernels.
+pub(super) fn wake(tid: i32) {
+    let info = TimerSigInfo::of_timer_signal(libc::SI_QUEUE, WAKE_COOKIE);
+    // Fails only if the queue is full; the collector then notices at its tick.
+    let _ = sighandler::queue_to_thread(tid, timer_signal(), &info);
+}
+
+fn timespec(duration: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: duration.as_secs() as _, // the field's type: libc deprecates the name `time_t` on musl
+        tv_nsec: duration.subsec_nanos() as libc::c_long,
     }
 }
 
@@ -236,6 +381,43 @@ mod tests {
         assert!(
             used as u64 <= unwind::WALK_STACK_NEED + 4096,
             "{used} bytes"
+        );
+    }
+
+    #[test]
+    fn the_alarm_rings_after_process_cpu_time_and_when_woken_not_before() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let waiter = std::thread::spawn(move || {
+            let alarm = ProcessCpuAlarm::for_this_thread().expect("an alarm");
+            tid_tx.send(crate::procfs::gettid()).unwrap();
+            // Ten seconds of CPU: only the wake below ends this wait early.
+            let started = std::time::Instant::now();
+            let woken = alarm.wait(10_000_000_000, Duration::from_secs(20));
+            let after_wake = started.elapsed();
+            go_rx.recv().unwrap();
+            // 30 ms of CPU, spent by the spinning thread below.
+            let started = std::time::Instant::now();
+            let rang = alarm.wait(30_000_000, Duration::from_secs(20));
+            (woken == Waited::Done, after_wake, rang == Waited::Done, started.elapsed())
+        });
+        let tid = tid_rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        wake(tid);
+        go_tx.send(()).unwrap();
+        let spin = std::time::Instant::now();
+        while !waiter.is_finished() && spin.elapsed() < Duration::from_secs(15) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let (woken, after_wake, rang, after_cpu) = waiter.join().unwrap();
+        assert!(woken && rang, "woken {woken} rang {rang}");
+        assert!(
+            after_wake >= Duration::from_millis(90) && after_wake < Duration::from_secs(5),
+            "woken after {after_wake:?}"
+        );
+        assert!(
+            after_cpu >= Duration::from_millis(25) && after_cpu < Duration::from_secs(5),
+            "rang after {after_cpu:?} of spinning"
         );
     }
 }
