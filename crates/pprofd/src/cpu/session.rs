@@ -41,10 +41,10 @@ const DISPOSITION_CHECK: Duration = Duration::from_millis(10);
 /// Ring slots (about 1 KiB each) while a profile runs: at 1000 Hz on 50 busy threads the
 /// collector drains 2,500 per tick.
 const PROFILE_RING_SLOTS: usize = 8192;
-/// Ring slots while only the recorder runs: at 100 Hz, 40 busy threads fill a quarter-second
-/// tick. Every slot becomes resident once used, so a recorder that runs for hours keeps the
-/// ring small.
-const RECORDING_RING_SLOTS: usize = 1024;
+/// Busy threads whose samples of one tick the ring holds while only the recorder runs. Every
+/// slot becomes resident once used, so a recorder that runs for hours keeps the ring as
+/// small as its rate allows: 1,024 slots at 100 Hz, 256 at the default 19 Hz.
+const RECORDING_RING_THREADS: usize = 40;
 
 /// One sample, as the collector hands it to consumers.
 pub(crate) struct Sample<'a> {
@@ -296,9 +296,14 @@ fn start_session(consumers: Consumers) -> Result<Session, CpuProfileError> {
 }
 
 fn ring_slots(consumers: &Consumers) -> usize {
-    match consumers.profile {
-        Some(_) => PROFILE_RING_SLOTS,
-        None => RECORDING_RING_SLOTS,
+    match (&consumers.profile, &consumers.recording) {
+        (None, Some((hz, _))) => {
+            let per_tick = *hz as usize * RECORDING_RING_THREADS * RECORDING_INTERVAL.as_millis()
+                as usize
+                / 1000;
+            per_tick.next_power_of_two().clamp(256, 1024)
+        }
+        _ => PROFILE_RING_SLOTS,
     }
 }
 

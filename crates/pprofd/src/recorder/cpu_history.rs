@@ -88,8 +88,13 @@ impl Stacks {
     }
 
     fn bytes(&self) -> usize {
-        // The frames, and per stack an Arc header, a map entry and a slot.
-        self.frames * 8 + self.ids.len() * (16 + 24 + 32)
+        // The frames with their Arc and allocation headers, and the tables as allocated (a
+        // hash map entry is a fat pointer, the id and a control byte).
+        self.frames * 8
+            + self.ids.len() * 32
+            + self.ids.capacity() * (std::mem::size_of::<(Arc<[u64]>, u32)>() + 1)
+            + self.slots.capacity() * std::mem::size_of::<Option<(Arc<[u64]>, u32)>>()
+            + self.free.capacity() * 4
     }
 }
 
@@ -233,8 +238,8 @@ impl CpuHistory {
 
     fn bytes(&self) -> usize {
         self.entries * ENTRY_BYTES
-            + self.buckets.len() * std::mem::size_of::<Bucket>()
-            + self.current.len() * (ENTRY_BYTES + 8)
+            + self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self.current.capacity() * (ENTRY_BYTES + 1)
             + self.stacks.bytes()
     }
 

@@ -203,7 +203,7 @@ pub(crate) fn status() -> String {
     format!(
         "Flight recorder: on, window {} ({RECORD_ENV}). CPU at {hz} Hz in one-second buckets, \
          reaching back {}{}; {heap}. Holds {:.1} MiB of its {} MiB bound ({} MiB CPU, {} MiB \
-         heap, plus the 1 MiB sample ring and the unwind tables). Ask profile, heap or allocs \
+         heap, plus a sample ring of at most 1 MiB and the unwind tables). Ask profile, heap or allocs \
          with ?past=N (seconds, up to {}).",
         format_duration(window),
         format_duration(cpu.reaches_back),
