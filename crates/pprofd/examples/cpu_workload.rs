@@ -6,7 +6,8 @@
 //! system library, the hostile background of the stress test. With `--late-zlib`, a third
 //! thread loads zlib a second after start and compresses in a loop. A counting allocator reports
 //! allocations made while the CPU timer signal is blocked, which on these threads means "inside the
-//! CPU sampling handler". Prints `listening <addr>` once serving, and stops when stdin closes.
+//! CPU sampling handler" (pprofd's own collector, which keeps that signal blocked to wait
+//! for its alarm and is never sampled, is left out). Prints `listening <addr>` once serving, and stops when stdin closes.
 
 #[path = "support/spin.rs"]
 mod spin;
@@ -32,10 +33,18 @@ fn timer_signal_blocked() -> bool {
     }
 }
 
+/// Whether the calling thread is one of pprofd's (named `pprofd-*`).
+fn on_pprofd_thread() -> bool {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer it is given.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+    name.starts_with(b"pprofd-")
+}
+
 // SAFETY: forwards to System unchanged; only counts.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if timer_signal_blocked() {
+        if timer_signal_blocked() && !on_pprofd_thread() {
             ALLOCATIONS_IN_SAMPLING_HANDLER.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: the caller's contract is System's.
