@@ -149,7 +149,7 @@ impl CpuProfile {
             builder.add_comment(format!(
                 "the disposition of pprofd's timer signal ({timer_signal}) was {} after pprofd \
                  installed its handler; pprofd put its handler back in front (chaining what the \
-                 host set) at its next check, within half a timer period of the process's CPU \
+                 host set) at its next check, within one timer period of the process's CPU \
                  time, and samples of that interval may be missing",
                 disposition.describe()
             ));

@@ -442,8 +442,9 @@ impl Collector {
     /// early when the consumers change.
     ///
     /// Only CPU time makes the timers fire, so the checks are paced by the process's CPU
-    /// time: the next comes once the process has used half a timer period of it (on average
-    /// half a signal between a host's change and the check, whatever the number of threads),
+    /// time: the next comes once the process has used one timer period of it (on average at
+    /// most one signal between a host's change and the check, whatever the number of threads;
+    /// half a period, tried first, took a busy 2-thread service at 19 Hz to 0.21% of its CPU),
     /// but no sooner than 10 ms after the last while the process keeps using CPU that fast,
     /// and at the latest at the end of `interval`. An idle process costs no wakeups but the
     /// ticks.
@@ -479,8 +480,8 @@ impl Collector {
         }
     }
 
-    /// The process CPU time, in ns, to let pass before the next disposition check: half a
-    /// timer period, or what the process used in 10 ms at its rate since the last check if
+    /// The process CPU time, in ns, to let pass before the next disposition check: one timer
+    /// period, or what the process used in 10 ms at its rate since the last check if
     /// that is more.
     fn cpu_before_next_check(&mut self, now: Instant) -> u64 {
         let cpu = procfs::process_cpu_time();
@@ -488,7 +489,7 @@ impl Collector {
         let wall = now.saturating_duration_since(then).as_nanos().max(1);
         let used = cpu.saturating_sub(cpu_then).as_nanos();
         let in_ten_ms = used * DISPOSITION_CHECK.as_nanos() / wall;
-        (self.armed_period_ns as u128 / 2).max(in_ten_ms) as u64
+        (self.armed_period_ns as u128).max(in_ten_ms) as u64
     }
 
     /// Moves a stopping profile out for `detach_profile` once its samples are drained.

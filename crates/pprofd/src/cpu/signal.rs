@@ -13,12 +13,12 @@
 //!   arrives after a profile stops finds nothing published and returns. A signal of that
 //!   number that is not from our timers goes to the handler that was installed before ours.
 //! - A host may still change that signal's disposition after pprofd installed its handler.
-//!   Before any timer is armed, and while timers run each time the process has used half a
+//!   Before any timer is armed, and while timers run each time the process has used one
 //!   timer period of CPU time (at most every 10 ms; [`ProcessCpuAlarm`]), the disposition
 //!   is checked and pprofd's handler put back in front of whatever is there (which it then
 //!   chains); the profile says so in a comment. What remains: a host that resets pprofd's
 //!   real-time signal to `SIG_DFL` while sampling runs can meet one of pprofd's signals
-//!   before the check (on average half of one, or 10 ms of them at high rates on many cores).
+//!   before the check (on average at most one, or 10 ms of them at high rates on many cores).
 //! - Stack room: the walk runs only with `unwind::WALK_STACK_NEED` bytes of stack left below
 //!   the handler, on the thread's stack or the sigaltstack it is on; otherwise the sample is
 //!   recorded as "[lost: no stack room]" with its leaf address alone.
