@@ -328,8 +328,9 @@ impl ProcessCpuAlarm {
 
 impl Drop for ProcessCpuAlarm {
     fn drop(&mut self) {
-        // SAFETY: the timer is live and owned by self. The signal stays blocked: one may still
-        // be pending for this thread, and this thread is ending.
+        // SAFETY: the timer is live and owned by self. The signal stays blocked in this
+        // thread: an alarm or a wake may still be pending for it and must never meet the
+        // host's disposition.
         unsafe { libc::timer_delete(self.timer) };
     }
 }
