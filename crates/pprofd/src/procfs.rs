@@ -12,24 +12,31 @@ pub(crate) fn gettid() -> i32 {
 /// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): the difference between
 /// two readings is what the work in between cost this thread, whatever else the machine does.
 pub(crate) fn thread_cpu_time() -> std::time::Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through the valid pointer it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    clock_time(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// CPU time the whole process has used (`CLOCK_PROCESS_CPUTIME_ID`), every thread's.
 pub(crate) fn process_cpu_time() -> std::time::Duration {
+    clock_time(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// The reading of `clock`, one of the clocks every Linux has.
+pub(crate) fn clock_time(clock: libc::clockid_t) -> std::time::Duration {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec through the valid pointer it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    unsafe { libc::clock_gettime(clock, &mut now) };
     std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// `duration` as the kernel takes it, for timers and timed waits.
+pub(crate) fn timespec(duration: std::time::Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: duration.as_secs() as _, // the field's type: libc deprecates the name `time_t` on musl
+        tv_nsec: duration.subsec_nanos() as libc::c_long,
+    }
 }
 
 /// Kernel thread ids of every thread of the process, sorted.

@@ -180,10 +180,14 @@ pub(crate) fn queue_to_thread<T>(tid: i32, signo: libc::c_int, info: &T) -> std:
             info as *const T,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+    syscall_result(rc)
+}
+
+/// `Ok` for a system call that returned 0, else the error it left in errno.
+fn syscall_result(rc: libc::c_long) -> std::io::Result<()> {
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -208,11 +212,7 @@ pub(crate) fn queue_to_process(signo: libc::c_int, info: &libc::siginfo_t) -> st
             &info as *const libc::siginfo_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    syscall_result(rc)
 }
 
 #[cfg(test)]

@@ -455,14 +455,16 @@ impl Collector {
             let Some(left) = deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
                 return;
             };
-            let cpu = self.cpu_before_next_check(now);
-            match self.alarm.as_ref() {
+            match self.alarm.take() {
                 Some(alarm) => {
-                    if alarm.wait(cpu, left) == Waited::TookForeignSignal {
+                    let cpu = self.cpu_before_next_check(now);
+                    match alarm.wait(cpu, left) {
+                        Waited::Done => self.alarm = Some(alarm),
                         // The host uses the timer signal's number for itself: leave its
-                        // signals to it.
-                        self.shared.collector_tid.store(0, Ordering::Release);
-                        self.alarm = None;
+                        // signals to it (the alarm is dropped).
+                        Waited::TookForeignSignal => {
+                            self.shared.collector_tid.store(0, Ordering::Release)
+                        }
                     }
                 }
                 None => std::thread::sleep(DISPOSITION_CHECK.min(left)),

@@ -27,6 +27,7 @@
 //! - Each thread has its own `CLOCK_THREAD_CPUTIME_ID` timer delivering to that thread
 //!   (`SIGEV_THREAD_ID`), so samples are proportional to each thread's CPU time.
 
+use crate::procfs::timespec;
 use crate::sighandler::{self, ChainedHandler, Disposition};
 use crate::unwind::published::{self, Published};
 use crate::unwind::ring::{StackRing, MAX_DEPTH};
@@ -177,20 +178,7 @@ impl ThreadTimer {
         // The kernel's encoding of a per-thread CPU clock (MAKE_THREAD_CPUCLOCK in
         // linux/posix-timers.h): !tid << 3 | CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD_MASK.
         let clock: libc::clockid_t = (!tid << 3) | 6;
-        // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
-        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-        event.sigev_notify = libc::SIGEV_THREAD_ID;
-        event.sigev_signo = timer_signal();
-        event.sigev_notify_thread_id = tid;
-        event.sigev_value = libc::sigval {
-            sival_ptr: TIMER_COOKIE as *mut libc::c_void,
-        };
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: valid pointers for the duration of the call.
-        if unsafe { libc::timer_create(clock, &mut event, &mut timer) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let timer = ThreadTimer(timer);
+        let timer = ThreadTimer(create_timer(clock, tid, TIMER_COOKIE)?);
         timer.set_period(period_ns)?;
         Ok(timer)
     }
@@ -215,6 +203,25 @@ impl Drop for ThreadTimer {
         // SAFETY: the timer is live and owned by self; deleting it stops further signals.
         unsafe { libc::timer_delete(self.0) };
     }
+}
+
+/// Creates a timer on `clock` that sends the timer signal to thread `tid` with `cookie` as
+/// its value; it is disarmed until set.
+fn create_timer(clock: libc::clockid_t, tid: i32, cookie: usize) -> std::io::Result<libc::timer_t> {
+    // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
+    let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+    event.sigev_notify = libc::SIGEV_THREAD_ID;
+    event.sigev_signo = timer_signal();
+    event.sigev_notify_thread_id = tid;
+    event.sigev_value = libc::sigval {
+        sival_ptr: cookie as *mut libc::c_void,
+    };
+    let mut timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: valid pointers for the duration of the call.
+    if unsafe { libc::timer_create(clock, &mut event, &mut timer) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(timer)
 }
 
 /// Marks `sigev_value` of the collector's alarm ([`ProcessCpuAlarm`]).
@@ -269,25 +276,18 @@ impl ProcessCpuAlarm {
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));
         }
-        // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
-        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-        event.sigev_notify = libc::SIGEV_THREAD_ID;
-        event.sigev_signo = timer_signal();
-        event.sigev_notify_thread_id = crate::procfs::gettid();
-        event.sigev_value = libc::sigval {
-            sival_ptr: ALARM_COOKIE as *mut libc::c_void,
-        };
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: valid pointers for the duration of the call.
-        if unsafe { libc::timer_create(libc::CLOCK_PROCESS_CPUTIME_ID, &mut event, &mut timer) }
-            != 0
-        {
-            let error = std::io::Error::last_os_error();
-            // SAFETY: as above; undoes the block.
-            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &signal, std::ptr::null_mut()) };
-            return Err(error);
+        match create_timer(
+            libc::CLOCK_PROCESS_CPUTIME_ID,
+            crate::procfs::gettid(),
+            ALARM_COOKIE,
+        ) {
+            Ok(timer) => Ok(ProcessCpuAlarm { timer, signal }),
+            Err(error) => {
+                // SAFETY: as above; undoes the block.
+                unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &signal, std::ptr::null_mut()) };
+                Err(error)
+            }
         }
-        Ok(ProcessCpuAlarm { timer, signal })
     }
 
     /// Waits until the process has used `cpu_ns` more of CPU time, [`wake`] is called for
@@ -338,19 +338,13 @@ impl Drop for ProcessCpuAlarm {
 /// Interrupts the [`ProcessCpuAlarm::wait`] of thread `tid`, which must be alive and
 /// blocking the timer signal (the collector, made known only after its alarm exists and
 /// woken only while its session holds it: `session::Shared::ask_collector`).
+///
 /// The signal carries a value of its own, so `wait` tells it from a host's `kill`, which
 /// arrives as `SI_USER` from the same pid as a `tgkill` would on some kernels.
 pub(super) fn wake(tid: i32) {
     let info = TimerSigInfo::of_timer_signal(libc::SI_QUEUE, WAKE_COOKIE);
     // Fails only if the queue is full; the collector then notices at its tick.
     let _ = sighandler::queue_to_thread(tid, timer_signal(), &info);
-}
-
-fn timespec(duration: Duration) -> libc::timespec {
-    libc::timespec {
-        tv_sec: duration.as_secs() as _, // the field's type: libc deprecates the name `time_t` on musl
-        tv_nsec: duration.subsec_nanos() as libc::c_long,
-    }
 }
 
 #[cfg(test)]

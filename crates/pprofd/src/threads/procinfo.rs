@@ -223,13 +223,7 @@ fn signal_in_mask(status: &str, mask: &str, signal: i32) -> bool {
 }
 
 fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    crate::procfs::clock_time(libc::CLOCK_MONOTONIC).as_millis() as u64
 }
 
 /// Names of the system calls threads commonly wait in; others show by number.

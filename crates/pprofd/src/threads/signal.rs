@@ -186,10 +186,7 @@ unsafe fn answer(generation: u32, ucontext: *mut libc::c_void) {
 
 /// Sleeps until `answered` differs from `seen` (a handler answered) or `timeout` passes.
 fn wait_for_answer(answered: &AtomicU32, seen: u32, timeout: Duration) {
-    let timeout = libc::timespec {
-        tv_sec: timeout.as_secs() as _, // the field's type: libc deprecates the name `time_t` on musl
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
+    let timeout = crate::procfs::timespec(timeout);
     // SAFETY: FUTEX_WAIT reads the live atomic and returns at once when it differs from
     // `seen`; `timeout` is valid for the call. Interruptions and spurious wake-ups are fine:
     // the caller re-checks.
