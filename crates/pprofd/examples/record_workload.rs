@@ -2,12 +2,13 @@
 //!
 //! - On `phases`: one thread runs `phase_alpha` for 6 s, then `phase_beta` for 6 s, then
 //!   prints `phases done <alpha cpu ns> <beta cpu ns>` (each phase's thread CPU time).
-//! - All the while, a thread leaks [`LEAK_BYTES`] at `leak_site` every [`LEAK_EVERY`], and
-//!   prints nothing: the truth is its rate.
+//! - All the while, a thread leaks [`LEAK_BYTES`] at `leak_site` every [`LEAK_EVERY`] on a
+//!   fixed schedule (a late wake-up catches up), so the leak is a function of the time since
+//!   start: the truth is its rate. On `leaked`, prints `leaked <count>`.
 //! - On `busy N`: two threads (`busy-1`, `busy-2`) work for N seconds through stacks of many
 //!   shapes (a recursion 0 to 47 deep ending in one of four functions, each allocating and
-//!   freeing), then print `busy done`: the service of the recorder's overhead benchmark
-//!   (`benches/recorder_overhead.rs`).
+//!   freeing), then print `busy done`; commands are answered meanwhile. This is the service
+//!   of the recorder's overhead benchmark (`benches/recorder_overhead.rs`).
 //! - On `idle`: prints `idle` (a fence for the test).
 //!
 //! Prints `listening <addr>` once serving; exits when stdin closes. Run it with
@@ -22,6 +23,7 @@ mod spin;
 
 use std::hint::black_box;
 use std::io::BufRead;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use spin::spin;
@@ -33,6 +35,8 @@ static ALLOC: pprofd::Allocator<std::alloc::System> = pprofd::Allocator::system(
 const LEAK_BYTES: usize = 64 << 10;
 /// How often the leak grows: 640 KiB a second.
 const LEAK_EVERY: Duration = Duration::from_millis(100);
+/// How many leaks so far.
+static LEAKED: AtomicU64 = AtomicU64::new(0);
 /// How long each CPU phase runs.
 const PHASE: Duration = Duration::from_secs(6);
 
@@ -122,10 +126,15 @@ fn main() {
     std::thread::Builder::new()
         .name("leaker".into())
         .spawn(|| {
+            // On a schedule, not sleep after sleep: two copies of this service side by side
+            // (the memory benchmark) must hold the same leak however late each wakes.
+            let started = Instant::now();
             let mut kept = Vec::new();
-            loop {
+            for n in 1u32.. {
                 leak_site(&mut kept);
-                std::thread::sleep(LEAK_EVERY);
+                LEAKED.store(n.into(), Ordering::Relaxed);
+                let next = started + LEAK_EVERY * n;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         })
         .expect("leak thread");
@@ -138,9 +147,14 @@ fn main() {
                 println!("phases done {alpha} {beta}");
             }
             "idle" => println!("idle"),
+            "leaked" => println!("leaked {}", LEAKED.load(Ordering::Relaxed)),
             busy_line if busy_line.starts_with("busy ") => {
-                busy(busy_line[5..].trim().parse().expect("busy SECONDS"));
-                println!("busy done");
+                // Beside the command loop, so `leaked` is answered during a long busy run.
+                let seconds = busy_line[5..].trim().parse().expect("busy SECONDS");
+                std::thread::spawn(move || {
+                    busy(seconds);
+                    println!("busy done");
+                });
             }
             other => println!("unknown command {other}"),
         }
