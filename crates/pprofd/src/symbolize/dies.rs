@@ -160,14 +160,18 @@ pub(super) struct DieWalk<'u, 'd> {
 
 impl<'u, 'd> DieWalk<'u, 'd> {
     pub fn new(unit: &'u Unit<'d>) -> gimli::Result<Self> {
-        let base = unit.header.header_size();
-        let input = unit.header.range_from(UnitOffset(base)..)?;
+        Self::at(unit, UnitOffset(unit.header.header_size()), 0)
+    }
+
+    /// A walk from the DIE at `offset`, whose depth is `depth`.
+    pub fn at(unit: &'u Unit<'d>, offset: UnitOffset, depth: isize) -> gimli::Result<Self> {
+        let input = unit.header.range_from(offset..)?;
         Ok(DieWalk {
             unit,
             len: input.len(),
             input,
-            base,
-            depth: 0,
+            base: offset.0,
+            depth,
             shapes: Vec::new(),
         })
     }

@@ -19,6 +19,7 @@ use super::dies::{DieWalk, RangeAt};
 use super::elf::Elf;
 use super::lines;
 use super::names::FunctionName;
+use super::unit_index::{self, DieResume, ObjectIndex, Span, UnitIndex};
 
 pub(super) type Reader<'d> = EndianSlice<'d, RunTimeEndian>;
 pub(super) type Unit<'d> = gimli::Unit<Reader<'d>>;
@@ -59,11 +60,13 @@ pub(crate) fn load<'d>(elf: &Elf<'d>) -> Option<gimli::Dwarf<Reader<'d>>> {
 }
 
 /// The inline chain of each of `svmas` (sorted file addresses), innermost frame first;
-/// empty where DWARF does not cover the address. `release_pages` runs after each unit, to
+/// empty where DWARF does not cover the address. `index` says where things are in the units
+/// read before, and learns more ([`unit_index`]). `release_pages` runs after each unit, to
 /// hand the pages read so far back when they have built up.
 pub(crate) fn resolve(
     dwarf: &gimli::Dwarf<Reader<'_>>,
     svmas: &[u64],
+    index: &mut ObjectIndex,
     release_pages: impl Fn(),
 ) -> Vec<Vec<DwarfFrame>> {
     let mut chains = vec![Vec::new(); svmas.len()];
@@ -85,7 +88,9 @@ pub(crate) fn resolve(
             .and_then(|header| dwarf.unit(header));
         if let Ok(unit) = unit {
             // A malformed unit leaves its addresses with symbol-table names only.
-            if let Ok(unit_chains) = UnitFrames::new(dwarf, &unit, &mut names).chains(&addresses) {
+            let unit_index = index.unit(offset.0);
+            let frames = UnitFrames::new(dwarf, &unit, &mut names).chains(&addresses, unit_index);
+            if let Ok(unit_chains) = frames {
                 for (i, chain) in indices.into_iter().zip(unit_chains) {
                     chains[i] = chain;
                 }
@@ -144,6 +149,74 @@ fn units_of(dwarf: &gimli::Dwarf<Reader<'_>>, svmas: &[u64]) -> (Vec<Option<usiz
     (units, starts)
 }
 
+/// Runs `header`'s line program from the sequence that starts `from` bytes into it, giving
+/// each of `addresses` (sorted) the `(file index, line)` of the row covering it in `found`.
+///
+/// With `sequences`, reads on until every address has its row, noting each sequence read to
+/// its end, and returns where to read on later (`None`: the program's end). Without, reads
+/// just the one sequence.
+fn read_rows(
+    header: &gimli::LineProgramHeader<Reader<'_>>,
+    from: usize,
+    addresses: &[u64],
+    found: &mut [Option<(u64, u32)>],
+    mut sequences: Option<&mut unit_index::Spans>,
+) -> gimli::Result<Option<usize>> {
+    // The row in effect from its address up to the next row's, within a sequence, and the
+    // first address not below it: rows rise within a sequence, so that index only moves
+    // forward until the next sequence starts.
+    let mut current: Option<(u64, u64, u32)> = None;
+    let mut next = 0;
+    let mut unfound = found.iter().filter(|f| f.is_none()).count();
+    let mut sequence_begin = None;
+    let mut stopped_at = None;
+    lines::for_each_row(header, from, |row| {
+        if let Some((start, file, line)) = current {
+            let end = row.address;
+            while next < addresses.len() && addresses[next] < start {
+                next += 1;
+            }
+            while next < addresses.len() && addresses[next] < end {
+                if found[next].is_none() {
+                    found[next] = Some((file, line));
+                    unfound -= 1;
+                }
+                next += 1;
+            }
+        } else {
+            next = addresses.partition_point(|&a| a < row.address);
+        }
+        let begin = *sequence_begin.get_or_insert(row.address);
+        if row.end_sequence {
+            sequence_begin = None;
+            let Some(sequences) = sequences.as_deref_mut() else {
+                return ControlFlow::Break(());
+            };
+            if let Ok(at) = u32::try_from(row.sequence) {
+                sequences.push(Span {
+                    begin,
+                    end: row.address,
+                    at,
+                    depth: 0,
+                });
+            }
+        }
+        current = (!row.end_sequence).then_some((row.address, row.file, row.line as u32));
+        // Sequences do not overlap, so once every address has its row the rest of the
+        // program can only repeat what is found.
+        if unfound == 0 {
+            stopped_at = Some(if row.end_sequence {
+                row.next
+            } else {
+                row.sequence
+            });
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(stopped_at)
+}
+
 /// A function DIE that holds an address: the chain is built from these, outermost first.
 struct Function {
     depth: isize,
@@ -178,9 +251,13 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
     }
 
     /// The inline chains of `addresses` (sorted, all in this unit), innermost first.
-    fn chains(&mut self, addresses: &[u64]) -> gimli::Result<Vec<Vec<DwarfFrame>>> {
-        let rows = self.line_rows(addresses)?;
-        let functions = self.functions(addresses)?;
+    fn chains(
+        &mut self,
+        addresses: &[u64],
+        index: &mut UnitIndex,
+    ) -> gimli::Result<Vec<Vec<DwarfFrame>>> {
+        let rows = self.line_rows(addresses, index)?;
+        let functions = self.functions(addresses, index)?;
         let mut chains = Vec::with_capacity(addresses.len());
         for (row, functions) in rows.into_iter().zip(functions) {
             let (mut file, mut line) = row.unwrap_or((u64::MAX, 0));
@@ -206,62 +283,143 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
         Ok(chains)
     }
 
-    /// The `(file index, line)` of the line-table row covering each address.
-    fn line_rows(&self, addresses: &[u64]) -> gimli::Result<Vec<Option<(u64, u32)>>> {
+    /// The `(file index, line)` of the line-table row covering each address: from the
+    /// sequences `index` knows, else by reading on where the last reading stopped.
+    fn line_rows(
+        &self,
+        addresses: &[u64],
+        index: &mut UnitIndex,
+    ) -> gimli::Result<Vec<Option<(u64, u32)>>> {
         let mut found = vec![None; addresses.len()];
         let Some(program) = self.unit.line_program.as_ref() else {
             return Ok(found);
         };
-        // The row in effect from its address up to the next row's, within a sequence, and
-        // the first address not below it: rows rise within a sequence, so that index only
-        // moves forward until the next sequence starts.
-        let mut current: Option<(u64, u64, u32)> = None;
-        let mut next = 0;
-        // Sequences do not overlap, so once every address has its row the rest of the
-        // program can only repeat what is found.
-        let mut unfound = addresses.len();
-        lines::for_each_row(program.header(), |row| {
-            if let Some((start, file, line)) = current {
-                let end = row.address;
-                while next < addresses.len() && addresses[next] < start {
-                    next += 1;
-                }
-                while next < addresses.len() && addresses[next] < end {
-                    if found[next].is_none() {
-                        found[next] = Some((file, line));
-                        unfound -= 1;
-                    }
-                    next += 1;
-                }
-                if unfound == 0 {
-                    return ControlFlow::Break(());
-                }
-            } else {
-                next = addresses.partition_point(|&a| a < row.address);
-            }
-            current = (!row.end_sequence).then_some((row.address, row.file, row.line as u32));
-            ControlFlow::Continue(())
-        })?;
+        let header = program.header();
+        let mut unknown = Vec::new();
+        let mut i = 0;
+        while i < addresses.len() {
+            let Some(sequence) = index.sequences.holding(addresses[i]).copied() else {
+                unknown.push(i);
+                i += 1;
+                continue;
+            };
+            let end = i + addresses[i..].partition_point(|&a| a < sequence.end);
+            let at = sequence.at as usize;
+            read_rows(header, at, &addresses[i..end], &mut found[i..end], None)?;
+            i = end;
+        }
+        let Some(from) = index.lines_from.filter(|_| !unknown.is_empty()) else {
+            return Ok(found);
+        };
+        let rest: Vec<u64> = unknown.iter().map(|&i| addresses[i]).collect();
+        let mut rest_found = vec![None; rest.len()];
+        index.lines_from = read_rows(
+            header,
+            from,
+            &rest,
+            &mut rest_found,
+            Some(&mut index.sequences),
+        )?;
+        index.sequences.sort();
+        for (i, row) in unknown.into_iter().zip(rest_found) {
+            found[i] = row;
+        }
         Ok(found)
     }
 
-    /// For each address, the function DIEs whose ranges hold it, outermost first.
+    /// For each address, the function DIEs whose ranges hold it, outermost first: from the
+    /// subtrees of the functions `index` knows, else by walking on where the last walk
+    /// stopped.
+    fn functions(
+        &mut self,
+        addresses: &[u64],
+        index: &mut UnitIndex,
+    ) -> gimli::Result<Vec<Vec<Function>>> {
+        let mut chains: Vec<Vec<Function>> = (0..addresses.len()).map(|_| Vec::new()).collect();
+        let mut known = Vec::new();
+        let mut unknown = Vec::new();
+        for (i, &address) in addresses.iter().enumerate() {
+            match index.functions.holding(address) {
+                Some(&span) => known.push((span, i)),
+                None => unknown.push(i),
+            }
+        }
+        // By function (one with several ranges holds addresses that are not adjacent).
+        known.sort_unstable_by_key(|&(span, i)| (span.at, i));
+        for group in known.chunk_by(|a, b| a.0.at == b.0.at) {
+            let span = group[0].0;
+            let indices: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
+            let offset = gimli::UnitOffset(span.at as usize);
+            let mut dies = DieWalk::at(self.unit, offset, span.depth as isize)?;
+            self.walk_for(&indices, addresses, &mut chains, |frames, some, some_chains| {
+                frames.walk(&mut dies, None, some, some_chains, None)
+            })?;
+        }
+        let Some(resume) = index.dies_from.filter(|_| !unknown.is_empty()) else {
+            return Ok(chains);
+        };
+        let mut dies = match resume.offset {
+            Some(offset) => DieWalk::at(self.unit, gimli::UnitOffset(offset), resume.depth)?,
+            None => DieWalk::new(self.unit)?,
+        };
+        let functions = &mut index.functions;
+        index.dies_from =
+            self.walk_for(&unknown, addresses, &mut chains, |frames, some, some_chains| {
+                frames.walk(&mut dies, resume.skip_below, some, some_chains, Some(functions))
+            })?;
+        index.functions.sort();
+        Ok(chains)
+    }
+
+    /// Runs `walk` over the addresses at `indices` (and their chains), then puts the chains
+    /// found back in place.
+    fn walk_for<R>(
+        &mut self,
+        indices: &[usize],
+        addresses: &[u64],
+        chains: &mut [Vec<Function>],
+        walk: impl FnOnce(&mut Self, &[u64], &mut [Vec<Function>]) -> gimli::Result<R>,
+    ) -> gimli::Result<R> {
+        let some: Vec<u64> = indices.iter().map(|&i| addresses[i]).collect();
+        let mut some_chains: Vec<Vec<Function>> = indices
+            .iter()
+            .map(|&i| std::mem::take(&mut chains[i]))
+            .collect();
+        let result = walk(self, &some, &mut some_chains)?;
+        for (&i, chain) in indices.iter().zip(some_chains) {
+            chains[i] = chain;
+        }
+        Ok(result)
+    }
+
+    /// Walks `dies` (with `skip_below`: inside the subtree of a function that holds none of
+    /// the addresses, at that depth), pushing onto each address's chain the function DIEs
+    /// whose ranges hold it, until every address is held and the function holding the last
+    /// has closed.
+    ///
+    /// With `functions`, notes the ranges of each outermost function passed and returns
+    /// where to walk on later (`None`: the walk reached the unit's end). Without, reads only
+    /// the subtree of the first DIE.
     ///
     /// Only function DIEs outside skipped subtrees are looked at, and of those only the ones
     /// that hold an address have their attributes parsed ([`DieWalk`]).
-    fn functions(&mut self, addresses: &[u64]) -> gimli::Result<Vec<Vec<Function>>> {
-        let mut chains: Vec<Vec<Function>> = (0..addresses.len()).map(|_| Vec::new()).collect();
+    fn walk(
+        &mut self,
+        dies: &mut DieWalk<'u, 'd>,
+        mut skip_below: Option<isize>,
+        addresses: &[u64],
+        chains: &mut [Vec<Function>],
+        mut functions: Option<&mut unit_index::Spans>,
+    ) -> gimli::Result<Option<DieResume>> {
         let mut hits = Vec::new();
         let mut attrs = Vec::new();
         let unit = self.unit;
-        let mut dies = DieWalk::new(unit)?;
-        // Depth of a function that holds none of the addresses: its subtree is skipped.
-        let mut skip_below: Option<isize> = None;
         // Addresses no function holds yet, and the depth of the outermost function holding
         // some whose subtree is being read: once all are held and that subtree is closed,
         // the rest of the unit holds none of them (functions do not overlap).
         let mut unheld = addresses.len();
         let mut open_holder: Option<isize> = None;
+        let mut subtree_root: Option<isize> = None;
         let holding = |begin: u64, end: u64, hits: &mut Vec<usize>| {
             let first = addresses.partition_point(|&a| a < begin);
             let last = first + addresses[first..].partition_point(|&a| a < end);
@@ -269,11 +427,22 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
         };
         while let Some(die) = dies.next()? {
             let depth = die.depth;
+            if functions.is_none() {
+                match subtree_root {
+                    None => subtree_root = Some(depth),
+                    Some(root) if depth <= root => return Ok(None),
+                    Some(_) => {}
+                }
+            }
             if open_holder.is_some_and(|d| depth <= d) {
                 open_holder = None;
             }
             if unheld == 0 && open_holder.is_none() {
-                break;
+                return Ok(Some(DieResume {
+                    offset: Some(die.offset.0),
+                    depth,
+                    skip_below,
+                }));
             }
             let skipped = match skip_below {
                 Some(d) if depth > d => true,
@@ -287,16 +456,36 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
                 continue;
             }
             hits.clear();
+            // An outermost function's ranges go into the index.
+            let mut note = |begin: u64, end: u64| {
+                if let (None, Some(functions), Ok(at)) = (
+                    open_holder,
+                    functions.as_deref_mut(),
+                    u32::try_from(die.offset.0),
+                ) {
+                    let depth = depth as i32;
+                    functions.push(Span {
+                        begin,
+                        end,
+                        at,
+                        depth,
+                    });
+                }
+            };
             match die.shape.range {
                 RangeAt::Nowhere => {}
                 RangeAt::Fixed { .. } => {
                     if let Some((begin, end)) = dies.fixed_range(&die)? {
+                        note(begin, end);
                         holding(begin, end, &mut hits);
                     }
                 }
                 RangeAt::Parsed => {
                     dies.read(&die, &mut attrs)?;
-                    self.for_each_range(&attrs, |begin, end| holding(begin, end, &mut hits))?;
+                    self.for_each_range(&attrs, |begin, end| {
+                        note(begin, end);
+                        holding(begin, end, &mut hits);
+                    })?;
                 }
             }
             if hits.is_empty() {
@@ -336,7 +525,7 @@ impl<'u, 'a, 'd> UnitFrames<'u, 'a, 'd> {
                 });
             }
         }
-        Ok(chains)
+        Ok(None)
     }
 
     /// Calls `f` with each address range of the DIE with `attrs` (`DW_AT_low_pc` with
@@ -564,6 +753,47 @@ fn push_path(path: &mut String, part: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::symbolize::elf::ObjectBytes;
+    use object::ObjectSymbol;
+
+    /// Addresses inside the functions of this test binary: a few thousand, from every unit.
+    fn addresses_in_functions(elf: &Elf<'_>) -> Vec<u64> {
+        let mut addresses: Vec<u64> = elf
+            .symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 16)
+            .step_by(3)
+            .map(|s| s.address() + s.size() / 2)
+            .collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        addresses
+    }
+
+    /// What the index remembers changes how much is read, never what is found: addresses
+    /// resolved with an index that knows nothing, part of the units, or all of them after
+    /// several requests, get the same chains.
+    #[test]
+    fn the_index_of_units_read_before_gives_the_same_frames() {
+        let bytes = ObjectBytes::map(std::path::Path::new("/proc/self/exe")).unwrap();
+        let elf = Elf::parse(bytes.data()).unwrap();
+        let dwarf = load(&elf).expect("the test binary has DWARF");
+        let all = addresses_in_functions(&elf);
+        assert!(all.len() > 1000, "{} addresses", all.len());
+        let expected = resolve(&dwarf, &all, &mut ObjectIndex::default(), || {});
+        let named = expected.iter().filter(|c| !c.is_empty()).count();
+        assert!(named > all.len() * 9 / 10, "{named} of {}", all.len());
+        // One request in four addresses, then another, then everything, then again.
+        let mut index = ObjectIndex::default();
+        let quarter: Vec<u64> = all.iter().copied().step_by(4).collect();
+        let odd: Vec<u64> = all.iter().copied().skip(1).step_by(2).collect();
+        for asked in [&quarter, &odd, &all, &all] {
+            let chains = resolve(&dwarf, asked, &mut index, || {});
+            for (address, chain) in asked.iter().zip(chains) {
+                let at = all.binary_search(address).unwrap();
+                assert_eq!(chain, expected[at], "{address:#x}");
+            }
+        }
+    }
 
     #[test]
     fn joins_paths_like_the_compiler_wrote_them() {

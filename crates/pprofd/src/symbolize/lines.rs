@@ -26,6 +26,12 @@ pub(super) struct Row {
     pub line: u64,
     /// The first address after the sequence: this row covers no instruction.
     pub end_sequence: bool,
+    /// Where the row's sequence starts in the program (a place [`for_each_row`] can start
+    /// from: the line registers start over at each sequence).
+    pub sequence: usize,
+    /// Where the program goes on after this row: after an `end_sequence` row, the start of
+    /// the next sequence.
+    pub next: usize,
 }
 
 /// The line state machine's registers that [`Row`] needs, and what skips tombstones.
@@ -59,9 +65,11 @@ impl Registers {
     }
 }
 
-/// Calls `row` with each row of `header`'s program in order, until it breaks.
+/// Calls `row` with each row of `header`'s program in order, from the sequence that starts
+/// `from` bytes into the program (0: the first), until it breaks.
 pub(super) fn for_each_row(
     header: &gimli::LineProgramHeader<Reader<'_>>,
+    from: usize,
     mut row: impl FnMut(Row) -> ControlFlow<()>,
 ) -> gimli::Result<()> {
     let opcode_base = header.opcode_base();
@@ -79,7 +87,11 @@ pub(super) fn for_each_row(
         size => (1u64 << (u64::from(size) * 8)).wrapping_sub(2),
     };
     let opcode_lengths = *header.standard_opcode_lengths();
-    let mut input = header.raw_program_buf();
+    let program = header.raw_program_buf();
+    let mut input = program;
+    input.skip(from)?;
+    let offset = |input: &Reader<'_>| program.len() - input.len();
+    let mut sequence = from;
     let mut state = Registers::new();
     // DWARF 5 section 6.2.5.1, step 2: an operation advance moves the address by whole
     // instructions and op_index within one (VLIW; x86_64 and aarch64 have one op each).
@@ -173,6 +185,8 @@ pub(super) fn for_each_row(
                     file: state.file,
                     line: state.line,
                     end_sequence,
+                    sequence,
+                    next: offset(&input),
                 });
                 if flow.is_break() {
                     return Ok(());
@@ -180,6 +194,7 @@ pub(super) fn for_each_row(
             }
             if end_sequence {
                 state = Registers::new();
+                sequence = offset(&input);
             }
         }
     }
@@ -209,24 +224,29 @@ mod tests {
             let mut expected = Vec::new();
             let mut gimli_rows = program.clone().rows();
             while let Some((_, row)) = gimli_rows.next_row().unwrap() {
-                expected.push(Row {
-                    address: row.address(),
-                    file: row.file_index(),
-                    line: row.line().map_or(0, |l| l.get()),
-                    end_sequence: row.end_sequence(),
-                });
+                expected.push((
+                    row.address(),
+                    row.file_index(),
+                    row.line().map_or(0, |l| l.get()),
+                    row.end_sequence(),
+                ));
             }
             let mut ours = Vec::new();
-            for_each_row(program.header(), |row| {
+            for_each_row(program.header(), 0, |row| {
                 ours.push(row);
                 ControlFlow::Continue(())
             })
             .unwrap();
-            assert_eq!(ours, expected, "unit {:?}", unit.header.offset());
+            let plain = |rows: &[Row]| -> Vec<(u64, u64, u64, bool)> {
+                rows.iter()
+                    .map(|r| (r.address, r.file, r.line, r.end_sequence))
+                    .collect()
+            };
+            assert_eq!(plain(&ours), expected, "unit {:?}", unit.header.offset());
             // Stopped halfway, the rows so far are the same.
             let half = expected.len() / 2;
             let mut prefix = Vec::new();
-            for_each_row(program.header(), |row| {
+            for_each_row(program.header(), 0, |row| {
                 prefix.push(row);
                 if prefix.len() == half {
                     ControlFlow::Break(())
@@ -236,7 +256,29 @@ mod tests {
             })
             .unwrap();
             if half > 0 {
-                assert_eq!(prefix, expected[..half]);
+                assert_eq!(plain(&prefix), expected[..half]);
+            }
+            // Each row's sequence starts where the sequence before it ended, or after it
+            // (past a tombstoned sequence, whose rows are left out).
+            let mut start = 0;
+            for row in &ours {
+                assert!(row.sequence >= start, "unit {:?}", unit.header.offset());
+                start = row.sequence;
+                if row.end_sequence {
+                    start = row.next;
+                }
+            }
+            // Started at a sequence, the rows are those of the whole run from there on (a
+            // sample of sequences: checking each would be quadratic).
+            let ends = ours.iter().enumerate().filter(|(_, r)| r.end_sequence);
+            for (i, row) in ends.step_by(61) {
+                let mut rest = Vec::new();
+                for_each_row(program.header(), row.next, |row| {
+                    rest.push(row);
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+                assert_eq!(rest, ours[i + 1..], "unit {:?}", unit.header.offset());
             }
             units += 1;
             rows += ours.len();
