@@ -104,12 +104,13 @@ impl ProcessSymbols {
             addresses.len(),
             (crate::procfs::thread_cpu_time() - started).as_secs_f64() * 1e3
         ));
-        let (spans, bytes) = unit_index::held();
-        comments.push(format!(
-            "pprofd: symbolization keeps an index of the DWARF read so far: {spans} ranges, \
-             {} KiB",
-            bytes.div_ceil(1024)
-        ));
+        if let Some((spans, bytes)) = unit_index::held() {
+            comments.push(format!(
+                "pprofd: symbolization keeps an index of the DWARF read so far: {spans} \
+                 ranges, {} KiB",
+                bytes.div_ceil(1024)
+            ));
+        }
         ProcessSymbols {
             mappings,
             frames,

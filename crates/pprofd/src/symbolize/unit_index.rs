@@ -13,10 +13,10 @@
 //! The index holds offsets and address ranges only, no names or strings: [`Span`]s of 24
 //! bytes, per object by path and build ID, at most [`MAX_SPANS`] in all (the whole index
 //! starts over past it). Objects without a build ID are not indexed (a file replaced in
-//! place could not be told apart).
+//! place could not be told apart). The lock around it is only ever tried, never waited for.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 /// An address range and where the thing covering it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,28 +136,33 @@ const MAX_SPANS: usize = 1 << 16;
 /// The index of every object, by path and build ID.
 static INDEXES: Mutex<Vec<(String, String, ObjectIndex)>> = Mutex::new(Vec::new());
 
-fn indexes() -> MutexGuard<'static, Vec<(String, String, ObjectIndex)>> {
-    // A panic while reading leaves spans that may be partial: start over.
-    INDEXES.lock().unwrap_or_else(|poisoned| {
-        let mut guard = poisoned.into_inner();
-        guard.clear();
-        INDEXES.clear_poison();
-        guard
-    })
+/// The indexes, unless another request holds them. Never waited for: two requests at once
+/// do not queue behind each other, and a child forked while a request held the lock (the
+/// lock stays taken in the child, by a thread that does not exist there) never blocks on it.
+fn indexes() -> Option<MutexGuard<'static, Vec<(String, String, ObjectIndex)>>> {
+    match INDEXES.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::WouldBlock) => None,
+        // A panic while reading leaves spans that may be partial: start over.
+        Err(TryLockError::Poisoned(poisoned)) => {
+            let mut guard = poisoned.into_inner();
+            guard.clear();
+            INDEXES.clear_poison();
+            Some(guard)
+        }
+    }
 }
 
-/// Runs `read` with the index of the object at `path` with `build_id` (a fresh one, dropped
-/// after, when the object has no build ID). Requests that symbolize the same object at once
-/// take turns.
+/// Runs `read` with the index of the object at `path` with `build_id`; with a fresh one,
+/// dropped after, when the object has no build ID or another request holds the indexes.
 pub(super) fn with_object<R>(
     path: &str,
     build_id: &str,
     read: impl FnOnce(&mut ObjectIndex) -> R,
 ) -> R {
-    if build_id.is_empty() {
+    let Some(mut all) = indexes().filter(|_| !build_id.is_empty()) else {
         return read(&mut ObjectIndex::default());
-    }
-    let mut all = indexes();
+    };
     let at = match all.iter().position(|(p, b, _)| p == path && b == build_id) {
         Some(at) => at,
         None => {
@@ -176,11 +181,12 @@ fn held_spans(all: &[(String, String, ObjectIndex)]) -> usize {
     all.iter().map(|(_, _, index)| index.spans()).sum()
 }
 
-/// The spans held now and the memory they take, for the profile's comment.
-pub(super) fn held() -> (usize, usize) {
-    let all = indexes();
+/// The spans held now and the memory they take, for the profile's comment (`None` while
+/// another request holds them).
+pub(super) fn held() -> Option<(usize, usize)> {
+    let all = indexes()?;
     let bytes = all.iter().map(|(p, b, index)| p.len() + b.len() + index.bytes());
-    (held_spans(&all), bytes.sum())
+    Some((held_spans(&all), bytes.sum()))
 }
 
 #[cfg(test)]
