@@ -320,4 +320,3 @@ mod tests {
         assert!(!main.build_id.is_empty(), "rustc links with a GNU build ID");
     }
 }
-
