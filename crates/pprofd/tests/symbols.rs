@@ -1,6 +1,6 @@
 //! In-process symbolization as users meet it: whole, distinct trait-method names in
-//! `go tool pprof`, file:line from a separate debug file (`.gnu_debuglink`), and a profile of a
-//! fully stripped binary that says how to symbolize it later.
+//! `go tool pprof`, file:line from a separate debug file (`.gnu_debuglink`), and profiles (CPU
+//! and heap) of a fully stripped binary that say how to symbolize it later.
 
 mod support;
 
@@ -140,10 +140,36 @@ fn a_fully_stripped_binary_says_how_to_symbolize_it_later() {
     let profile = profile_of_copy(dir.path(), |copy| {
         run("strip", &["--strip-all", copy.to_str().unwrap()])
     });
-    let comments = comments(&profile);
+    assert_says_how_to_symbolize(&profile, "symbol_workload");
+    assert!(
+        lines_of(&profile, SQUARES).is_empty(),
+        "nothing could name it"
+    );
+}
+
+/// A heap profile says it too: its sites are addresses in the stripped binary as well.
+#[test]
+fn a_heap_profile_of_a_fully_stripped_binary_says_how_to_symbolize_it_later() {
+    let dir = ScratchDir::create();
+    let copy = dir.path().join("record_workload");
+    std::fs::copy(example_binary("record_workload"), &copy).unwrap();
+    run("strip", &["--strip-all", copy.to_str().unwrap()]);
+    let workload = Workload::start_binary(&copy, &[], &[("PPROF_ADDR", "127.0.0.1:0")]);
+    // Its leaker leaks 640 KiB a second: a few sampled blocks in 2 s at the default rate.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let profile = workload.profile("/debug/pprof/heap");
+    workload.finish();
+    assert!(!profile.sample.is_empty(), "the leak was sampled");
+    assert_says_how_to_symbolize(&profile, "record_workload");
+}
+
+/// A comment of `profile` names the stripped binary `name`, its build ID and both ways to
+/// symbolize it later.
+fn assert_says_how_to_symbolize(profile: &Profile, name: &str) {
+    let comments = comments(profile);
     let line = comments
         .lines()
-        .find(|l| l.contains("symbol_workload") && l.contains("not symbolized"))
+        .find(|l| l.contains(name) && l.contains("not symbolized"))
         .unwrap_or_else(|| panic!("a comment names the stripped binary:\n{comments}"));
     assert!(line.contains("build ID "), "{line}");
     assert!(
@@ -153,9 +179,5 @@ fn a_fully_stripped_binary_says_how_to_symbolize_it_later() {
     assert!(
         line.contains("pprofd symbolize PROFILE --debug-dir DIR"),
         "{line}"
-    );
-    assert!(
-        lines_of(&profile, SQUARES).is_empty(),
-        "nothing could name it"
     );
 }

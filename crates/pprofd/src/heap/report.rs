@@ -257,6 +257,9 @@ impl HeapSnapshot {
             for comment in self.comments() {
                 out.comment(&comment);
             }
+            for comment in records.symbols.comments() {
+                out.comment(comment);
+            }
             out.finish()
         })
     }
@@ -425,6 +428,10 @@ impl Resolver for AllocatorTrimmed {
         let frames = self.symbols.frames(address);
         let skip = self.skip_inline.get(&address).copied().unwrap_or(0);
         &frames[skip.min(frames.len())..]
+    }
+
+    fn comments(&self) -> &[String] {
+        self.symbols.comments()
     }
 }
 
