@@ -11,10 +11,13 @@
 //! 2 MiB page allowance: 5.6 / 6.3 MiB and 59.8 / 78.5 ms (address count not recorded then),
 //! goroutine?debug=0 27.6 / 44.3 ms.
 //!
-//! With the index of units read before (symbolize/unit_index.rs), `debug = "limited"`, load
-//! ~4: the first 10 s profile, with the index empty, 34.7 ms for 528 addresses; the 10 s
-//! profiles after it 14.7 ms for 510 (15.5 in another run), goroutine?debug=0 3.6-4.5 ms for
-//! 57; the index then held 13,460 ranges, 480 KiB.
+//! With the index of units read before (symbolize/unit_index.rs), load ~9 (another build and
+//! a benchmark running), `debug = "limited"` (34.9 MiB binary, 29.7 MiB of DWARF) /
+//! `debug = true` (80.2 MiB, 75.0 MiB of DWARF): the first 10 s profile, with the index
+//! empty, 33.7 / 50.5 ms for 526 / 508 addresses; the 10 s profiles after it 14.9 / 22.0 ms
+//! (median of 3; 14.7 and 15.5 ms in two other runs of the limited build), peak RSS +3.6 /
+//! +6.2 MiB; goroutine?debug=0 4.1 / 5.1 ms for 57 addresses; the index then held 13,664 /
+//! 13,447 ranges, 481 / 464 KiB.
 //!
 //! Per request kind it prints the peak RSS growth while the request runs (`clear_refs` +
 //! `VmHWM`), RSS after the answer against before, the router's CPU time for the request
