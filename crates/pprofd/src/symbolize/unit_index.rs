@@ -47,8 +47,10 @@ impl Spans {
         }
     }
 
+    /// Sorts by address; of spans that start together (bad or folded DWARF), the one read
+    /// last is found, as a walk from the start would keep the last.
     pub fn sort(&mut self) {
-        self.0.sort_unstable_by_key(|s| s.begin);
+        self.0.sort_unstable_by_key(|s| (s.begin, s.at));
     }
 
     fn len(&self) -> usize {
