@@ -13,6 +13,11 @@
 //!    `RECORDER_BENCH_MEMORY_SECONDS` (default 120; 3600 for the hour), and the
 //!    recorder's own account from the index page. Target: at most 16 MiB.
 //!
+//! Measured (2-core VM, 2026-12-07, the run niced beside builds): one sample 3.58 µs; idle
+//! at 100 Hz 22.4 ms per 28 s; busy at 19 Hz 0.099%; after an hour (3600 s) +11.2 MiB, the
+//! recorder's account 5.5 MiB, the difference +4.0, +5.2, +7.6, +8.7, +8.9, +9.5, +9.9, +10.1
+//! and +10.7 MiB at each tenth of the hour.
+//!
 //! Run: `cargo build --release -p pprofd --example record_workload && cargo bench -p pprofd --bench recorder_overhead`
 
 use std::io::{BufRead, BufReader, Read, Write};
