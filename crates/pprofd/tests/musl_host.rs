@@ -16,7 +16,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::{function_names, sample_index, share_of, Workload};
+use support::{function_names, get, label, sample_index, share_of, Workload};
 
 fn musl_service() -> Option<PathBuf> {
     match std::env::var_os("PPROFD_MUSL_SERVICE") {
@@ -68,7 +68,7 @@ fn a_static_musl_service_gets_whole_cpu_stacks_honest_dumps_and_its_heap_sites()
     let Some(path) = musl_service() else {
         return;
     };
-    let service = Workload::start_binary(
+    let mut service = Workload::start_binary(
         &path,
         &[],
         &[("PPROF_ADDR", "127.0.0.1:0"), ("PPROF_MEM_RATE", "4096")],
@@ -127,7 +127,15 @@ fn a_static_musl_service_gets_whole_cpu_stacks_honest_dumps_and_its_heap_sites()
         "the main thread's stack is whole or marked truncated, without made-up frames: {main}"
     );
 
-    let profile = service.profile("/debug/pprof/profile?seconds=4");
+    // A third worker starts a second into the profile (see tests/aarch64_qemu.rs).
+    let addr = service.addr();
+    let profile = std::thread::scope(|scope| {
+        let profiling = scope.spawn(move || get(addr, "/debug/pprof/profile?seconds=4").profile());
+        std::thread::sleep(Duration::from_secs(1));
+        service.send("spawn");
+        assert_eq!(service.line(), "spawned worker-3");
+        profiling.join().expect("the profile request")
+    });
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     assert!(
         samples > 100,
@@ -142,7 +150,7 @@ fn a_static_musl_service_gets_whole_cpu_stacks_honest_dumps_and_its_heap_sites()
         seventy * 100.0,
         thirty * 100.0
     );
-    let mut whole = 0;
+    let (mut whole, mut third, mut third_whole) = (0, 0, 0);
     for sample in &profile.sample {
         let names = function_names(&profile, sample);
         let root = names.last().map(String::as_str);
@@ -150,13 +158,22 @@ fn a_static_musl_service_gets_whole_cpu_stacks_honest_dumps_and_its_heap_sites()
             root == Some("[truncated]") || root.is_some_and(|r| ROOTS.contains(&r)),
             "every stack ends at a thread root or says it is truncated: {names:#?}"
         );
-        if is_whole_worker_stack(&names) {
+        let is_whole = is_whole_worker_stack(&names);
+        if is_whole {
             whole += sample.value[0];
+        }
+        if label(&profile, sample, "thread") == Some("worker-3") {
+            third += sample.value[0];
+            third_whole += sample.value[0] * i64::from(is_whole);
         }
     }
     assert!(
         whole as f64 > 0.95 * samples as f64,
         "only {whole} of {samples} CPU samples run whole from a worker to musl's `start`"
+    );
+    assert!(
+        third > 10 && third_whole as f64 > 0.95 * third as f64,
+        "{third_whole} of the {third} samples of worker-3, started during the profile, are whole"
     );
 
     // The workers' rounds allocate 32 KiB each (`vec![x; 4096]` in their closure): that is the
