@@ -3,7 +3,9 @@
 //! over `hot_seventy` (7 units of work) and `hot_thirty` (3 units), allocating a little on
 //! each round, so a correct CPU profile gives them 70% and 30% and the heap profile has
 //! samples. Each round runs in a `pprofd::Labels` scope, as a service labels its requests.
-//! Prints `listening <addr>` (or `listening none`) and stops when stdin closes.
+//! Prints `listening <addr>` (or `listening none`); each `spawn` line on stdin starts one more
+//! such worker (`worker-3`, ...; answered `spawned worker-3`), for threads created during a
+//! profile; stops when stdin closes.
 
 use std::hint::black_box;
 use std::io::BufRead;
@@ -57,16 +59,20 @@ fn main() {
         None => println!("listening none"),
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (1..=2)
-        .map(|i| {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || worker(&stop))
-                .expect("spawn a worker")
-        })
-        .collect();
-    for _ in std::io::stdin().lock().lines() {}
+    let spawn = |i: usize| {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || worker(&stop))
+            .expect("spawn a worker")
+    };
+    let mut workers: Vec<_> = (1..=2).map(spawn).collect();
+    for line in std::io::stdin().lock().lines() {
+        if line.expect("stdin").trim() == "spawn" {
+            workers.push(spawn(workers.len() + 1));
+            println!("spawned worker-{}", workers.len());
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.join().expect("a worker finished");

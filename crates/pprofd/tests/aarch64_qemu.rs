@@ -15,7 +15,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::{function_names, label, share_of, Workload};
+use support::{function_names, get, label, share_of, Workload};
 
 fn aarch64_service() -> Option<PathBuf> {
     match std::env::var_os("PPROFD_AARCH64_SERVICE") {
@@ -54,7 +54,7 @@ fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_pro
     let Some(path) = aarch64_service() else {
         return;
     };
-    let service = Workload::start_under(
+    let mut service = Workload::start_under(
         &["qemu-aarch64", "-L", "/"],
         &path,
         &[],
@@ -63,9 +63,7 @@ fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_pro
 
     // The dump first, once both workers run their loop: whole stacks, each worker's walked in a
     // signal handler (like a CPU sample) from its leaf through the service's frames to glibc's
-    // thread root. Waiting for the workers also keeps the CPU profile below to threads that
-    // exist when it starts: under qemu, threads created during a profile get leaf-only
-    // (`[truncated]`) CPU stacks, which native x86_64 runs of the same service do not show.
+    // thread root.
     let deadline = Instant::now() + Duration::from_secs(60);
     let dump = loop {
         let dump = service.text("/debug/pprof/goroutine?debug=2");
@@ -94,7 +92,19 @@ fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_pro
         );
     }
 
-    let profile = service.profile("/debug/pprof/profile?seconds=4");
+    // A third worker starts a second into the profile: its stack is a mapping the profile's
+    // first reading of the stack bounds lacks, and its samples must be whole too. (They were
+    // leaf-only while the collector published new bounds only after arming a new thread's
+    // timer, or never for a thread created while the session started: see `refresh_bounds`
+    // in src/cpu/session.rs. Reading /proc/self/maps takes tens of milliseconds under qemu.)
+    let addr = service.addr();
+    let profile = std::thread::scope(|scope| {
+        let profiling = scope.spawn(move || get(addr, "/debug/pprof/profile?seconds=4").profile());
+        std::thread::sleep(Duration::from_secs(1));
+        service.send("spawn");
+        assert_eq!(service.line(), "spawned worker-3");
+        profiling.join().expect("the profile request")
+    });
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     assert!(
         samples > 40,
@@ -127,6 +137,21 @@ fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_pro
     assert!(
         rooted as f64 > 0.95 * samples as f64,
         "only {rooted} of {samples} CPU samples reach the thread root; for example {unrooted:#?}"
+    );
+    let (third, third_whole) = profile
+        .sample
+        .iter()
+        .filter(|s| label(&profile, s, "thread") == Some("worker-3"))
+        .fold((0, 0), |(all, whole), s| {
+            let names = function_names(&profile, s);
+            (
+                all + s.value[0],
+                whole + s.value[0] * i64::from(is_whole(&names)),
+            )
+        });
+    assert!(
+        third > 10 && third_whole as f64 > 0.95 * third as f64,
+        "{third_whole} of the {third} samples of worker-3, started during the profile, reach its root"
     );
 
     // The workers' rounds run in a `Labels` scope: their samples carry it on aarch64 too.

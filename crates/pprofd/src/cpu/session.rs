@@ -330,6 +330,11 @@ struct Collector {
     alarm: Option<ProcessCpuAlarm>,
     /// When the last check was made, and the process's CPU time then.
     last_check: (Instant, Duration),
+    /// The stack bounds this collector last published (`None` before its first reading, so
+    /// that reading is published whatever `start_session` published), and when it last read
+    /// them.
+    bounds: Option<StackBounds>,
+    bounds_read: Instant,
 }
 
 impl Collector {
@@ -355,6 +360,8 @@ impl Collector {
             exited: Vec::new(),
             alarm: None,
             last_check: (Instant::now(), procfs::process_cpu_time()),
+            bounds: None,
+            bounds_read: Instant::now(),
         }
     }
 
@@ -368,8 +375,6 @@ impl Collector {
                 .collector_tid
                 .store(procfs::gettid(), Ordering::Release);
         }
-        let mut bounds = StackBounds::load();
-        let mut bounds_read = Instant::now();
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 // Deleting the timers stops new signals; a signal already pending finds
@@ -404,17 +409,12 @@ impl Collector {
                 }
                 self.profile_fed = profile;
             }
-            let new_threads = self.sync_timers();
             // Reading and parsing /proc/self/maps is most of an idle tick's cost: while only
             // the recorder runs, it is read when threads appeared (their stacks are new
-            // mappings) and otherwise once a second.
-            if profile || new_threads || bounds_read.elapsed() >= Duration::from_secs(1) {
-                bounds_read = Instant::now();
-                let fresh = StackBounds::load();
-                if fresh != bounds {
-                    bounds = fresh.clone();
-                    STACK_BOUNDS.replace(Some(Box::new(fresh)));
-                }
+            // mappings; `sync_timers` reads it then) and otherwise once a second.
+            let bounds_read = self.sync_timers();
+            if !bounds_read && (profile || self.bounds_read.elapsed() >= Duration::from_secs(1)) {
+                self.refresh_bounds();
             }
             // SAFETY: as above.
             if unsafe { SAMPLING.with_owner(|s| s.is_some_and(|s| s.tables.is_stale())) } {
@@ -598,11 +598,11 @@ impl Collector {
     /// created; a thread that blocks the signal later keeps its timer, and then holds at
     /// most one of its signals pending (the kernel queues a POSIX timer's signal once and
     /// counts further expirations as overruns).
-    /// Returns whether a thread got a new timer.
+    /// Returns whether it read the stack bounds, which it does before arming a new thread's
+    /// timer.
     fn sync_timers(&mut self) -> bool {
         const RECHECK: Duration = Duration::from_secs(1);
         let now = Instant::now();
-        let mut started = false;
         let tids = procfs::thread_ids();
         for tid in self.exited.drain(..) {
             self.thread_names.remove(&tid);
@@ -616,25 +616,48 @@ impl Collector {
             alive
         });
         self.no_timer.retain(|tid, _| tids.binary_search(tid).is_ok());
-        for tid in tids {
-            if self.timers.contains_key(&tid) || procfs::is_internal_thread(tid) {
-                continue;
-            }
-            if self.no_timer.get(&tid).is_some_and(|look_again| now < *look_again) {
-                continue;
-            }
+        let new: Vec<i32> = tids
+            .into_iter()
+            .filter(|tid| !self.timers.contains_key(tid) && !procfs::is_internal_thread(*tid))
+            .filter(|tid| self.no_timer.get(tid).is_none_or(|look_again| now >= *look_again))
+            .collect();
+        if new.is_empty() {
+            return false;
+        }
+        // A new thread's stack must be in the published bounds before its timer can fire: a
+        // sample whose stack pointer lies in no known mapping is leaf-only. Read after the
+        // thread list, the maps hold the stack of every thread in it (pthread_create maps a
+        // stack before the thread exists). Reading them after arming, as before, left a busy
+        // new thread's first samples leaf-only; under qemu-user, where a reading takes tens
+        // of milliseconds, several of them.
+        self.refresh_bounds();
+        for tid in new {
             if procinfo::signal_obstacle(tid, signal::timer_signal()).is_some() {
                 self.no_timer.insert(tid, now + RECHECK);
                 continue;
             }
             if let Ok(timer) = ThreadTimer::start(tid, self.armed_period_ns) {
-                started = true;
                 self.timers.insert(tid, timer);
                 self.no_timer.remove(&tid);
                 self.thread_names.insert(tid, procfs::thread_name(tid));
             }
         }
-        started
+        true
+    }
+
+    /// Reads the stack bounds and publishes them if they differ from what this collector last
+    /// published. Comparing with its own last publication, not with a reading of its own:
+    /// `start_session` publishes a reading taken before the unwind tables load and this
+    /// thread starts, and a thread created in between (tens of milliseconds under
+    /// qemu-user) was missing from the published bounds for the whole profile while every
+    /// later reading equalled the collector's first.
+    fn refresh_bounds(&mut self) {
+        self.bounds_read = Instant::now();
+        let fresh = StackBounds::load();
+        if self.bounds.as_ref() != Some(&fresh) {
+            self.bounds = Some(fresh.clone());
+            STACK_BOUNDS.replace(Some(Box::new(fresh)));
+        }
     }
 }
 

@@ -149,6 +149,21 @@ pub(crate) fn function_symbols<'d>(elf: &Elf<'d>, svmas: &[u64]) -> Vec<Option<&
     best.into_iter().map(|b| b.map(|(_, name)| name)).collect()
 }
 
+/// The stated address ranges of the function symbols named one of `names`, from `.symtab`
+/// (local functions such as musl's thread entry `start` are only there), else `.dynsym`.
+pub(crate) fn named_function_ranges(elf: &Elf<'_>, names: &[&str]) -> Vec<std::ops::Range<u64>> {
+    let symbols = if elf.symbol_table().is_some() {
+        elf.symbols()
+    } else {
+        elf.dynamic_symbols()
+    };
+    symbols
+        .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+        .filter(|s| s.name().is_ok_and(|name| names.contains(&name)))
+        .map(|s| s.address()..s.address().saturating_add(s.size()))
+        .collect()
+}
+
 /// Whether the file has a full symbol table (`.symtab`), not only the exported names of
 /// `.dynsym`.
 pub(crate) fn has_symbol_table(elf: &Elf<'_>) -> bool {

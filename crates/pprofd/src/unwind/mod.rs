@@ -3,9 +3,12 @@
 //! Outside the handler, [`UnwindTables::load`] copies every loaded object's `.eh_frame` into a
 //! framehop unwinder and preallocates its caches, and [`StackBounds::load`] records which
 //! memory is readable. Inside the handler, [`unwind_signal_context`] walks the interrupted
-//! stack with those: DWARF CFI where an object has it, frame pointers where it does not,
-//! every stack read checked against the readable range holding the stack pointer, and the
-//! addresses written into a caller-provided array.
+//! stack with those: DWARF CFI, frame pointers only for code outside every loaded object (JIT
+//! code), every stack read checked against the readable range holding the stack pointer, and
+//! the addresses written into a caller-provided array. A frame in a loaded object that no CFI
+//! describes (musl's C library, hand-written assembly) ends the walk: such code rarely keeps
+//! frame pointers, and following `rbp`/`x29` through it gave made-up frames. The stack is then
+//! marked truncated, unless that frame is a known thread root ([`roots`]).
 //!
 //! [`unwind_current_thread`] walks the calling thread's own stack the same way, for the heap
 //! sampler, which runs inside the global allocator where the same rules apply.
@@ -15,6 +18,7 @@
 
 pub(crate) mod published;
 pub(crate) mod ring;
+mod roots;
 mod stacks;
 
 pub(crate) use crate::arch::{current_regs, InterruptedRegs};
@@ -84,6 +88,11 @@ pub(crate) struct UnwindTables {
     /// The highest address any loaded object occupies: on aarch64, bits above it in a return
     /// address are a pointer-authentication signature.
     highest_code_address: u64,
+    /// The run-time address ranges the loaded objects' CFI describes, sorted and disjoint: a
+    /// frame elsewhere in an object cannot be unwound soundly.
+    described: Box<[std::ops::Range<u64>]>,
+    /// The functions of [`roots::UNDESCRIBED_ROOTS`], sorted: a stack that reaches one is whole.
+    roots: Box<[std::ops::Range<u64>]>,
 }
 
 // SAFETY: the unwinder is only read; each cache is used by the one thread that set its `busy`
@@ -98,11 +107,23 @@ impl UnwindTables {
         let generation = objects::load_generation();
         let mut unwinder = UnwinderNative::new();
         let mut object_ranges = Vec::new();
+        let mut described = Vec::new();
+        let mut roots = Vec::new();
         for object in objects::loaded_objects(true) {
             object_ranges.push(object.avma_range.clone());
+            if !roots::UNDESCRIBED_ROOTS.is_empty() {
+                roots.extend(crate::symbolize::named_functions(
+                    &object,
+                    roots::UNDESCRIBED_ROOTS,
+                ));
+            }
             let Some(sections) = object.unwind_sections else {
                 continue;
             };
+            described.extend(
+                described_ranges(&sections, object.text_svma.as_ref())
+                    .map(|r| r.start + object.bias..r.end + object.bias),
+            );
             let info = ExplicitModuleSectionInfo {
                 base_svma: 0,
                 text_svma: object.text_svma,
@@ -127,12 +148,15 @@ impl UnwindTables {
             .collect();
         object_ranges.sort_unstable_by_key(|range| range.start);
         let highest_code_address = object_ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        roots.sort_unstable_by_key(|range| range.start);
         UnwindTables {
             unwinder,
             caches,
             generation,
             object_ranges: object_ranges.into_boxed_slice(),
             highest_code_address,
+            described: merged(described).into_boxed_slice(),
+            roots: roots.into_boxed_slice(),
         }
     }
 
@@ -143,9 +167,73 @@ impl UnwindTables {
 
     /// Whether `address` lies in a loaded object. A binary search: no allocation, no lock.
     fn in_loaded_object(&self, address: u64) -> bool {
-        let after = self.object_ranges.partition_point(|range| range.start <= address);
-        after > 0 && self.object_ranges[after - 1].contains(&address)
+        in_sorted(&self.object_ranges, address)
     }
+
+    /// Whether the CFI describes the code at `address`. A binary search: no allocation, no lock.
+    fn is_described(&self, address: u64) -> bool {
+        in_sorted(&self.described, address)
+    }
+
+    /// Whether `address` lies in a thread root the CFI does not describe.
+    fn is_undescribed_root(&self, address: u64) -> bool {
+        in_sorted(&self.roots, address)
+    }
+}
+
+/// Whether one of `ranges` (sorted by start; the one starting last at or before `address` is
+/// the only candidate, so they must not overlap) holds `address`.
+fn in_sorted(ranges: &[std::ops::Range<u64>], address: u64) -> bool {
+    let after = ranges.partition_point(|range| range.start <= address);
+    after > 0 && ranges[after - 1].contains(&address)
+}
+
+/// `ranges` sorted, with overlapping and touching ones joined.
+fn merged(mut ranges: Vec<std::ops::Range<u64>>) -> Vec<std::ops::Range<u64>> {
+    ranges.sort_unstable_by_key(|range| range.start);
+    let mut out: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match out.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => out.push(range),
+        }
+    }
+    out
+}
+
+/// The stated address ranges of the FDEs that `.eh_frame_hdr`'s table lists: what framehop
+/// finds CFI for. An FDE that does not parse describes nothing.
+fn described_ranges<'s>(
+    sections: &'s objects::UnwindSections,
+    text_svma: Option<&std::ops::Range<u64>>,
+) -> impl Iterator<Item = std::ops::Range<u64>> + 's {
+    use gimli::UnwindSection;
+    let mut bases = gimli::BaseAddresses::default()
+        .set_eh_frame_hdr(sections.eh_frame_hdr_svma.start)
+        .set_eh_frame(sections.eh_frame_svma.start);
+    if let Some(text) = text_svma {
+        bases = bases.set_text(text.start);
+    }
+    let eh_frame = gimli::EhFrame::new(&sections.eh_frame, gimli::NativeEndian);
+    let hdr = gimli::EhFrameHdr::new(&sections.eh_frame_hdr, gimli::NativeEndian)
+        .parse(&bases, 8)
+        .ok();
+    let mut pointers = Vec::new();
+    if let Some(table) = hdr.as_ref().and_then(|hdr| hdr.table()) {
+        let mut entries = table.iter(&bases);
+        while let Ok(Some((_, pointer))) = entries.next() {
+            if let Ok(offset) = table.pointer_to_offset(pointer) {
+                pointers.push(offset);
+            }
+        }
+    }
+    pointers.into_iter().filter_map(move |offset| {
+        let fde = eh_frame
+            .fde_from_offset(&bases, offset, gimli::EhFrame::cie_from_offset)
+            .ok()?;
+        let start = fde.initial_address();
+        Some(start..start.saturating_add(fde.len()))
+    })
 }
 
 /// How a stack walk ended.
@@ -284,6 +372,12 @@ fn walk(
                 }
                 out[depth] = address;
                 depth += 1;
+                // Code in an object that its CFI leaves out: following frame pointers through
+                // it is unsound (musl builds its C library without them), so the walk ends at
+                // this frame, which is real (the leaf, or a return address the CFI found).
+                if tables.in_loaded_object(address) && !tables.is_described(address) {
+                    break !tables.is_undescribed_root(address);
+                }
             }
             Ok(None) => break false,
             Err(_) => break true,
