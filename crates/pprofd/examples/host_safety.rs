@@ -187,10 +187,7 @@ fn fork_many(n: usize) -> String {
 /// In the child: create threads and allocate (the paths that deadlocked), then check that no
 /// profile was inherited. Exit status 0 when all is well.
 fn child_work() -> ! {
-    let threads: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(|| std::hint::black_box(vec![7u8; 1 << 16]).len()))
-        .collect();
-    let spawned = threads.into_iter().all(|t| t.join().is_ok());
+    let spawned = (0..2).all(|_| raw_thread_allocates());
     let labelled = pprofd::Labels::new([("in", "child")]).scope(|| 1);
     let sampling_off = pprofd::heap::sample_rate() == 0;
     let cpu_free = pprofd::cpu::CpuProfile::start(100)
@@ -207,6 +204,31 @@ fn child_work() -> ! {
     };
     // SAFETY: _exit ends the child without running the parent's atexit handlers.
     unsafe { libc::_exit(status) }
+}
+
+/// Creates a thread with `pthread_create` itself (through pprofd's hook of it, the path that
+/// deadlocked) that allocates 64 KiB, and joins it. Not `std::thread::spawn`: since Rust 1.9x a
+/// new std thread takes std's own thread-info lock (`stack_overflow::thread_info`), which one
+/// of the parent's churning threads may hold at the fork, and that hang is std's, not
+/// pprofd's (seen: 1 child in ~1,000, waiting in `set_current_info`).
+fn raw_thread_allocates() -> bool {
+    extern "C" fn allocate(_: *mut libc::c_void) -> *mut libc::c_void {
+        std::hint::black_box(vec![7u8; 1 << 16]);
+        std::ptr::null_mut()
+    }
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: `allocate` has the signature pthread_create expects and ignores its argument;
+    // default attributes; the thread is joined below.
+    let created = unsafe {
+        libc::pthread_create(
+            &mut thread,
+            std::ptr::null(),
+            allocate,
+            std::ptr::null_mut(),
+        )
+    };
+    // SAFETY: `thread` was created above and is joined once.
+    created == 0 && unsafe { libc::pthread_join(thread, std::ptr::null_mut()) } == 0
 }
 
 fn wait_with_deadline(pid: libc::pid_t, deadline: Duration) -> Option<i32> {
