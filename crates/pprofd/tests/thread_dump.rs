@@ -237,8 +237,11 @@ fn blocked_system_calls_keep_working_through_a_hundred_dumps() {
     ] {
         assert_eq!(results[errors], 0, "{output}");
     }
+    // Each kept going: a call wedged by a dump would stop its count near 0. Not more than
+    // 100: on 2 busy cores (this binary's other tests run beside it) a 5 ms sleep takes ~25 ms
+    // to come back, so the sleeper managed 171-176 rounds in runs where the others did 400+.
     for progress in ["pipe_reads", "socket_reads", "sleeps", "condvar_changes"] {
-        assert!(results[progress] > 200, "{progress}: {output}");
+        assert!(results[progress] > 100, "{progress}: {output}");
     }
 }
 
