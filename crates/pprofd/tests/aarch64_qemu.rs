@@ -12,25 +12,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::{function_names, get, label, share_of, Workload};
-
-fn aarch64_service() -> Option<PathBuf> {
-    match std::env::var_os("PPROFD_AARCH64_SERVICE") {
-        Some(path) => Some(PathBuf::from(path)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("PPROFD_AARCH64_SERVICE is not set: .ci/run builds the aarch64 service")
-        }
-        None => {
-            eprintln!(
-                "skipped: set PPROFD_AARCH64_SERVICE to an aarch64 build of .ci/platform-service"
-            );
-            None
-        }
-    }
-}
+use support::{
+    assert_seventy_thirty, binary_from_ci, function_names, label, profile_while_spawning_a_worker,
+    share_of, Workload,
+};
 
 /// The record of thread `name` in a `debug=2` dump.
 fn thread_record<'a>(dump: &'a str, name: &str) -> Option<&'a str> {
@@ -51,7 +38,11 @@ fn is_whole(functions: &[String]) -> bool {
 
 #[test]
 fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_profile() {
-    let Some(path) = aarch64_service() else {
+    let Some(path) = binary_from_ci(
+        "PPROFD_AARCH64_SERVICE",
+        "the aarch64 service",
+        "an aarch64 build of .ci/platform-service",
+    ) else {
         return;
     };
     let mut service = Workload::start_under(
@@ -97,29 +88,13 @@ fn an_aarch64_service_gets_a_dump_its_cpu_split_with_whole_stacks_and_a_heap_pro
     // leaf-only while the collector published new bounds only after arming a new thread's
     // timer, or never for a thread created while the session started: see `refresh_bounds`
     // in src/cpu/session.rs. Reading /proc/self/maps takes tens of milliseconds under qemu.)
-    let addr = service.addr();
-    let profile = std::thread::scope(|scope| {
-        let profiling = scope.spawn(move || get(addr, "/debug/pprof/profile?seconds=4").profile());
-        std::thread::sleep(Duration::from_secs(1));
-        service.send("spawn");
-        assert_eq!(service.line(), "spawned worker-3");
-        profiling.join().expect("the profile request")
-    });
+    let profile = profile_while_spawning_a_worker(&mut service);
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     assert!(
         samples > 40,
         "two busy threads for 4 s at 100 Hz give up to 800 samples (fewer on a loaded machine), got {samples}"
     );
-    // 70/30 between the two functions; qemu's translation and this shared machine add noise.
-    let seventy = share_of(&profile, "hot_seventy");
-    let thirty = share_of(&profile, "hot_thirty");
-    let split = seventy / (seventy + thirty);
-    assert!(
-        seventy + thirty > 0.9 && (0.6..0.8).contains(&split),
-        "hot_seventy {:.1}%, hot_thirty {:.1}% of samples",
-        seventy * 100.0,
-        thirty * 100.0
-    );
+    assert_seventy_thirty(&profile, "hot_seventy", "hot_thirty");
     let mut unrooted = Vec::new();
     let rooted: i64 = profile
         .sample

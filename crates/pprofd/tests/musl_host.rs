@@ -13,25 +13,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::{function_names, get, label, sample_index, share_of, Workload};
-
-fn musl_service() -> Option<PathBuf> {
-    match std::env::var_os("PPROFD_MUSL_SERVICE") {
-        Some(path) => Some(PathBuf::from(path)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("PPROFD_MUSL_SERVICE is not set: .ci/run builds the musl service")
-        }
-        None => {
-            eprintln!(
-                "skipped: set PPROFD_MUSL_SERVICE to a static x86_64 musl build of .ci/platform-service"
-            );
-            None
-        }
-    }
-}
+use support::{
+    assert_seventy_thirty, binary_from_ci, function_names, label, profile_while_spawning_a_worker,
+    sample_index, Workload,
+};
 
 /// What a `debug=2` dump says after a stack the unwinder did not finish.
 const ELIDED: &str = "...additional frames elided";
@@ -65,7 +52,11 @@ fn is_whole_worker_stack(functions: &[String]) -> bool {
 
 #[test]
 fn a_static_musl_service_gets_whole_cpu_stacks_honest_dumps_and_its_heap_sites() {
-    let Some(path) = musl_service() else {
+    let Some(path) = binary_from_ci(
+        "PPROFD_MUSL_SERVICE",
+        "the musl service",
+        "a static x86_64 musl build of .ci/platform-service",
+    ) else {
         return;
     };
     let mut service = Workload::start_binary(
@@ -128,27 +119,16 @@ fn a_static_musl_service_gets_whole_cpu_stacks_honest_dumps_and_its_heap_sites()
     );
 
     // A third worker starts a second into the profile (see tests/aarch64_qemu.rs).
-    let addr = service.addr();
-    let profile = std::thread::scope(|scope| {
-        let profiling = scope.spawn(move || get(addr, "/debug/pprof/profile?seconds=4").profile());
-        std::thread::sleep(Duration::from_secs(1));
-        service.send("spawn");
-        assert_eq!(service.line(), "spawned worker-3");
-        profiling.join().expect("the profile request")
-    });
+    let profile = profile_while_spawning_a_worker(&mut service);
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     assert!(
         samples > 100,
         "two busy threads for 4 s at 100 Hz give up to 800 samples (fewer on a loaded machine), got {samples}"
     );
-    let seventy = share_of(&profile, "platform_service::hot_seventy");
-    let thirty = share_of(&profile, "platform_service::hot_thirty");
-    let split = seventy / (seventy + thirty);
-    assert!(
-        seventy + thirty > 0.9 && (0.6..0.8).contains(&split),
-        "hot_seventy {:.1}%, hot_thirty {:.1}% of samples",
-        seventy * 100.0,
-        thirty * 100.0
+    assert_seventy_thirty(
+        &profile,
+        "platform_service::hot_seventy",
+        "platform_service::hot_thirty",
     );
     let (mut whole, mut third, mut third_whole) = (0, 0, 0);
     for sample in &profile.sample {

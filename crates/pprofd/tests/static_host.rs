@@ -7,26 +7,17 @@
 
 mod support;
 
-use std::path::PathBuf;
-
-use support::Workload;
-
-fn static_host() -> Option<PathBuf> {
-    match std::env::var_os("PPROFD_STATIC_HOST") {
-        Some(path) => Some(PathBuf::from(path)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("PPROFD_STATIC_HOST is not set: .ci/run builds the static host")
-        }
-        None => {
-            eprintln!("skipped: set PPROFD_STATIC_HOST to a statically linked host_safety");
-            None
-        }
-    }
-}
+use support::{binary_from_ci, Workload};
 
 #[test]
 fn a_static_host_creates_threads_and_records_their_creators() {
-    let Some(path) = static_host() else { return };
+    let Some(path) = binary_from_ci(
+        "PPROFD_STATIC_HOST",
+        "the static host",
+        "a statically linked host_safety",
+    ) else {
+        return;
+    };
     let mut unserved = Workload::start_binary(&path, &[], &[]);
     unserved.send("small-stack");
     assert_eq!(

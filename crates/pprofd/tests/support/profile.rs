@@ -34,6 +34,21 @@ pub fn share_of(profile: &Profile, function_suffix: &str) -> f64 {
     matching as f64 / total as f64
 }
 
+/// Asserts that functions `seventy` and `thirty` (name suffixes) hold more than 90% of the
+/// samples between them, split 70/30 within 10 points (`.ci/platform-service`'s workers;
+/// qemu's translation and a shared machine add noise).
+pub fn assert_seventy_thirty(profile: &Profile, seventy: &str, thirty: &str) {
+    let seventy = share_of(profile, seventy);
+    let thirty = share_of(profile, thirty);
+    let split = seventy / (seventy + thirty);
+    assert!(
+        seventy + thirty > 0.9 && (0.6..0.8).contains(&split),
+        "hot_seventy {:.1}%, hot_thirty {:.1}% of samples",
+        seventy * 100.0,
+        thirty * 100.0
+    );
+}
+
 /// The index of the sample type called `name`; fails the test when there is none.
 pub fn sample_index(profile: &Profile, name: &str) -> usize {
     profile

@@ -26,6 +26,37 @@ pub fn example_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The binary `.ci/run` builds for a test and names in `variable` (`built`: what it is, for
+/// the failure; `wanted`: what to set it to, for the note): `None`, and the test is skipped,
+/// when the variable is unset outside CI; under `CI=true` that is a failure.
+pub fn binary_from_ci(variable: &str, built: &str, wanted: &str) -> Option<PathBuf> {
+    match std::env::var_os(variable) {
+        Some(path) => Some(PathBuf::from(path)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{variable} is not set: .ci/run builds {built}")
+        }
+        None => {
+            eprintln!("skipped: set {variable} to {wanted}");
+            None
+        }
+    }
+}
+
+/// A 4 s CPU profile of `.ci/platform-service` during which, a second in, the service starts
+/// a third worker (`spawn`): a thread whose stack the profile's first reading of the stack
+/// bounds lacks.
+pub fn profile_while_spawning_a_worker(service: &mut Workload) -> Profile {
+    let addr = service.addr();
+    std::thread::scope(|scope| {
+        let profiling =
+            scope.spawn(move || http::get(addr, "/debug/pprof/profile?seconds=4").profile());
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        service.send("spawn");
+        assert_eq!(service.line(), "spawned worker-3");
+        profiling.join().expect("the profile request")
+    })
+}
+
 /// An example workload running as a child process. A workload prints `listening <addr>`
 /// (`listening none` without a pprof server) as its first line, reads commands from stdin
 /// and exits when stdin closes. Dropping a `Workload` kills the process.
