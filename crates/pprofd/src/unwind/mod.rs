@@ -16,6 +16,7 @@
 //! Invariants (docs/invariants.md 1 and 4): no allocation, no lock, no libgcc unwinder, no read
 //! outside known-readable memory; a stack that does not reach its root is reported truncated.
 
+mod described;
 pub(crate) mod published;
 pub(crate) mod ring;
 mod roots;
@@ -33,6 +34,7 @@ use framehop::{
 };
 
 use crate::objects;
+use described::DescribedRanges;
 
 /// Unwinder caches kept per table set: one per thread unwinding at the same moment. A handler
 /// that finds all taken records its sample as truncated rather than wait.
@@ -109,7 +111,8 @@ impl UnwindTables {
         let mut object_ranges = Vec::new();
         let mut described = Vec::new();
         let mut roots = Vec::new();
-        for object in objects::loaded_objects(true) {
+        let mut described_ranges = DescribedRanges::start();
+        for mut object in objects::loaded_objects(true) {
             object_ranges.push(object.avma_range.clone());
             if !roots::UNDESCRIBED_ROOTS.is_empty() {
                 roots.extend(crate::symbolize::named_functions(
@@ -117,11 +120,13 @@ impl UnwindTables {
                     roots::UNDESCRIBED_ROOTS,
                 ));
             }
-            let Some(sections) = object.unwind_sections else {
+            let Some(sections) = object.unwind_sections.take() else {
                 continue;
             };
             described.extend(
-                described_ranges(&sections, object.text_svma.as_ref())
+                described_ranges
+                    .of(&object, &sections)
+                    .iter()
                     .map(|r| r.start + object.bias..r.end + object.bias),
             );
             let info = ExplicitModuleSectionInfo {
@@ -140,6 +145,7 @@ impl UnwindTables {
                 info,
             ));
         }
+        described_ranges.keep();
         let caches = (0..CACHE_SLOTS)
             .map(|_| CacheSlot {
                 busy: AtomicBool::new(false),
@@ -199,41 +205,6 @@ fn merged(mut ranges: Vec<std::ops::Range<u64>>) -> Vec<std::ops::Range<u64>> {
         }
     }
     out
-}
-
-/// The stated address ranges of the FDEs that `.eh_frame_hdr`'s table lists: what framehop
-/// finds CFI for. An FDE that does not parse describes nothing.
-fn described_ranges<'s>(
-    sections: &'s objects::UnwindSections,
-    text_svma: Option<&std::ops::Range<u64>>,
-) -> impl Iterator<Item = std::ops::Range<u64>> + 's {
-    use gimli::UnwindSection;
-    let mut bases = gimli::BaseAddresses::default()
-        .set_eh_frame_hdr(sections.eh_frame_hdr_svma.start)
-        .set_eh_frame(sections.eh_frame_svma.start);
-    if let Some(text) = text_svma {
-        bases = bases.set_text(text.start);
-    }
-    let eh_frame = gimli::EhFrame::new(&sections.eh_frame, gimli::NativeEndian);
-    let hdr = gimli::EhFrameHdr::new(&sections.eh_frame_hdr, gimli::NativeEndian)
-        .parse(&bases, 8)
-        .ok();
-    let mut pointers = Vec::new();
-    if let Some(table) = hdr.as_ref().and_then(|hdr| hdr.table()) {
-        let mut entries = table.iter(&bases);
-        while let Ok(Some((_, pointer))) = entries.next() {
-            if let Ok(offset) = table.pointer_to_offset(pointer) {
-                pointers.push(offset);
-            }
-        }
-    }
-    pointers.into_iter().filter_map(move |offset| {
-        let fde = eh_frame
-            .fde_from_offset(&bases, offset, gimli::EhFrame::cie_from_offset)
-            .ok()?;
-        let start = fde.initial_address();
-        Some(start..start.saturating_add(fde.len()))
-    })
 }
 
 /// How a stack walk ended.
