@@ -17,7 +17,10 @@
 //! empty, 33.7 / 50.5 ms for 526 / 508 addresses; the 10 s profiles after it 14.9 / 22.0 ms
 //! (median of 3; 14.7 and 15.5 ms in two other runs of the limited build), peak RSS +3.6 /
 //! +6.2 MiB; goroutine?debug=0 4.1 / 5.1 ms for 57 addresses; the index then held 13,664 /
-//! 13,447 ranges, 481 / 464 KiB.
+//! 13,447 ranges, 481 / 464 KiB. On a quiet machine (load 0.3), whose load clients drew more
+//! distinct addresses: first 10 s profile 32.7 / 66.0 ms for 735 / 713 addresses, the ones
+//! after it 19.1 / 23.3 ms for 704 / 718, goroutine?debug=0 3.8 / 4.7 ms, peak RSS +4.2 /
+//! +3.8 MiB, index 15,063 / 14,324 ranges, 508 / 479 KiB.
 //!
 //! Per request kind it prints the peak RSS growth while the request runs (`clear_refs` +
 //! `VmHWM`), RSS after the answer against before, the router's CPU time for the request
