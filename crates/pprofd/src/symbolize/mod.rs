@@ -279,9 +279,9 @@ pub(crate) fn release_freed_memory() {
     }
 }
 
-/// The run-time address ranges of the functions named one of `names` in `object`, read from
-/// its symbol table (the executable through `/proc/self/exe`). Empty when the object cannot
-/// be read or names none of them. Allocates and reads files: never call from a handler.
+/// The stated (file) address ranges of the functions named one of `names` in `object`, read
+/// from its symbol table (the executable through `/proc/self/exe`). Empty when the object
+/// cannot be read or names none of them. Allocates and reads files: never call from a handler.
 pub(crate) fn named_functions(object: &objects::LoadedObject, names: &[&str]) -> Vec<std::ops::Range<u64>> {
     let exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.to_string_lossy().into_owned())
@@ -299,9 +299,6 @@ pub(crate) fn named_functions(object: &objects::LoadedObject, names: &[&str]) ->
         .unwrap_or_default();
     bytes.release_pages();
     ranges
-        .into_iter()
-        .map(|r| r.start + object.bias..r.end + object.bias)
-        .collect()
 }
 
 /// The function names at `addresses`, for the symbolz protocol (`/debug/pprof/symbol`).

@@ -1,12 +1,14 @@
-//! The code each loaded object's CFI describes, remembered from one reading of the unwind
-//! tables to the next.
+//! What each loaded object's code tells the unwinder (the ranges its CFI describes, and the
+//! thread roots of [`roots`](super::roots) it holds), remembered from one reading of the
+//! unwind tables to the next.
 //!
-//! Finding it parses every FDE that `.eh_frame_hdr` lists. On the demo router that was about
-//! half the time of [`UnwindTables::load`](super::UnwindTables::load), which every goroutine
-//! dump, CPU profile and heap-table refresh runs, and a tenth of a whole goroutine dump. An
-//! object's FDEs do not change while it stays loaded, so each reading keeps the ranges of the
+//! Finding the described ranges parses every FDE that `.eh_frame_hdr` lists. On the demo
+//! router that was about half the time of [`UnwindTables::load`](super::UnwindTables::load),
+//! which every goroutine dump, CPU profile and heap-table refresh runs, and a tenth of a whole
+//! goroutine dump; finding the roots (musl only) maps the object and reads its symbol table.
+//! Neither changes while the object stays loaded, so each reading keeps what it found for the
 //! objects it saw (by path, build ID and `.eh_frame` address) for the next one, and forgets
-//! those of unloaded objects. They are small: a range per run of adjacent FDEs.
+//! unloaded objects. It is small: a range per run of adjacent FDEs, and a few roots.
 
 use std::mem;
 use std::ops::Range;
@@ -14,26 +16,54 @@ use std::sync::{Arc, Mutex, TryLockError};
 
 use crate::objects::{LoadedObject, UnwindSections};
 
-/// One object's described ranges, in stated (file) addresses, sorted and merged.
-struct Described {
+/// What one object's code tells the unwinder, in stated (file) addresses.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct ObjectCode {
+    /// The ranges its CFI describes, sorted and merged.
+    pub described: Vec<Range<u64>>,
+    /// The functions of [`UNDESCRIBED_ROOTS`](super::roots::UNDESCRIBED_ROOTS) it holds.
+    pub roots: Vec<Range<u64>>,
+}
+
+impl ObjectCode {
+    /// Reads it: the FDEs, and the symbol table where the C library leaves roots undescribed.
+    fn read(object: &LoadedObject) -> Self {
+        let names = super::roots::UNDESCRIBED_ROOTS;
+        ObjectCode {
+            described: object
+                .unwind_sections
+                .as_ref()
+                .map(|sections| described_ranges(sections, object.text_svma.as_ref()))
+                .unwrap_or_default(),
+            roots: if names.is_empty() {
+                Vec::new()
+            } else {
+                crate::symbolize::named_functions(object, names)
+            },
+        }
+    }
+}
+
+/// One object's code, and what tells the object apart.
+struct Kept {
     path: String,
     build_id: String,
-    eh_frame_svma: Range<u64>,
-    ranges: Arc<[Range<u64>]>,
+    eh_frame_svma: Option<Range<u64>>,
+    code: Arc<ObjectCode>,
 }
 
 /// What the last reading saw. Only ever tried, and held just to take or put the list: a
 /// reading never waits for another, and a child forked while one held it (the lock stays
 /// taken there) reads its objects without it.
-static KEPT: Mutex<Vec<Described>> = Mutex::new(Vec::new());
+static KEPT: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
 
-/// The described ranges of one reading of the loaded objects.
-pub(super) struct DescribedRanges {
-    previous: Vec<Described>,
-    current: Vec<Described>,
+/// What one reading of the loaded objects found of their code.
+pub(super) struct DescribedCode {
+    previous: Vec<Kept>,
+    current: Vec<Kept>,
 }
 
-impl DescribedRanges {
+impl DescribedCode {
     /// Starts a reading with what the last one kept (nothing if another holds it now).
     pub fn start() -> Self {
         let previous = match KEPT.try_lock() {
@@ -44,39 +74,38 @@ impl DescribedRanges {
         Self::after(previous)
     }
 
-    fn after(previous: Vec<Described>) -> Self {
-        DescribedRanges {
+    fn after(previous: Vec<Kept>) -> Self {
+        DescribedCode {
             previous,
             current: Vec::new(),
         }
     }
 
-    /// The stated address ranges that `object`'s CFI describes, sorted and merged; kept from
-    /// the last reading when it saw the same object.
-    pub fn of(&mut self, object: &LoadedObject, sections: &UnwindSections) -> Arc<[Range<u64>]> {
+    /// What `object`'s code tells the unwinder (read before its unwind sections are taken);
+    /// kept from the last reading when it saw the same object.
+    pub fn of(&mut self, object: &LoadedObject) -> Arc<ObjectCode> {
         if object.build_id.is_empty() {
             // Nothing tells a rebuilt file at the same path and addresses apart: not kept.
-            return read(sections, object.text_svma.as_ref()).into();
+            return Arc::new(ObjectCode::read(object));
         }
-        let same = |d: &Described| {
-            d.path == object.path
-                && d.build_id == object.build_id
-                && d.eh_frame_svma == sections.eh_frame_svma
+        let eh_frame_svma = object.unwind_sections.as_ref().map(|s| s.eh_frame_svma.clone());
+        let same = |k: &Kept| {
+            k.path == object.path && k.build_id == object.build_id && k.eh_frame_svma == eh_frame_svma
         };
-        let ranges = match self.previous.iter().position(same) {
-            Some(at) => self.previous.swap_remove(at).ranges,
-            None => read(sections, object.text_svma.as_ref()).into(),
+        let code = match self.previous.iter().position(same) {
+            Some(at) => self.previous.swap_remove(at).code,
+            None => Arc::new(ObjectCode::read(object)),
         };
-        self.current.push(Described {
+        self.current.push(Kept {
             path: object.path.clone(),
             build_id: object.build_id.clone(),
-            eh_frame_svma: sections.eh_frame_svma.clone(),
-            ranges: Arc::clone(&ranges),
+            eh_frame_svma,
+            code: Arc::clone(&code),
         });
-        ranges
+        code
     }
 
-    /// Keeps this reading's ranges for the next one (unless another reading holds them now).
+    /// Keeps what this reading found for the next one (unless another reading holds it now).
     pub fn keep(self) {
         match KEPT.try_lock() {
             Ok(mut kept) => *kept = self.current,
@@ -91,7 +120,7 @@ impl DescribedRanges {
 
 /// The stated address ranges of the FDEs that `.eh_frame_hdr`'s table lists (what framehop
 /// finds CFI for), sorted and merged. An FDE that does not parse describes nothing.
-fn read(sections: &UnwindSections, text_svma: Option<&Range<u64>>) -> Vec<Range<u64>> {
+fn described_ranges(sections: &UnwindSections, text_svma: Option<&Range<u64>>) -> Vec<Range<u64>> {
     use gimli::UnwindSection;
     let mut bases = gimli::BaseAddresses::default()
         .set_eh_frame_hdr(sections.eh_frame_hdr_svma.start)
@@ -126,32 +155,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reading_keeps_the_ranges_of_the_objects_it_saw_for_the_next() {
+    fn a_reading_keeps_what_it_found_of_the_objects_it_saw_for_the_next() {
         let objects = crate::objects::loaded_objects(true);
-        let with_cfi: Vec<_> = objects
-            .iter()
-            .filter(|o| !o.build_id.is_empty())
-            .filter_map(|o| Some((o, o.unwind_sections.as_ref()?)))
-            .collect();
-        assert!(with_cfi.len() >= 2, "the test binary and libc have CFI and build IDs");
+        let with_build_id: Vec<_> = objects.iter().filter(|o| !o.build_id.is_empty()).collect();
+        assert!(
+            with_build_id.len() >= 2,
+            "the test binary and libc have build IDs"
+        );
 
-        let mut first = DescribedRanges::after(Vec::new());
-        let firsts: Vec<_> = with_cfi.iter().map(|(o, s)| first.of(o, s)).collect();
+        let mut first = DescribedCode::after(Vec::new());
+        let firsts: Vec<_> = with_build_id.iter().map(|o| first.of(o)).collect();
         // The second reading sees all but the first object, as if it had been unloaded.
-        let mut second = DescribedRanges::after(first.current);
-        for ((object, sections), kept) in with_cfi.iter().zip(&firsts).skip(1) {
-            let ranges = second.of(object, sections);
-            assert!(Arc::ptr_eq(&ranges, kept), "{} read again", object.path);
-            assert_eq!(
-                *ranges,
-                *read(sections, object.text_svma.as_ref()),
-                "{}",
-                object.path
-            );
-            assert!(ranges.windows(2).all(|w| w[0].end < w[1].start));
+        let mut second = DescribedCode::after(first.current);
+        for (object, kept) in with_build_id.iter().zip(&firsts).skip(1) {
+            let code = second.of(object);
+            assert!(Arc::ptr_eq(&code, kept), "{} read again", object.path);
+            assert_eq!(*code, ObjectCode::read(object), "{}", object.path);
+            assert!(code.described.windows(2).all(|w| w[0].end < w[1].start));
         }
-        let paths: Vec<&str> = second.current.iter().map(|d| d.path.as_str()).collect();
-        assert!(!paths.contains(&with_cfi[0].0.path.as_str()), "{paths:?}");
-        assert_eq!(paths.len(), with_cfi.len() - 1);
+        assert!(
+            firsts.iter().any(|code| !code.described.is_empty()),
+            "the test binary's CFI describes its code"
+        );
+        let paths: Vec<&str> = second.current.iter().map(|k| k.path.as_str()).collect();
+        assert!(!paths.contains(&with_build_id[0].path.as_str()), "{paths:?}");
+        assert_eq!(paths.len(), with_build_id.len() - 1);
     }
 }

@@ -34,7 +34,7 @@ use framehop::{
 };
 
 use crate::objects;
-use described::DescribedRanges;
+use described::DescribedCode;
 
 /// Unwinder caches kept per table set: one per thread unwinding at the same moment. A handler
 /// that finds all taken records its sample as truncated rather than wait.
@@ -111,24 +111,17 @@ impl UnwindTables {
         let mut object_ranges = Vec::new();
         let mut described = Vec::new();
         let mut roots = Vec::new();
-        let mut described_ranges = DescribedRanges::start();
+        let mut described_code = DescribedCode::start();
         for mut object in objects::loaded_objects(true) {
             object_ranges.push(object.avma_range.clone());
-            if !roots::UNDESCRIBED_ROOTS.is_empty() {
-                roots.extend(crate::symbolize::named_functions(
-                    &object,
-                    roots::UNDESCRIBED_ROOTS,
-                ));
-            }
+            let code = described_code.of(&object);
+            let bias = object.bias;
+            let at_run_time = |r: &std::ops::Range<u64>| r.start + bias..r.end + bias;
+            described.extend(code.described.iter().map(at_run_time));
+            roots.extend(code.roots.iter().map(at_run_time));
             let Some(sections) = object.unwind_sections.take() else {
                 continue;
             };
-            described.extend(
-                described_ranges
-                    .of(&object, &sections)
-                    .iter()
-                    .map(|r| r.start + object.bias..r.end + object.bias),
-            );
             let info = ExplicitModuleSectionInfo {
                 base_svma: 0,
                 text_svma: object.text_svma,
@@ -145,7 +138,7 @@ impl UnwindTables {
                 info,
             ));
         }
-        described_ranges.keep();
+        described_code.keep();
         let caches = (0..CACHE_SLOTS)
             .map(|_| CacheSlot {
                 busy: AtomicBool::new(false),
