@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     assert_seventy_thirty, binary_from_ci, function_names, label, profile_while_spawning_a_worker,
-    share_of, Workload,
+    reaches_root_through, share_of, Workload,
 };
 
 /// The record of thread `name` in a `debug=2` dump.
@@ -28,12 +28,7 @@ fn thread_record<'a>(dump: &'a str, name: &str) -> Option<&'a str> {
 /// Whether a stack (leaf first) runs through the workers' code to a thread root.
 fn is_whole(functions: &[String]) -> bool {
     let roots = ["thread_start", "clone3", "clone", "start_thread", "_start"];
-    functions
-        .last()
-        .is_some_and(|root| roots.contains(&root.as_str()))
-        && functions
-            .iter()
-            .any(|f| f.ends_with("platform_service::worker"))
+    reaches_root_through(functions, "platform_service::worker", &roots)
 }
 
 #[test]

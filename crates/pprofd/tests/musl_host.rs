@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     assert_seventy_thirty, binary_from_ci, function_names, label, profile_while_spawning_a_worker,
-    sample_index, Workload,
+    reaches_root_through, sample_index, Workload,
 };
 
 /// What a `debug=2` dump says after a stack the unwinder did not finish.
@@ -44,10 +44,7 @@ const ROOTS: [&str; 2] = ["start", "libc_start_main_stage2"];
 
 /// Whether a CPU stack (leaf first) runs through a worker's code to the thread's root.
 fn is_whole_worker_stack(functions: &[String]) -> bool {
-    functions.last().is_some_and(|root| root == "start")
-        && functions
-            .iter()
-            .any(|f| f.ends_with("platform_service::worker"))
+    reaches_root_through(functions, "platform_service::worker", &["start"])
 }
 
 #[test]

@@ -17,6 +17,8 @@ pub use go::{go, go_tool_pprof, go_tool_pprof_bytes, ScratchDir};
 #[allow(unused_imports)]
 pub use http::{get, request, request_with_headers, Response};
 #[allow(unused_imports)]
-pub use profile::{assert_seventy_thirty, function_names, label, sample_index, share_of};
+pub use profile::{
+    assert_seventy_thirty, function_names, label, reaches_root_through, sample_index, share_of,
+};
 #[allow(unused_imports)]
 pub use workload::{binary_from_ci, example_binary, profile_while_spawning_a_worker, Workload};

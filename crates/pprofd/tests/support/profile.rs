@@ -34,6 +34,15 @@ pub fn share_of(profile: &Profile, function_suffix: &str) -> f64 {
     matching as f64 / total as f64
 }
 
+/// Whether a stack (`functions`, leaf first) runs through a function whose name ends with
+/// `through` and ends in one of `roots`: a whole stack of that code.
+pub fn reaches_root_through(functions: &[String], through: &str, roots: &[&str]) -> bool {
+    functions
+        .last()
+        .is_some_and(|root| roots.contains(&root.as_str()))
+        && functions.iter().any(|f| f.ends_with(through))
+}
+
 /// Asserts that functions `seventy` and `thirty` (name suffixes) hold more than 90% of the
 /// samples between them, split 70/30 (the workers of `cpu_workload` and
 /// `.ci/platform-service`).
