@@ -1,12 +1,17 @@
 //! A workload for the symbolization tests: two threads, each hot in a different type's
 //! `Iterator::next`, so a profile has two trait methods of the same name that must stay
 //! whole and distinct (`<symbol_workload::Squares as core::iter::traits::iterator::Iterator>::next`
-//! and the `Collatz` one). Prints `listening <addr>` once serving, and stops when stdin closes.
+//! and `<symbol_workload::Collatz<u64> as ...>::next`, whose generic argument must stay in the
+//! name). Prints `listening <addr>` once serving, and stops when stdin closes.
 
 use std::hint::black_box;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+// The allocator wrapper, as a service has it, so that every profile on the index answers.
+#[global_allocator]
+static ALLOC: pprofd::Allocator<std::alloc::System> = pprofd::Allocator::system();
 
 /// Squares of a counter, summed by its consumer.
 struct Squares {
@@ -23,12 +28,13 @@ impl Iterator for Squares {
     }
 }
 
-/// Collatz steps of a wandering value.
-struct Collatz {
-    x: u64,
+/// Collatz steps of a wandering value; generic so that its `next` has a generic argument
+/// in its name.
+struct Collatz<T> {
+    x: T,
 }
 
-impl Iterator for Collatz {
+impl Iterator for Collatz<u64> {
     type Item = u64;
 
     #[inline(never)]

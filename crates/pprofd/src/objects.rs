@@ -35,6 +35,8 @@ pub(crate) struct ExecutableSegment {
     pub avma: Range<u64>,
     /// The segment's `p_offset`: where `avma.start` lies in the file.
     pub file_offset: u64,
+    /// The segment's `p_align`: run-time and file addresses agree modulo it.
+    pub align: u64,
 }
 
 /// Copies of an object's DWARF call-frame sections, with their stated addresses.
@@ -127,6 +129,7 @@ unsafe fn read_object(
         .map(|h| ExecutableSegment {
             avma: bias + h.p_vaddr..bias + h.p_vaddr + h.p_memsz,
             file_offset: h.p_offset,
+            align: h.p_align,
         })
         .collect();
     let path = if name.is_empty() {

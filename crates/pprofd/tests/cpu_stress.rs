@@ -1,16 +1,16 @@
-//! 60 back-to-back one-second profiles at 1000 Hz while the workload allocates, spawns and
+//! 30 back-to-back one-second profiles at 1000 Hz while the workload allocates, spawns and
 //! joins threads, formats backtraces and dlopens/dlcloses libraries: no crash, no hang, every
 //! profile decodes, and the CPU sampling handler never allocates.
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::{function_names, get, Workload};
 
-/// Profiles in a row: enough to cross thread churn and dlopen/dlclose many times, few enough
-/// to keep CI's run short.
-const ROUNDS: usize = 60;
+/// Profiles in a row: enough to cross thread churn and dlopen/dlclose many times (the churn
+/// threads cycle several times a second), few enough to keep CI's run short.
+const ROUNDS: usize = 30;
 
 #[test]
 fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler() {
@@ -30,12 +30,9 @@ fn back_to_back_profiles_under_churn_never_crash_hang_or_allocate_in_the_handler
                 .any(|f| f.contains("churn"))
         });
     }
-    assert!(
-        // A hang guard, not a speed target: each round takes a second and its symbolization.
-        started.elapsed() < Duration::from_secs(4 * ROUNDS as u64),
-        "profiles took {:?}",
-        started.elapsed()
-    );
+    // No wall-clock limit here (its verdict would follow the machine's load): a hang is
+    // caught by the test runner's timeout (.config/nextest.toml).
+    eprintln!("{ROUNDS} profiles took {:?}", started.elapsed());
     assert!(
         total_samples > 50 * ROUNDS as i64,
         "{total_samples} samples in {ROUNDS} profiles at 1000 Hz"

@@ -128,50 +128,19 @@ fn go_tool_pprof_symbolizes_a_stripped_build_from_the_unstripped_binary() {
     }
 }
 
-/// Where Debian's `golang-github-google-pprof-dev` puts upstream pprof's source.
-const UPSTREAM_PPROF_SOURCE: &str = "/usr/share/gocode/src/github.com/google/pprof";
-
-/// Upstream pprof (github.com/google/pprof) built from Debian's source package into `dir`, or
-/// `None` with a note when the package is not installed. Go 1.19's `go tool pprof` cannot do
-/// this check: its object tool reports no build IDs, so it rejects every file in
-/// `PPROF_BINARY_PATH` for a mapping that has one ("build-id mismatch (ID != )").
-fn upstream_pprof(go: &Path, dir: &Path) -> Option<std::path::PathBuf> {
-    if !Path::new(UPSTREAM_PPROF_SOURCE).join("pprof.go").is_file() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "upstream pprof's source is required under CI=true (apt-get install golang-github-google-pprof-dev)"
-        );
-        eprintln!(
-            "SKIPPED the PPROF_BINARY_PATH check: upstream pprof's source is missing (apt-get install golang-github-google-pprof-dev)"
-        );
-        return None;
-    }
-    let binary = dir.join("pprof");
-    let output = Command::new(go)
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg(".")
-        .current_dir(UPSTREAM_PPROF_SOURCE)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", std::env::temp_dir().join("pprofd-test-gocache"))
-        .output()
-        .expect("go runs");
-    assert!(
-        output.status.success(),
-        "building upstream pprof failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(binary)
-}
-
 #[test]
 fn pprof_finds_the_unstripped_binary_by_build_id_in_pprof_binary_path() {
-    let Some(go) = support::go() else { return };
-    let build = StrippedBuild::new();
-    let Some(pprof) = upstream_pprof(&go, build.dir.path()) else {
+    // `go tool pprof` cannot do this (Go 1.26 as 1.19): its object reader reports no build
+    // IDs, so it rejects every file in PPROF_BINARY_PATH for a mapping that has one
+    // ("build-id mismatch (ID != )"). Upstream pprof reads them.
+    let Some(pprof) = support::binary_from_ci(
+        "PPROFD_UPSTREAM_PPROF",
+        "upstream pprof from the Go module proxy",
+        "a pprof built by `go install github.com/google/pprof@VERSION`",
+    ) else {
         return;
     };
+    let build = StrippedBuild::new();
     let bytes = build.profile();
     let file = build.dir.write("cpu.pb.gz", &bytes);
     // DIR/<build ID>/<any name>: the layout pprof searches first.

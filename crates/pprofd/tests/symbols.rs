@@ -11,7 +11,8 @@ use pprofd::profile::proto::Profile;
 use support::{example_binary, go, go_tool_pprof_bytes, ScratchDir, Workload};
 
 const SQUARES: &str = "<symbol_workload::Squares as core::iter::traits::iterator::Iterator>::next";
-const COLLATZ: &str = "<symbol_workload::Collatz as core::iter::traits::iterator::Iterator>::next";
+const COLLATZ: &str =
+    "<symbol_workload::Collatz<u64> as core::iter::traits::iterator::Iterator>::next";
 const PROFILE: &str = "/debug/pprof/profile?seconds=2";
 
 /// The profile's functions as `(name, system_name, file)`, and the lines of each location's

@@ -7,14 +7,16 @@
 //! `/lib/x86_64-linux-gnu/libc.so.6` while the kernel names the file
 //! `/usr/lib/x86_64-linux-gnu/libc.so.6`.
 //!
-//! Each mapping spans its segment exactly as the file states it (`p_vaddr..p_vaddr + p_memsz`
-//! moved by the object's bias, `file_offset` = `p_offset`) rather than the page-rounded range
-//! `/proc/self/maps` shows. Both describe the same addresses for tools that read program
-//! headers (pprof's binutils, which finds the segment from `file_offset`), but Go's
-//! `go tool pprof BINARY PROFILE` relocates addresses by `memory_start` minus the file's first
-//! executable `p_vaddr`, which is right only when `memory_start` is that segment's start: with
-//! page-rounded starts every address was off by the segment's offset within its page, and
-//! offline symbolization named the wrong functions.
+//! Each mapping ends where its segment ends and starts where the segment's `p_vaddr`, rounded
+//! down to its `p_align`, lies at run time, with the file offset of that start (`p_offset`
+//! less the same amount; the two agree modulo `p_align`). `start - file_offset` is the same as
+//! for the segment's exact start, which is what pprof's binutils and `pprofd symbolize` use.
+//! Go's `go tool pprof BINARY PROFILE` relocates addresses by `memory_start` minus the file's
+//! first executable `p_vaddr` rounded down to its `p_align` (Go 1.26's `cmd/internal/objfile`;
+//! Go 1.19 did not round), so only this start makes its offline symbolization name the right
+//! functions: with the segment's exact start every address was off by the segment's offset
+//! within its alignment. With a 4 KiB `p_align` (lld's and GNU ld's on x86_64) the start is the
+//! page-rounded start `/proc/self/maps` shows.
 
 use std::ops::Range;
 
@@ -48,10 +50,12 @@ fn mappings_of(objects: &[objects::LoadedObject], maps: &[MapsLine]) -> Vec<Mapp
                 .iter()
                 .find(|line| line.range.contains(&segment.avma.start))
                 .map_or(object.path.as_str(), |line| line.path.as_str());
+            // `p_offset` and `p_vaddr` agree modulo `p_align`, so the lead is the same in both.
+            let lead = segment.file_offset % segment.align.max(1);
             mappings.push(MappingInfo {
-                start: segment.avma.start,
+                start: segment.avma.start - lead,
                 limit: segment.avma.end,
-                file_offset: segment.file_offset,
+                file_offset: segment.file_offset - lead,
                 path: path.to_string(),
                 build_id: object.build_id.clone(),
             });
@@ -124,19 +128,20 @@ mod tests {
             "libc has a GNU build ID: {libc:?}"
         );
         for m in &mappings {
-            // Each mapping lies inside an executable line of /proc/self/maps naming the same
+            // Each mapping ends inside an executable line of /proc/self/maps naming the same
             // file, so its path is the kernel's even where the loader's differs.
             let line = maps
                 .lines()
                 .filter_map(parse_maps_line)
-                .find(|l| l.range.contains(&m.start))
+                .find(|l| l.range.contains(&(m.limit - 1)))
                 .unwrap_or_else(|| panic!("{m:?} is in no /proc/self/maps line"));
             assert!(line.executable && line.path == m.path, "{m:?} vs {line:?}");
             assert!(m.limit <= line.range.end, "{m:?} vs {line:?}");
-            // The file offset of `start` follows from the maps line's page-aligned one.
+            // The file offset of `start` follows from the maps line's page-aligned one (the
+            // start may lie before the line's where `p_align` is larger than a page).
             assert_eq!(
-                m.start - line.range.start,
-                m.file_offset - line.offset,
+                m.start.wrapping_sub(line.range.start),
+                m.file_offset.wrapping_sub(line.offset),
                 "{m:?}"
             );
         }

@@ -261,8 +261,8 @@ fn unsymbolized_comment(
          has no symbol table and no debug file was found. To symbolize them later, put the \
          unstripped file in DIR as DIR/{id_dir}/{base} and run \
          `pprofd symbolize PROFILE --debug-dir DIR -o OUT`, or upstream pprof's \
-         `PPROF_BINARY_PATH=DIR pprof PROFILE` (Go 1.19's `go tool pprof` matches no build \
-         IDs; for the executable, `go tool pprof UNSTRIPPED PROFILE` works)",
+         `PPROF_BINARY_PATH=DIR pprof PROFILE` (`go tool pprof`, Go 1.26 included, matches no \
+         build IDs; for the executable, `go tool pprof UNSTRIPPED PROFILE` works)",
         object.path,
     )
 }

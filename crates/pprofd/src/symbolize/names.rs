@@ -1,7 +1,8 @@
 //! Function names as pprof needs them: the demangled name in `Function.name`, the linkage
 //! symbol in `Function.system_name`.
 //!
-//! `go tool pprof` (google/pprof `symbolizer.demangleSingleFunction`, vendored in Go 1.19)
+//! `go tool pprof` (google/pprof `symbolizer.demangleSingleFunction`, vendored in Go 1.26 as in
+//! 1.19)
 //! treats a function whose `system_name` equals its `name` as not demangled yet and, when the
 //! text looks like demangled C++ (it holds `::`, `<` or `[`), cuts everything inside `<...>`
 //! and `(...)`: `<demo::Scan as Iterator>::next` would show as `::next` and merge with every

@@ -33,8 +33,7 @@ pub fn go_tool_pprof(go: &Path, args: &[&str]) -> String {
         .args(args)
         .env("HOME", home.path())
         .env("PPROF_TMPDIR", home.path())
-        // Outside HOME, so that a Go that builds `pprof` on first use builds it once.
-        .env("GOCACHE", std::env::temp_dir().join("pprofd-test-gocache"))
+        .env("GOCACHE", gocache())
         .output()
         .expect("go runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -44,6 +43,42 @@ pub fn go_tool_pprof(go: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// The path of `go tool pprof`'s own binary, built first if this Go builds its tools on first
+/// use. Tests that keep pprof running (its web UI) run it directly: `go tool pprof` runs it as
+/// a child process that outlives a kill of `go`.
+pub fn pprof_binary(go: &Path) -> PathBuf {
+    let path = || {
+        let output = Command::new(go)
+            .args(["tool", "-n", "pprof"])
+            .env("GOCACHE", gocache())
+            .output()
+            .expect("go runs");
+        assert!(output.status.success(), "go tool -n pprof: {output:?}");
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    };
+    let binary = path();
+    if binary.is_file() {
+        return binary;
+    }
+    // `-help` builds it and exits (with status 2: the outcome is the file).
+    let _ = Command::new(go)
+        .args(["tool", "pprof", "-help"])
+        .env("GOCACHE", gocache())
+        .output();
+    let binary = path();
+    assert!(
+        binary.is_file(),
+        "go tool pprof is not at {}",
+        binary.display()
+    );
+    binary
+}
+
+/// Outside HOME, so that a Go that builds `pprof` on first use builds it once.
+fn gocache() -> PathBuf {
+    std::env::temp_dir().join("pprofd-test-gocache")
 }
 
 /// [`go_tool_pprof`] on a profile in memory: writes `profile` to a scratch file and runs

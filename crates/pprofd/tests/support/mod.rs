@@ -13,7 +13,7 @@ mod profile;
 mod workload;
 
 #[allow(unused_imports)]
-pub use go::{go, go_tool_pprof, go_tool_pprof_bytes, ScratchDir};
+pub use go::{go, go_tool_pprof, go_tool_pprof_bytes, pprof_binary, ScratchDir};
 #[allow(unused_imports)]
 pub use http::{get, request, request_with_headers, Response};
 #[allow(unused_imports)]
