@@ -74,9 +74,11 @@ fn clean_router_answers_quickly_and_frees_subscriptions() {
         let response: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(response["data"]["products"].as_array().unwrap().len(), 20);
     }
+    // About a millisecond on a quiet machine; the bound only catches a hotspot left switched
+    // on, with room for a loaded machine's scheduling.
     let mean = started.elapsed() / 50;
     assert!(
-        mean < Duration::from_millis(50),
+        mean < Duration::from_millis(250),
         "a query took {mean:?} on average"
     );
     for _ in 0..20 {

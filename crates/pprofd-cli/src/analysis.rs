@@ -16,10 +16,10 @@ pub struct SourceLine<'a> {
 }
 
 impl SourceLine<'_> {
-    /// `file:line`, or what of it is known.
+    /// `file:line`, or what of it is known (empty when no file is).
     pub fn position(&self) -> String {
         match (self.file.is_empty(), self.line) {
-            (true, _) => "?".into(),
+            (true, _) => String::new(),
             (false, 0) => self.file.to_string(),
             (false, line) => format!("{}:{line}", self.file),
         }

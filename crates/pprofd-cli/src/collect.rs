@@ -411,8 +411,9 @@ pub fn collect_heap_series(
     write_archive(base, output, started, "heap series", &outcomes)
 }
 
-/// Fails when the service cannot be reached or refuses the token (every endpoint would fail
-/// the same way); other errors are left to the endpoints that have them.
+/// Fails when the service cannot be reached, refuses the token, or does not serve
+/// `/debug/pprof/` at all (every endpoint would fail the same way, and nine 404s say less
+/// than one line); other errors are left to the endpoints that have them.
 fn probe(base: &str, token: Option<&Token>) -> Result<(), String> {
     match fetch::get(
         &format!("{base}/debug/pprof/cmdline"),
@@ -422,6 +423,13 @@ fn probe(base: &str, token: Option<&Token>) -> Result<(), String> {
         Err(e) if matches!(e.status, None | Some(401)) => {
             Err(format!("{base}: nothing collected: {}", e.message))
         }
+        // Every pprof server, Go's and pprofd's, answers cmdline.
+        Err(e) if e.status == Some(404) => Err(format!(
+            "{base}: nothing collected: this address does not serve /debug/pprof/ ({}). \
+             Check that it is the service's PPROF_ADDR (pprofd's own port), not its application \
+             port, and that the service calls pprofd::init_from_env()",
+            e.message
+        )),
         _ => Ok(()),
     }
 }
@@ -849,5 +857,7 @@ mod tests {
         assert_eq!(base_url("127.0.0.1:6060").unwrap(), "http://127.0.0.1:6060");
         assert_eq!(base_url("http://h:1/debug/pprof/").unwrap(), "http://h:1");
         assert!(base_url("https://h:1").is_err());
+        let ftp = base_url("ftp://h:1").unwrap_err();
+        assert!(ftp.contains("ftp://"), "{ftp}");
     }
 }

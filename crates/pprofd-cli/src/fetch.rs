@@ -83,7 +83,9 @@ pub struct Fetched {
     pub server: Option<String>,
 }
 
-/// Adds `http://` when `target` has no scheme and refuses HTTPS, which this client does not speak.
+/// Adds `http://` when `target` has no scheme; refuses HTTPS, which this client does not speak,
+/// and every other scheme by its name (`ftp://h:1` would otherwise become `http://ftp://h:1`
+/// and fail in DNS).
 pub fn normalize_url(target: &str) -> Result<String, String> {
     if target.starts_with("https://") {
         return Err(format!(
@@ -91,10 +93,14 @@ pub fn normalize_url(target: &str) -> Result<String, String> {
         ));
     }
     if target.starts_with("http://") {
-        Ok(target.to_string())
-    } else {
-        Ok(format!("http://{target}"))
+        return Ok(target.to_string());
     }
+    if let Some((scheme, _)) = target.split_once("://") {
+        return Err(format!(
+            "{target}: {scheme}:// is not a scheme pprof endpoints are served over; give http://HOST:PORT or HOST:PORT"
+        ));
+    }
+    Ok(format!("http://{target}"))
 }
 
 /// GETs `url`, allowing `timeout` for the whole exchange, with `Authorization: Bearer TOKEN`

@@ -132,3 +132,29 @@ fn a_profile_that_would_exhaust_memory_is_one_line_and_exit_1() {
         "bytes of memory once decoded",
     );
 }
+
+/// An application port (every path a 404) is named once as not serving `/debug/pprof/`,
+/// instead of one empty `HTTP 404` per endpoint; a scheme other than http is refused by name.
+#[test]
+fn an_address_that_does_not_serve_pprof_is_named_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    assert_one_line_error(
+        &["collect", &base, "--seconds", "1"],
+        "does not serve /debug/pprof/",
+    );
+    assert_one_line_error(
+        &["collect", "ftp://127.0.0.1:1", "--seconds", "1"],
+        "ftp:// is not a scheme",
+    );
+}

@@ -5,8 +5,8 @@
 //! - `leak`: on each `leak N` line on stdin, leaks N bytes at `leak_site` and prints `leaked`;
 //!   on `rate N`, sets the sampling rate and prints `rate <rate in effect>`.
 //! - `stress`: eight threads allocate, reallocate and free (sizes 0 to 16 MiB, alignments up
-//!   to 4096, a third of the blocks freed by another thread) for the given seconds, free
-//!   everything and print `done live_sampled_blocks <n>`.
+//!   to 4096, a third of the blocks freed by another thread) until a `stop` line on stdin,
+//!   free everything and print `done live_sampled_blocks <n>`.
 //!
 //! Prints `listening <addr>` once serving; exits when stdin closes.
 
@@ -16,8 +16,8 @@ mod support;
 use std::alloc::{Layout, System};
 use std::hint::black_box;
 use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use support::{Counting, Rng};
 
@@ -47,8 +47,16 @@ fn main() {
             }
         }
         Some("stress") => {
-            let seconds: u64 = args.get(2).map_or(5, |s| s.parse().expect("seconds"));
-            stress(Duration::from_secs(seconds));
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| stress(&stop));
+                for line in lines.by_ref() {
+                    if line.expect("stdin") == "stop" {
+                        break;
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
             println!(
                 "done live_sampled_blocks {}",
                 pprofd::heap::live_sampled_blocks()
@@ -75,15 +83,14 @@ impl Drop for Block {
     }
 }
 
-fn stress(duration: Duration) {
+fn stress(stop: &AtomicBool) {
     const THREADS: usize = 8;
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..THREADS).map(|_| mpsc::channel::<Block>()).unzip();
-    let deadline = Instant::now() + duration;
     std::thread::scope(|s| {
         for (i, inbox) in receivers.into_iter().enumerate() {
             let neighbour = senders[(i + 1) % THREADS].clone();
-            s.spawn(move || stress_thread(i as u64, deadline, inbox, neighbour));
+            s.spawn(move || stress_thread(i as u64, stop, inbox, neighbour));
         }
         drop(senders);
     });
@@ -92,14 +99,14 @@ fn stress(duration: Duration) {
 #[inline(never)]
 fn stress_thread(
     seed: u64,
-    deadline: Instant,
+    stop: &AtomicBool,
     inbox: mpsc::Receiver<Block>,
     neighbour: mpsc::Sender<Block>,
 ) {
     let mut rng = Rng(0x1234_5678 + seed);
     let mut held: Vec<Block> = Vec::new();
     let mut round = 0u64;
-    while Instant::now() < deadline {
+    while !stop.load(Ordering::Relaxed) {
         round += 1;
         // Freed here but allocated by the previous thread.
         while let Ok(block) = inbox.try_recv() {

@@ -12,6 +12,8 @@
 //!   process SIGPROF; `sigprof-count` answers how often the host's own handler ran.
 //! - `timer-signal default|handler`: resets pprofd's CPU timer signal to `SIG_DFL`, or
 //!   installs the host's own handler for it (counted with SIGPROF's in `sigprof-count`);
+//!   `timer-signal-holder` answers `holder host` while the host's handler is the one
+//!   installed for that signal, `holder other` once another (pprofd's) is in front of it;
 //!   `raise-timer-signal N` sends the process that signal N times, 2 ms apart, from this
 //!   thread with the signal blocked here, so that other threads (pprofd's too) take them.
 //! - `small-stack`, `altstack`, `switched`: runs busy, allocating code for 1.5 s on a thread
@@ -54,6 +56,11 @@ fn main() {
             ["timer-signal", how] => {
                 set_disposition(pprofd::cpu::timer_signal(), how);
                 format!("timer-signal {how}")
+            }
+            ["timer-signal-holder"] => {
+                let host = installed_handler(pprofd::cpu::timer_signal())
+                    == host_sigprof as *const () as libc::sighandler_t;
+                format!("holder {}", if host { "host" } else { "other" })
             }
             ["raise-sigprof"] => {
                 // SAFETY: signalling this process with a signal whose disposition the host set.
@@ -123,6 +130,16 @@ fn raise_timer_signal(n: usize) {
     }
     // SAFETY: as above.
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// The handler installed for `signo` (or `SIG_DFL`, `SIG_IGN`).
+fn installed_handler(signo: libc::c_int) -> libc::sighandler_t {
+    // SAFETY: reads the disposition into a zeroed sigaction; changes nothing.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(signo, std::ptr::null(), &mut current), 0);
+        current.sa_sigaction
+    }
 }
 
 fn set_disposition(signo: libc::c_int, how: &str) {

@@ -1,7 +1,8 @@
 //! The flight recorder's truth workload (`tests/recorder.rs`): a service whose past is known.
 //!
-//! - On `phases`: one thread runs `phase_alpha` for 6 s, then `phase_beta` for 6 s, then
-//!   prints `phases done <alpha cpu ns> <beta cpu ns>` (each phase's thread CPU time).
+//! - On `phases`: one thread runs `phase_alpha` for 6 s, prints `phase_beta`, runs
+//!   `phase_beta` for 6 s, then prints `phases done <alpha cpu ns> <beta cpu ns>` (each
+//!   phase's thread CPU time).
 //! - All the while, a thread leaks [`LEAK_BYTES`] at `leak_site` every [`LEAK_EVERY`] on a
 //!   fixed schedule (a late wake-up catches up), so the leak is a function of the time since
 //!   start: the truth is its rate. On `leaked`, prints `leaked <count>`.
@@ -143,6 +144,8 @@ fn main() {
         match line.expect("stdin").as_str() {
             "phases" => {
                 let alpha = burn(PHASE, phase_alpha);
+                // The test times its look at the recent past from here, not from `phases`.
+                println!("phase_beta");
                 let beta = burn(PHASE, phase_beta);
                 println!("phases done {alpha} {beta}");
             }

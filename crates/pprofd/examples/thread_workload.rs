@@ -12,8 +12,9 @@
 //!   named `busy-N` spin.
 //! - `--syscalls`: threads blocked most of the time in a pipe `read`, tokio's `epoll_wait`,
 //!   `nanosleep` and a `Condvar` wait, each checking its own results; printed as a `results`
-//!   line when stdin closes.
-//! - `--late-threads N`: N threads named `late-N` start one second after the workload.
+//!   line on each `results` line on stdin and when stdin closes.
+//! - `--late-threads N`: on a `start-late-threads` line on stdin, thread "late-spawner"
+//!   starts N threads named `late-N`, prints `late threads started` and joins them.
 //! - `--bench-dump N`: no server; N idle threads, then times thread dumps in-process and
 //!   prints the figures.
 
@@ -331,12 +332,17 @@ fn main() {
     if args.iter().any(|a| a == "--syscalls") {
         threads.extend(syscalls(&results));
     }
+    let (start_late, late_asked) = std::sync::mpsc::channel();
     if let Some(late) = arg("--late-threads", 1) {
         threads.push(spawn_named(named("late-spawner"), move || {
-            std::thread::sleep(Duration::from_secs(1));
+            // The channel closes at shutdown when no start was asked for.
+            if late_asked.recv().is_err() {
+                return;
+            }
             let late: Vec<_> = (0..late)
                 .map(|i| spawn_named(named(&format!("late-{i}")), wait_for_shutdown))
                 .collect();
+            println!("late threads started");
             for t in late {
                 t.join().unwrap();
             }
@@ -346,12 +352,23 @@ fn main() {
         Some(s) => println!("listening {}", s.local_addr()),
         None => println!("listening none"),
     }
-    for _ in std::io::stdin().lock().lines() {}
+    for line in std::io::stdin().lock().lines() {
+        match line.expect("stdin").as_str() {
+            "start-late-threads" => start_late.send(()).expect("a late spawner"),
+            "results" => print_results(&results),
+            _ => {}
+        }
+    }
+    drop(start_late);
     signal_shutdown();
     for t in threads {
         t.join().unwrap();
     }
-    let r = &results;
+    print_results(&results);
+}
+
+/// What the `--syscalls` threads observed so far, as a `results` line.
+fn print_results(r: &Results) {
     let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
     println!(
         "results pipe_reads={} pipe_errors={} socket_reads={} socket_errors={} sleeps={} short_sleeps={} condvar_changes={} condvar_errors={}",

@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pprofd::profile::proto;
 use support::{example_binary, go_tool_pprof_bytes, label, Workload};
@@ -19,6 +19,16 @@ fn site(marker: &str) -> (String, i64) {
         .expect("marker in the workload source")
         + 1;
     ("examples/block_workload.rs".to_string(), line as i64)
+}
+
+/// Whether process `pid` has a thread named `name`.
+fn has_thread(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .any(|task| {
+            std::fs::read_to_string(task.unwrap().path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
 }
 
 /// Whether any frame of `sample` (inline frames included) is at `file:line`.
@@ -184,8 +194,14 @@ fn an_idle_runtime_shows_no_contention_unless_idle_waits_are_asked_for() {
 fn a_second_request_while_one_samples_is_refused_with_409() {
     let workload = Workload::start("block_workload", &[]);
     std::thread::scope(|s| {
-        let first = s.spawn(|| workload.get("/debug/pprof/block?seconds=3"));
-        std::thread::sleep(Duration::from_millis(1000));
+        let first = s.spawn(|| workload.get("/debug/pprof/block?seconds=10"));
+        // The first samples once its sampler thread runs, and for 10 s from then: the second
+        // comes well within them, however busy the machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !has_thread(workload.pid(), "pprofd-block") {
+            assert!(Instant::now() < deadline, "no block sampler thread");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let second = workload.get("/debug/pprof/mutex?seconds=1");
         assert_eq!(second.status, 409, "{}", second.text());
         assert!(second.text().contains("already in use"));
@@ -209,12 +225,14 @@ fn continuous_sampling_answers_at_once_and_never_conflicts() {
         &[("PPROF_ADDR", "127.0.0.1:0"), ("PPROF_BLOCK_RATE", "50")],
     );
     std::thread::sleep(Duration::from_secs(2));
-    let started = Instant::now();
+    let asked = SystemTime::now();
     let since_start = workload.profile("/debug/pprof/mutex");
+    // From when sampling started, before the request: not a window sampled from the request on.
+    let began = UNIX_EPOCH + Duration::from_nanos(since_start.time_nanos as u64);
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "no sampling window: {:?}",
-        started.elapsed()
+        began < asked,
+        "no sampling window: the profile began {:?} after it was asked for",
+        began.duration_since(asked).unwrap_or_default()
     );
     let share = delay_share(&since_start, &site("// contended lock site"));
     assert!(
@@ -276,6 +294,9 @@ fn threads_keep_correct_results_under_thirty_seconds_of_sampling() {
     ] {
         assert!(results.split(' ').any(|kv| kv == errors), "{results}");
     }
+    // Each kept going: a call wedged by a sample would stop its count near 0. Not more than
+    // 100: the counts measure the load as much as the calls (on 2 busy cores a 5 ms sleep
+    // takes ~25 ms to come back; a floor of 1000 in 30 s allowed it 30 ms).
     for progress in ["pipe_reads", "socket_reads", "sleeps", "condvar_changes"] {
         let count: u64 = results
             .split(' ')
@@ -283,7 +304,7 @@ fn threads_keep_correct_results_under_thirty_seconds_of_sampling() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(count > 1000, "{progress}: {results}");
+        assert!(count > 100, "{progress}: {results}");
     }
 }
 

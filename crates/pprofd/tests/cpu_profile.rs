@@ -7,17 +7,14 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use pprofd::profile::proto::Profile;
 use support::{assert_seventy_thirty, function_names, get, request, Workload};
 
 #[test]
 fn hot_functions_get_their_share_and_stacks_reach_the_thread_entry() {
     let workload = Workload::start("cpu_workload", &[]);
-    let profile = get(workload.addr(), "/debug/pprof/profile?seconds=4").profile();
+    let profile = profile_with_samples(workload.addr(), 200);
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
-    assert!(
-        samples > 100,
-        "two busy threads for 4 s at 100 Hz give up to 800 samples (fewer on a loaded machine), got {samples}"
-    );
     assert_seventy_thirty(&profile, "hot_seventy", "hot_thirty", 0.05);
 
     // Stacks are whole: the outermost frame is the thread's entry, not a cut-off frame.
@@ -190,9 +187,11 @@ fn a_second_cpu_profile_is_refused_without_disturbing_the_first() {
         "Could not enable CPU profiling: cpu profiling already in use"
     );
     let first = first.join().unwrap().profile();
+    // Kept sampling after the refusal, which came as soon as its collector ran: stopped
+    // there, it would hold a sample or two.
     let samples: i64 = first.sample.iter().map(|s| s.value[0]).sum();
     assert!(
-        samples > 100,
+        samples > 10,
         "the first profile kept sampling: {samples} samples"
     );
 }
@@ -216,8 +215,10 @@ fn a_client_that_disconnects_frees_the_profiler() {
             response.profile();
             break;
         }
+        // Generous: noticing the closed connection takes a scheduling round on a loaded
+        // machine; a profiler that waits the 60 s window out fails.
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(30),
             "profiler still busy after the client left"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -314,24 +315,52 @@ fn a_library_loaded_during_the_profile_is_unwound() {
     );
 }
 
-/// CPU time used so far by the threads of process `pid` that are not pprofd's own.
+/// A CPU profile of the busy workload at `addr` with at least `min_samples` samples, which
+/// the share checks need to tell 70/30 from 50/50: a 4 s profile (up to 800 samples on a
+/// quiet machine), then, where a loaded machine gave the workers less CPU, one long enough at
+/// the rate the first one got (at most 60 s). The load decides how long that takes, not the
+/// verdict.
+fn profile_with_samples(addr: std::net::SocketAddr, min_samples: i64) -> Profile {
+    let mut seconds = 4;
+    loop {
+        let profile = get(addr, &format!("/debug/pprof/profile?seconds={seconds}")).profile();
+        let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+        if samples >= min_samples {
+            return profile;
+        }
+        assert!(
+            seconds < 60,
+            "two busy threads got {samples} samples in {seconds} s"
+        );
+        let rate = samples.max(1) as f64 / seconds as f64;
+        seconds = ((1.5 * min_samples as f64 / rate).ceil() as u64).clamp(seconds + 1, 60);
+    }
+}
+
+/// CPU time used so far by the threads of process `pid` that are not pprofd's own, from
+/// each thread's `schedstat` (nanoseconds; `stat`'s 10 ms ticks would add a few percent of
+/// rounding to a loaded run's second or two of CPU).
 fn host_threads_cpu(pid: u32) -> Duration {
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut ticks = 0.0;
+    let mut nanos = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+        let task = task.unwrap().path();
+        let (Ok(comm), Ok(schedstat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("schedstat")),
+        ) else {
             continue; // the thread exited meanwhile
         };
-        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
-        if stat[open + 1..close].starts_with("pprofd-") {
+        if comm.starts_with("pprofd-") {
             continue;
         }
-        // Fields after the parenthesised name; utime and stime are the 12th and 13th of them.
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        ticks += fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // The first field is the time the thread has run on a CPU.
+        nanos += schedstat
+            .split(' ')
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap();
     }
-    Duration::from_secs_f64(ticks / ticks_per_second)
+    Duration::from_nanos(nanos)
 }
 
 #[test]
@@ -373,7 +402,7 @@ fn wait_for_cpu_collector(pid: u32, running: bool) {
             return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(60),
             "the CPU profile did not {}",
             if running { "start" } else { "stop" }
         );

@@ -4,8 +4,9 @@
 
 mod support;
 
+use std::ops::RangeInclusive;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use pprofd::profile::proto::Profile;
 use support::{
@@ -64,6 +65,12 @@ fn top_cum_bytes(top: &str, function: &str) -> f64 {
         other => panic!("unknown unit {other} in {row}"),
     };
     number.parse::<f64>().expect("number") * scale
+}
+
+/// The span a delta profile covers: from its first snapshot (`time_nanos`) to its last.
+fn window(profile: &Profile) -> RangeInclusive<SystemTime> {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(profile.time_nanos as u64);
+    start..=start + Duration::from_nanos(profile.duration_nanos as u64)
 }
 
 /// Reads `allocated <bytes> kept <bytes>` from an accuracy workload.
@@ -204,13 +211,30 @@ fn delta_text_and_parameters_behave_as_go() {
     const LEAK: usize = 20_000_000;
     let mut workload = Workload::start("heap_workload", &["leak"]);
     let addr = workload.addr();
-    let delta = std::thread::spawn(move || get(addr, "/debug/pprof/allocs?seconds=2"));
-    std::thread::sleep(Duration::from_millis(500));
-    workload.send(&format!("leak {LEAK}"));
-    assert_eq!(workload.line(), "leaked");
-    let delta = delta.join().unwrap();
-    assert_eq!(delta.status, 200);
-    let delta = pprofd::profile::decode(&delta.body).expect("delta decodes");
+    // The leak must fall inside the delta's window, which the delta gives: a run where the
+    // request took its first snapshot after the leak began (or its last before the leak was
+    // done) proves nothing, and is run again.
+    let mut runs = 0;
+    let delta = loop {
+        let request = std::thread::spawn(move || get(addr, "/debug/pprof/allocs?seconds=2"));
+        std::thread::sleep(Duration::from_millis(500));
+        let sent = SystemTime::now();
+        workload.send(&format!("leak {LEAK}"));
+        assert_eq!(workload.line(), "leaked");
+        let leaked = SystemTime::now();
+        let response = request.join().unwrap();
+        assert_eq!(response.status, 200);
+        let delta = pprofd::profile::decode(&response.body).expect("delta decodes");
+        let window = window(&delta);
+        if window.contains(&sent) && window.contains(&leaked) {
+            break delta;
+        }
+        runs += 1;
+        assert!(
+            runs < 10,
+            "the delta's window {window:?} never held the leak: sent {sent:?}, done {leaked:?}"
+        );
+    };
     assert_within(
         "alloc_space at leak_site during the delta",
         total(&delta, "alloc_space", Some("leak_site")) as f64,
@@ -270,33 +294,22 @@ fn stress_across_threads_leaves_no_live_samples() {
     // free, large alignments) runs often.
     let mut workload = Workload::start_with_env(
         "heap_workload",
-        &["stress", "8"],
+        &["stress"],
         &[("PPROF_ADDR", "127.0.0.1:0"), ("PPROF_MEM_RATE", "8192")],
     );
     let addr = workload.addr();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let fetcher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut fetched = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let response = get(addr, "/debug/pprof/heap");
-                assert_eq!(response.status, 200);
-                pprofd::profile::decode(&response.body).expect("profile decodes under stress");
-                fetched += 1;
-            }
-            fetched
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // The stress runs until stopped: 8 s, and until the heap endpoint has answered twice
+    // during it.
+    let started = Instant::now();
+    let mut fetched = 0;
+    while fetched < 2 || started.elapsed() < Duration::from_secs(8) {
+        let response = get(addr, "/debug/pprof/heap");
+        assert_eq!(response.status, 200);
+        pprofd::profile::decode(&response.body).expect("profile decodes under stress");
+        fetched += 1;
+    }
+    workload.send("stop");
     let line = workload.line();
-    assert!(Instant::now() < deadline, "stress workload hung");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let fetched = fetcher.join().unwrap();
-    assert!(
-        fetched >= 2,
-        "heap endpoint answered {fetched} times during the stress"
-    );
     assert!(line.starts_with("done live_sampled_blocks "), "{line}");
 
     let heap = workload.profile("/debug/pprof/heap");

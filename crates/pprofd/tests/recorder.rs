@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pprofd::profile::proto::Profile;
-use support::{example_binary, go, go_tool_pprof, sample_index, Workload};
+use support::{example_binary, go, go_tool_pprof_bytes, sample_index, Workload};
 
 /// The workload's leak: 64 KiB every 100 ms.
 const LEAK_BYTES_PER_SECOND: f64 = (64 << 10) as f64 * 10.0;
@@ -73,15 +73,24 @@ fn past_profiles_tell_what_already_happened_and_a_live_profile_runs_beside_the_r
     let index = workload.text("/debug/pprof/?debug=1");
     assert!(index.contains("Flight recorder: on, window 1m"), "{index}");
 
-    // Recorded idle before the phases, so the last 14 s end up inside the recording.
-    std::thread::sleep(Duration::from_secs(3));
-    workload.send("phases");
-    // A normal profile during the second phase, at its own rate, while the recorder records.
+    // 8 s of idle recorded before the phases: past=20, asked as they end, lies inside the
+    // recording.
+    std::thread::sleep(Duration::from_secs(8));
+    // A normal profile at its own rate, while the recorder records. It starts 6 s before
+    // phase_beta and ends 8 s after it, so it holds all of phase_beta's CPU time, which the
+    // workload measures, however much CPU a busy machine leaves the phase.
     let live = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(7));
-        support::get(addr, "/debug/pprof/profile?seconds=4&hz=100").profile()
+        support::get(addr, "/debug/pprof/profile?seconds=20&hz=100").profile()
     });
+    workload.send("phases");
+    assert_eq!(workload.line(), "phase_beta");
+    // 4 s into phase_beta, the last 3 s (whole seconds: 2 to 3 s) hold none of phase_alpha,
+    // with a second to spare for samples handed to the recorder late.
+    std::thread::sleep(Duration::from_secs(4));
+    let last3 = workload.profile("/debug/pprof/profile?past=3");
     let done = workload.line();
+    // Asked as the phases end, past=20 holds both unless it is answered 7 s late.
+    let last20 = workload.get("/debug/pprof/profile?past=20");
     let truth: Vec<f64> = done
         .strip_prefix("phases done ")
         .unwrap_or_else(|| panic!("unexpected line {done:?}"))
@@ -89,9 +98,6 @@ fn past_profiles_tell_what_already_happened_and_a_live_profile_runs_beside_the_r
         .map(|n| n.parse().unwrap())
         .collect();
     let (alpha_truth, beta_truth) = (truth[0], truth[1]);
-
-    let last3 = workload.profile("/debug/pprof/profile?past=3");
-    let last14 = workload.profile("/debug/pprof/profile?past=14");
     let live = live.join().expect("the live profile");
 
     let (alpha3, beta3) = (
@@ -103,25 +109,25 @@ fn past_profiles_tell_what_already_happened_and_a_live_profile_runs_beside_the_r
         beta3 >= 0.85 && alpha3 <= 0.05,
         "the last 3 s hold only the second phase: alpha {alpha3:.3}, beta {beta3:.3}"
     );
-    let (alpha14, beta14) = (
-        at_site(&last14, "cpu", "phase_alpha"),
-        at_site(&last14, "cpu", "phase_beta"),
+    let past20 = last20.profile();
+    let (alpha20, beta20) = (
+        at_site(&past20, "cpu", "phase_alpha"),
+        at_site(&past20, "cpu", "phase_beta"),
     );
+    let live_beta = at_site(&live, "cpu", "phase_beta");
     println!(
-        "past=14: phase_alpha {:.2} s (measured {:.2} s), phase_beta {:.2} s (measured {:.2} s)",
-        alpha14 / 1e9,
+        "past=20: phase_alpha {:.2} s (measured {:.2} s), phase_beta {:.2} s (measured {:.2} s); \
+         live profile: phase_beta {:.2} s",
+        alpha20 / 1e9,
         alpha_truth / 1e9,
-        beta14 / 1e9,
-        beta_truth / 1e9
-    );
-    let split = alpha14 / (alpha14 + beta14);
-    assert!(
-        (0.4..=0.6).contains(&split),
-        "the last 14 s split the phases about evenly: alpha has {split:.3} of their CPU"
+        beta20 / 1e9,
+        beta_truth / 1e9,
+        live_beta / 1e9
     );
     for (what, recorded, measured) in [
-        ("phase_alpha", alpha14, alpha_truth),
-        ("phase_beta", beta14, beta_truth),
+        ("past=20: phase_alpha", alpha20, alpha_truth),
+        ("past=20: phase_beta", beta20, beta_truth),
+        ("the live profile: phase_beta", live_beta, beta_truth),
     ] {
         let error = (recorded - measured).abs() / measured;
         assert!(
@@ -132,26 +138,9 @@ fn past_profiles_tell_what_already_happened_and_a_live_profile_runs_beside_the_r
         );
     }
     assert!(
-        (13_000_000_000..=14_500_000_000).contains(&last14.duration_nanos),
-        "past=14 covers 14 s: {} ns",
-        last14.duration_nanos
-    );
-
-    let live_cpu = total(&live, "cpu") as f64 / 1e9;
-    let live_beta = share_of_type(&live, "cpu", "phase_beta");
-    println!("live profile: {live_cpu:.2} s of CPU, phase_beta {live_beta:.3}");
-    assert!(
-        live_beta >= 0.85,
-        "the live profile ran in the second phase: phase_beta {live_beta:.3}"
-    );
-    // Its 4 s lie inside the 6 s of phase_beta, whose thread's CPU time the workload measured
-    // (less than 6 s on a busy machine: beside two busy loops it got 3.8 s, and the live
-    // profile's correct 2.49 s failed a fixed floor of 2.8 s).
-    let beta_in_window = beta_truth / 1e9 * 4.0 / 6.0;
-    assert!(
-        live_cpu >= 0.7 * beta_in_window,
-        "the live profile holds its 4 s of samples: {live_cpu:.2} s of CPU, \
-         where phase_beta's thread used {beta_in_window:.2} s in 4 s"
+        (19_000_000_000..=20_500_000_000).contains(&past20.duration_nanos),
+        "past=20 covers 20 s: {} ns",
+        past20.duration_nanos
     );
     assert_eq!(
         live.period, 10_000_000,
@@ -159,11 +148,11 @@ fn past_profiles_tell_what_already_happened_and_a_live_profile_runs_beside_the_r
     );
 
     if let Some(go) = go() {
-        let url = format!("http://{addr}/debug/pprof/profile?past=14");
-        let top = go_tool_pprof(&go, &["-top", &url]);
+        // The answer already read: asked again now, the window would have moved on.
+        let top = go_tool_pprof_bytes(&go, &["-top"], &last20.body);
         assert!(
             top.contains("phase_alpha") && top.contains("phase_beta"),
-            "go tool pprof reads profile?past=14:\n{top}"
+            "go tool pprof reads profile?past=20:\n{top}"
         );
     }
 
@@ -252,7 +241,12 @@ fn past_without_recording_or_beyond_the_window_is_a_400_that_says_why() {
     // A window of the whole recording answers at once, even right after the start.
     let asked = Instant::now();
     let profile = workload.profile("/debug/pprof/profile?past=60");
-    assert!(asked.elapsed() < Duration::from_secs(5));
+    // Well under the 60 s a sampling window would take, however loaded the machine.
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "past=60 took {:?}",
+        asked.elapsed()
+    );
     assert!(comments(&profile)
         .iter()
         .any(|c| c.contains("reaches back only")));

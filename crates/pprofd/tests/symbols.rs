@@ -6,6 +6,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use pprofd::profile::proto::Profile;
 use support::{example_binary, go, go_tool_pprof_bytes, ScratchDir, Workload};
@@ -155,10 +156,24 @@ fn a_heap_profile_of_a_fully_stripped_binary_says_how_to_symbolize_it_later() {
     let copy = dir.path().join("record_workload");
     std::fs::copy(example_binary("record_workload"), &copy).unwrap();
     run("strip", &["--strip-all", copy.to_str().unwrap()]);
-    let workload = Workload::start_binary(&copy, &[], &[("PPROF_ADDR", "127.0.0.1:0")]);
-    // Its leaker leaks 640 KiB a second: a few sampled blocks in 2 s at the default rate.
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let profile = workload.profile("/debug/pprof/heap");
+    let workload = Workload::start_binary(
+        &copy,
+        &[],
+        &[
+            ("PPROF_ADDR", "127.0.0.1:0"),
+            // Every 64 KiB leak is sampled: the first leak is a sample, not a chance of one.
+            ("PPROF_MEM_RATE", "4096"),
+        ],
+    );
+    // Asked until the leaker has leaked, however late a busy machine runs it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let profile = loop {
+        let profile = workload.profile("/debug/pprof/heap");
+        if !profile.sample.is_empty() || Instant::now() > deadline {
+            break profile;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     workload.finish();
     assert!(!profile.sample.is_empty(), "the leak was sampled");
     assert_says_how_to_symbolize(&profile, "record_workload");

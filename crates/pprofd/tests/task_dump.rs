@@ -82,8 +82,10 @@ fn a_wedged_runtime_times_out_and_the_threads_still_show() {
     let started = Instant::now();
     let text = workload.text("/debug/pprof/goroutine?debug=2");
     let took = started.elapsed();
+    // The text below says the dump stopped waiting at its 1 s deadline; the bound catches
+    // one that waits far beyond it, with room for a loaded machine.
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(30),
         "the dump waits for the runtime at most its deadline: {took:?}"
     );
     assert!(

@@ -22,7 +22,10 @@ impl FunctionName {
     /// The name of a linkage symbol (from `.symtab` or `DW_AT_linkage_name`). Rust symbols
     /// (legacy `_ZN…17h…E` and v0 `_R…`) are demangled here; C symbols stay as they are, and
     /// C++ ones too, which pprof demangles itself (its `system_name` equals `name`).
+    /// A symbol version (`clock_nanosleep@GLIBC_2.2.5`, `@@GLIBC_2.34` in some symbol tables)
+    /// is left out of both: it names the library's ABI, not the function.
     pub fn from_symbol(symbol: &str) -> Self {
+        let symbol = symbol.split_once('@').map_or(symbol, |(name, _)| name);
         let name = match rustc_demangle::try_demangle(symbol) {
             // The alternate form leaves out the hash of legacy names and v0's crate hashes.
             Ok(demangled) => format!("{demangled:#}"),
@@ -46,6 +49,17 @@ impl FunctionName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symbol_versions_are_left_out() {
+        let versioned = FunctionName::from_symbol("clock_nanosleep@GLIBC_2.2.5");
+        assert_eq!(versioned.name, "clock_nanosleep");
+        assert_eq!(versioned.system_name, "clock_nanosleep");
+        assert_eq!(
+            FunctionName::from_symbol("pthread_cond_wait@@GLIBC_2.3.2").name,
+            "pthread_cond_wait"
+        );
+    }
 
     #[test]
     fn demangles_legacy_rust_symbols_without_the_hash_and_keeps_the_trait() {

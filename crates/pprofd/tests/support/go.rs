@@ -28,8 +28,12 @@ pub fn go() -> Option<PathBuf> {
 /// exit. pprof's home (where it saves fetched profiles) is a scratch directory.
 pub fn go_tool_pprof(go: &Path, args: &[&str]) -> String {
     let home = ScratchDir::create();
+    // pprof gives a fetch 1.5 times the profile's seconds plus 5 s (8 s for a 2 s profile),
+    // tight for a first symbolization on a loaded machine.
+    let fetches = args.iter().any(|a| a.starts_with("http://"));
     let output = Command::new(go)
         .args(["tool", "pprof"])
+        .args(fetches.then_some("-timeout=120"))
         .args(args)
         .env("HOME", home.path())
         .env("PPROF_TMPDIR", home.path())
