@@ -93,7 +93,7 @@ fn symbolized_addresses(profile: &pprofd::profile::proto::Profile) -> Option<u64
 fn index_held(profile: &pprofd::profile::proto::Profile) -> Option<String> {
     profile.comment.iter().find_map(|&c| {
         let text = &profile.string_table[c as usize];
-        let rest = text.strip_prefix("pprofd: symbolization keeps an index")?;
+        let (_, rest) = text.split_once("; its index")?;
         Some(format!("the index{rest}"))
     })
 }

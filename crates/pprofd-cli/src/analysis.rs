@@ -224,6 +224,21 @@ impl TagFocus {
             })
             .map(|row| row.function)
     }
+
+    /// Among the samples this focus keeps, the function of the call site (see [`call_site`])
+    /// with the largest value of sample type `index`: the program's own code that waited or
+    /// spent, where the hottest function may be the C library's `syscall`.
+    pub fn hottest_call_site(&self, profile: &Profile, index: usize) -> Option<String> {
+        let kept = self.apply(profile).ok()?;
+        let mut by_function: HashMap<String, i64> = HashMap::new();
+        for ((function, _), value) in by_call_site(&View::new(&kept), index) {
+            *by_function.entry(function).or_default() += value;
+        }
+        by_function
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+            .map(|(function, _)| function)
+    }
 }
 
 /// Sums of sample type `index` by the value of label `key` (`None`: samples without it),

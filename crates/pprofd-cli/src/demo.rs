@@ -187,7 +187,8 @@ impl RouterBuild {
 
     fn run(&self) -> Result<(), String> {
         crate::print_stdout(&format!(
-            "demo-router is not built yet: {}\n",
+            "demo-router is not built yet: {}\n(once: it compiles the router's own dependencies, \
+             a few minutes on 2 cores; later demos start at once)\n",
             self.describe()
         ));
         let status = Command::new(&self.cargo)
@@ -358,8 +359,49 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-fn graphql_load(router: &Router, clients: usize) -> Load {
-    let url = format!("{}/graphql", router.url);
+/// `pprofd load`: the demo's GraphQL load against a router someone started, to profile it
+/// by hand.
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// The router's address (what it prints as `router http://...`), e.g. http://127.0.0.1:4000.
+    pub router: String,
+    /// Clients sending requests side by side.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// How long to send them.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+}
+
+/// Sends the demo's GraphQL load to `args.router` for `args.seconds` and says how much was
+/// answered.
+pub fn load(args: &LoadArgs) -> Result<String, String> {
+    if args.clients == 0 || args.seconds == 0 {
+        return Err("--clients and --seconds must be at least 1".into());
+    }
+    let base = crate::fetch::normalize_url(&args.router)?;
+    let base = base.trim_end_matches('/');
+    // One request first, so a wrong address is one clear line rather than a minute of failures.
+    agent(REQUEST_TIMEOUT)
+        .post(&format!("{base}/graphql"))
+        .header("content-type", "application/json")
+        .send(LIGHT_QUERY)
+        .map_err(|e| format!("POST {base}/graphql: {e} (is the demo router listening there?)"))?;
+    eprintln!(
+        "pprofd: {} clients send POST {base}/graphql for {} s",
+        args.clients, args.seconds
+    );
+    let load = graphql_load(base, args.clients);
+    std::thread::sleep(Duration::from_secs(args.seconds));
+    let (answered, failed) = load.finish();
+    Ok(format!(
+        "{answered} requests answered ({:.0}/s), {failed} failed\n",
+        answered as f64 / args.seconds as f64
+    ))
+}
+
+fn graphql_load(router_url: &str, clients: usize) -> Load {
+    let url = format!("{router_url}/graphql");
     let sent = AtomicU64::new(0);
     Load::start(
         clients,
@@ -431,7 +473,7 @@ fn hotspot(
     dir: &Path,
     outcomes: &mut Vec<Outcome>,
 ) -> Result<String, String> {
-    let load = graphql_load(router, 4);
+    let load = graphql_load(&router.url, 4);
     let profile = capture(
         router,
         "hotspot-cpu.pb.gz",
@@ -491,7 +533,7 @@ fn by_operation(view: &View, index: usize, what: &str) -> String {
             key: OPERATION.to_string(),
             value: operation.clone(),
         };
-        let hottest = focus.hottest_function(view.profile(), index);
+        let hottest = focus.hottest_call_site(view.profile(), index);
         out.push_str(&format!(
             "   operation `{operation}`: {} of {what}{}\n",
             percent(value, total),
@@ -633,7 +675,7 @@ fn contention(
     outcomes: &mut Vec<Outcome>,
 ) -> Result<String, String> {
     let window = (seconds / 2).max(2);
-    let load = graphql_load(router, 8);
+    let load = graphql_load(&router.url, 8);
     let clock = Instant::now();
     let profile = capture(
         router,
@@ -691,7 +733,7 @@ fn deadlock(
     _dir: &Path,
     outcomes: &mut Vec<Outcome>,
 ) -> Result<String, String> {
-    let load = graphql_load(router, 4);
+    let load = graphql_load(&router.url, 4);
     let healthz = format!("{}/healthz", router.url);
     let probe = agent(REQUEST_TIMEOUT);
     let stuck_after = Instant::now();

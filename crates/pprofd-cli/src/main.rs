@@ -61,6 +61,8 @@ enum Command {
     Symbolize(symbolize::SymbolizeArgs),
     /// Run the demo router with each of its incidents and find them with profiles (under a minute).
     Demo(demo::DemoArgs),
+    /// Send the demo's GraphQL load to a demo router started by hand, to profile it under load.
+    Load(demo::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
             Command::Diff(args) => diff::run(args, token),
             Command::Symbolize(args) => symbolize::run(args, token),
             Command::Demo(args) => demo::run(args, token),
+            Command::Load(args) => demo::load(args),
         }
     });
     match result {

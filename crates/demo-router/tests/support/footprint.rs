@@ -76,7 +76,7 @@ pub fn symbolization_ms(profile: &pprofd::profile::proto::Profile) -> Option<f64
     profile.comment.iter().find_map(|&c| {
         let text = &profile.string_table[c as usize];
         let rest = text.strip_prefix("pprofd: symbolized ")?;
-        let ms = rest.split(" in ").nth(1)?.strip_suffix(" ms of CPU time")?;
+        let ms = rest.split(" in ").nth(1)?.split(" ms of CPU time").next()?;
         ms.parse().ok()
     })
 }

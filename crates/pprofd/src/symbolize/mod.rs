@@ -99,18 +99,19 @@ impl ProcessSymbols {
             }
         }
         release_freed_memory();
+        // One line: it changes nothing a reader of the profile should do, and `go tool pprof`
+        // prints every comment above every table.
+        let index = unit_index::held().map_or(String::new(), |(spans, bytes)| {
+            format!(
+                "; its index of the DWARF read so far: {spans} ranges, {} KiB",
+                bytes.div_ceil(1024)
+            )
+        });
         comments.push(format!(
-            "pprofd: symbolized {} addresses in {:.1} ms of CPU time",
+            "pprofd: symbolized {} addresses in {:.1} ms of CPU time{index}",
             addresses.len(),
             (crate::procfs::thread_cpu_time() - started).as_secs_f64() * 1e3
         ));
-        if let Some((spans, bytes)) = unit_index::held() {
-            comments.push(format!(
-                "pprofd: symbolization keeps an index of the DWARF read so far: {spans} \
-                 ranges, {} KiB",
-                bytes.div_ceil(1024)
-            ));
-        }
         ProcessSymbols {
             mappings,
             frames,
