@@ -143,8 +143,8 @@ fn the_index_page_and_each_of_its_links_answer() {
     }
 }
 
-/// A CPU profile opened the way a browser opens it is a flame graph in which the hot trait
-/// method is drawn with its whole name, and a click on its frame zooms to it.
+/// A CPU profile opened the way a browser opens it is a flame graph in which a click on the
+/// hot trait method's frame zooms to it, drawn with its whole name.
 #[test]
 fn a_cpu_profile_in_the_browser_is_a_flame_graph_that_zooms_to_the_hot_function() {
     if !browser_available() {
@@ -166,9 +166,11 @@ fn a_cpu_profile_in_the_browser_is_a_flame_graph_that_zooms_to_the_hot_function(
         before.is_object(),
         "no frame of {HOT} in the flame graph: {report}"
     );
-    assert_eq!(string(before, "drawn"), HOT, "the name is cut: {report}");
     assert_eq!(before["reset"], false, "{report}");
     let after = &report["after"];
+    // inferno cuts a name to its frame's width ("..its::iterator::Iterator>::next" when a
+    // loaded machine gave the function 16% of the samples): zoomed, it is drawn whole.
+    assert_eq!(string(after, "drawn"), HOT, "the name is cut: {report}");
     // Zoomed: the frame spans the graph (inferno leaves a 10 px margin on each side) and
     // the reset control shows.
     assert!(
