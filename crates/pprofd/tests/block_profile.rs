@@ -21,16 +21,6 @@ fn site(marker: &str) -> (String, i64) {
     ("examples/block_workload.rs".to_string(), line as i64)
 }
 
-/// Whether process `pid` has a thread named `name`.
-fn has_thread(pid: u32, name: &str) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .any(|task| {
-            std::fs::read_to_string(task.unwrap().path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == name)
-        })
-}
-
 /// Whether any frame of `sample` (inline frames included) is at `file:line`.
 fn passes_through(profile: &proto::Profile, sample: &proto::Sample, at: &(String, i64)) -> bool {
     let locations: HashMap<u64, &proto::Location> =
@@ -198,7 +188,7 @@ fn a_second_request_while_one_samples_is_refused_with_409() {
         // The first samples once its sampler thread runs, and for 10 s from then: the second
         // comes well within them, however busy the machine.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !has_thread(workload.pid(), "pprofd-block") {
+        while !support::has_thread(workload.pid(), "pprofd-block") {
             assert!(Instant::now() < deadline, "no block sampler thread");
             std::thread::sleep(Duration::from_millis(10));
         }

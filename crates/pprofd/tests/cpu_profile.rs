@@ -394,11 +394,7 @@ fn above_the_kernel_tick_rate_cpu_time_still_adds_up() {
 fn wait_for_cpu_collector(pid: u32, running: bool) {
     let started = Instant::now();
     loop {
-        let collector = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-            .any(|name| name.trim_end() == "pprofd-cpu");
-        if collector == running {
+        if support::has_thread(pid, "pprofd-cpu") == running {
             return;
         }
         assert!(

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::ops::RangeInclusive;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,12 +64,6 @@ fn top_cum_bytes(top: &str, function: &str) -> f64 {
         other => panic!("unknown unit {other} in {row}"),
     };
     number.parse::<f64>().expect("number") * scale
-}
-
-/// The span a delta profile covers: from its first snapshot (`time_nanos`) to its last.
-fn window(profile: &Profile) -> RangeInclusive<SystemTime> {
-    let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(profile.time_nanos as u64);
-    start..=start + Duration::from_nanos(profile.duration_nanos as u64)
 }
 
 /// Reads `allocated <bytes> kept <bytes>` from an accuracy workload.
@@ -225,7 +218,7 @@ fn delta_text_and_parameters_behave_as_go() {
         let response = request.join().unwrap();
         assert_eq!(response.status, 200);
         let delta = pprofd::profile::decode(&response.body).expect("delta decodes");
-        let window = window(&delta);
+        let window = support::window(&delta);
         if window.contains(&sent) && window.contains(&leaked) {
             break delta;
         }

@@ -4,10 +4,8 @@
 mod support;
 
 use std::collections::HashMap;
-use std::ops::RangeInclusive;
 use std::time::{Duration, Instant, SystemTime};
 
-use pprofd::profile::proto::Profile;
 use support::{function_names, get, go_tool_pprof_bytes, label, Workload};
 
 /// One `thread TID "name" [state]:` block of a `debug=2` dump.
@@ -400,12 +398,6 @@ fn dumps_and_a_cpu_profile_run_side_by_side() {
     workload.finish();
 }
 
-/// The span a delta profile covers: from its first snapshot (`time_nanos`) to its last.
-fn window(profile: &Profile) -> RangeInclusive<SystemTime> {
-    let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(profile.time_nanos as u64);
-    start..=start + Duration::from_nanos(profile.duration_nanos as u64)
-}
-
 #[test]
 fn a_goroutine_delta_shows_the_threads_that_appeared() {
     // The late threads must start inside both deltas' windows, which the deltas give: a run
@@ -432,7 +424,7 @@ fn a_goroutine_delta_shows_the_threads_that_appeared() {
                 started,
             )
         });
-        let (delta_window, created_window) = (window(&delta), window(&created));
+        let (delta_window, created_window) = (support::window(&delta), support::window(&created));
         if [&delta_window, &created_window]
             .iter()
             .all(|w| w.contains(&asked) && w.contains(&started))

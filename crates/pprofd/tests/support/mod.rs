@@ -19,6 +19,9 @@ pub use http::{get, request, request_with_headers, Response};
 #[allow(unused_imports)]
 pub use profile::{
     assert_seventy_thirty, function_names, label, reaches_root_through, sample_index, share_of,
+    window,
 };
 #[allow(unused_imports)]
-pub use workload::{binary_from_ci, example_binary, profile_while_spawning_a_worker, Workload};
+pub use workload::{
+    binary_from_ci, example_binary, has_thread, profile_while_spawning_a_worker, Workload,
+};

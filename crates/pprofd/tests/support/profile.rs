@@ -86,3 +86,10 @@ pub fn label<'a>(profile: &'a Profile, sample: &Sample, key: &str) -> Option<&'a
         .find(|l| strings[l.key as usize] == key)
         .map(|l| strings[l.str as usize].as_str())
 }
+
+/// The span a delta profile covers: from its first snapshot (`time_nanos`) to its last.
+pub fn window(profile: &Profile) -> std::ops::RangeInclusive<std::time::SystemTime> {
+    let start = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_nanos(profile.time_nanos as u64);
+    start..=start + std::time::Duration::from_nanos(profile.duration_nanos as u64)
+}

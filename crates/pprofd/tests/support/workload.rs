@@ -57,6 +57,15 @@ pub fn profile_while_spawning_a_worker(service: &mut Workload) -> Profile {
     })
 }
 
+/// Whether process `pid` has a thread named `name` (its `comm`), such as pprofd's
+/// `pprofd-cpu` collector or `pprofd-block` sampler while a profile runs.
+pub fn has_thread(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .any(|comm| comm.trim_end() == name)
+}
+
 /// An example workload running as a child process. A workload prints `listening <addr>`
 /// (`listening none` without a pprof server) as its first line, reads commands from stdin
 /// and exits when stdin closes. Dropping a `Workload` kills the process.
